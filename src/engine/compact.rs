@@ -1,0 +1,284 @@
+//! Small fixed-size representations that keep per-device state under 200 bytes.
+
+use std::cmp::Ordering;
+
+/// A string stored without a heap allocation when it is short (up to 22 bytes) or a canonical
+/// UUID (36 characters, lower- or upper-case hex), which covers the usual device and user ids.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum CompactStr {
+    Inline { len: u8, buf: [u8; 22] },
+    Uuid { upper: bool, bytes: [u8; 16] },
+    Heap(Box<str>),
+}
+
+const HYPHENS: [usize; 4] = [8, 13, 18, 23];
+
+impl CompactStr {
+    /// The empty string.
+    pub const EMPTY: CompactStr = CompactStr::Inline {
+        len: 0,
+        buf: [0; 22],
+    };
+
+    pub fn new(s: &str) -> Self {
+        if s.len() <= 22 {
+            let mut buf = [0u8; 22];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            return CompactStr::Inline {
+                len: s.len() as u8,
+                buf,
+            };
+        }
+        if let Some((upper, bytes)) = parse_uuid(s) {
+            return CompactStr::Uuid { upper, bytes };
+        }
+        CompactStr::Heap(s.into())
+    }
+
+    /// Writes the string into `out` (cleared first) and returns it as `&str`.
+    pub fn write_to<'a>(&self, out: &'a mut String) -> &'a str {
+        out.clear();
+        match self {
+            CompactStr::Inline { len, buf } => {
+                // Built from a &str, so always valid UTF-8.
+                out.push_str(std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default())
+            }
+            CompactStr::Uuid { upper, bytes } => {
+                let digits: &[u8; 16] = if *upper {
+                    b"0123456789ABCDEF"
+                } else {
+                    b"0123456789abcdef"
+                };
+                for (i, b) in bytes.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        out.push('-');
+                    }
+                    out.push(digits[(b >> 4) as usize] as char);
+                    out.push(digits[(b & 15) as usize] as char);
+                }
+            }
+            CompactStr::Heap(s) => out.push_str(s),
+        }
+        out.as_str()
+    }
+
+    /// Whether this equals `s`, without allocating.
+    pub fn eq_str(&self, s: &str) -> bool {
+        match self {
+            CompactStr::Inline { len, buf } => &buf[..*len as usize] == s.as_bytes(),
+            CompactStr::Uuid { upper, bytes } => {
+                parse_uuid(s).is_some_and(|(u, b)| u == *upper && b == *bytes)
+            }
+            CompactStr::Heap(h) => &**h == s,
+        }
+    }
+
+    /// Calls `f` with the string, formatting UUIDs on the stack (no allocation).
+    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            CompactStr::Inline { len, buf } => {
+                f(std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default())
+            }
+            CompactStr::Uuid { upper, bytes } => {
+                let digits: &[u8; 16] = if *upper {
+                    b"0123456789ABCDEF"
+                } else {
+                    b"0123456789abcdef"
+                };
+                let mut out = [0u8; 36];
+                let mut n = 0;
+                for (i, b) in bytes.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        out[n] = b'-';
+                        n += 1;
+                    }
+                    out[n] = digits[(b >> 4) as usize];
+                    out[n + 1] = digits[(b & 15) as usize];
+                    n += 2;
+                }
+                f(std::str::from_utf8(&out).unwrap_or_default())
+            }
+            CompactStr::Heap(s) => f(s),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, CompactStr::Inline { len: 0, .. })
+    }
+}
+
+impl std::fmt::Display for CompactStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::new();
+        f.write_str(self.write_to(&mut s))
+    }
+}
+
+impl std::fmt::Debug for CompactStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+/// Parses a canonical hyphenated UUID in one consistent case; mixed case is not canonical and
+/// would not round-trip, so it is refused.
+fn parse_uuid(s: &str) -> Option<(bool, [u8; 16])> {
+    let b = s.as_bytes();
+    if b.len() != 36 || HYPHENS.iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let mut upper = None;
+    let mut out = [0u8; 16];
+    let mut n = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if HYPHENS.contains(&i) {
+            continue;
+        }
+        let (v, case) = match c {
+            b'0'..=b'9' => (c - b'0', None),
+            b'a'..=b'f' => (c - b'a' + 10, Some(false)),
+            b'A'..=b'F' => (c - b'A' + 10, Some(true)),
+            _ => return None,
+        };
+        if let Some(case) = case {
+            if *upper.get_or_insert(case) != case {
+                return None;
+            }
+        }
+        out[n / 2] |= if n % 2 == 0 { v << 4 } else { v };
+        n += 1;
+    }
+    Some((upper.unwrap_or(false), out))
+}
+
+/// An OS version packed into 64 bits (a 15-bit major and three 16-bit components), so versions
+/// compare as integers. `0` means unknown or not numeric.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct OsVersion(pub u64);
+
+impl OsVersion {
+    pub const UNKNOWN: OsVersion = OsVersion(0);
+
+    /// Parses `major[.minor[.patch[.build]]]`, ignoring a trailing non-numeric suffix of the last
+    /// component (`"17.4.1 (21E236)"` -> 17.4.1). Anything else is unknown.
+    pub fn parse(s: &str) -> OsVersion {
+        let s = s.trim();
+        let mut packed = 0u64;
+        let mut parts = 0;
+        for part in s.split('.') {
+            if parts == 4 {
+                break;
+            }
+            let digits: &str = {
+                let end = part
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(part.len());
+                &part[..end]
+            };
+            if digits.is_empty() {
+                break;
+            }
+            let Ok(v) = digits.parse::<u16>() else {
+                return OsVersion::UNKNOWN;
+            };
+            if parts == 0 && v > 0x7fff {
+                return OsVersion::UNKNOWN;
+            }
+            packed |= (v as u64) << (48 - 16 * parts);
+            parts += 1;
+            if digits.len() != part.len() {
+                break;
+            }
+        }
+        if parts == 0 {
+            OsVersion::UNKNOWN
+        } else {
+            OsVersion(packed | KNOWN)
+        }
+    }
+
+    pub fn is_known(self) -> bool {
+        self.0 & KNOWN != 0
+    }
+
+    fn components(self) -> [u16; 4] {
+        let v = self.0 & !KNOWN;
+        [(v >> 48) as u16, (v >> 32) as u16, (v >> 16) as u16, v as u16]
+    }
+
+    /// Canonical text form (trailing zero components dropped, at least `major.minor`).
+    pub fn to_text(self) -> Option<String> {
+        if !self.is_known() {
+            return None;
+        }
+        let c = self.components();
+        let mut n = 4;
+        while n > 2 && c[n - 1] == 0 {
+            n -= 1;
+        }
+        Some(
+            c[..n]
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join("."),
+        )
+    }
+
+    /// Orders known versions; `None` when either is unknown.
+    pub fn compare(self, other: OsVersion) -> Option<Ordering> {
+        if self.is_known() && other.is_known() {
+            Some(self.components().cmp(&other.components()))
+        } else {
+            None
+        }
+    }
+}
+
+/// The top bit marks a parsed version (majors are limited to 15 bits), so "0" differs from unknown.
+const KNOWN: u64 = 1 << 63;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_str_round_trips() {
+        for s in [
+            "",
+            "dev-1",
+            "alice@contoso.com",
+            "0123456789012345678901",
+            "01234567890123456789012",
+            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+            "3F2504E0-4F89-11D3-9A0C-0305E82C3301",
+            "3F2504e0-4f89-11d3-9a0c-0305e82c3301",
+            "ünïcødé-device-name-that-is-long",
+        ] {
+            let c = CompactStr::new(s);
+            assert_eq!(c.to_string(), s);
+            assert!(c.eq_str(s));
+            assert!(!c.eq_str("other"));
+        }
+        assert!(matches!(
+            CompactStr::new("3f2504e0-4f89-11d3-9a0c-0305e82c3301"),
+            CompactStr::Uuid { .. }
+        ));
+        assert_eq!(std::mem::size_of::<CompactStr>(), 24);
+    }
+
+    #[test]
+    fn os_versions_compare_numerically() {
+        let v = OsVersion::parse;
+        assert_eq!(v("17.4.1").compare(v("17.10")), Some(Ordering::Less));
+        assert_eq!(v("14").compare(v("14.0.0")), Some(Ordering::Equal));
+        assert_eq!(v("17.4.1 (21E236)").to_text().as_deref(), Some("17.4.1"));
+        assert_eq!(v("13").to_text().as_deref(), Some("13.0"));
+        assert!(!v("beta").is_known());
+        assert!(!v("").is_known());
+        assert!(v("0").is_known());
+        assert_eq!(v("1.2.3.4").to_text().as_deref(), Some("1.2.3.4"));
+        assert!(!v("40000.1").is_known());
+        assert_eq!(v("x").compare(v("1")), None);
+    }
+}

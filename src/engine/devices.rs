@@ -1,0 +1,359 @@
+//! Per-partition device state: a compact slab of [`Device`] records, a hash index from
+//! (tenant, device id) to slab slot, and an index from (tenant, platform) to slots for fan-out.
+//!
+//! The slab grows in fixed chunks and the hash index holds 4-byte slots only, so memory stays
+//! close to `size_of::<Device>()` per device instead of doubling with every table resize.
+
+use std::collections::HashMap;
+
+use hashbrown::HashTable;
+use smallvec::SmallVec;
+
+use crate::catalogue::PartnerIdx;
+use crate::model::{ComplianceState, HealthState, Management, Ownership, Platform};
+
+use super::compact::{CompactStr, OsVersion};
+use super::tables::TenantId;
+
+const CHUNK: usize = 4096;
+
+/// What one partner last reported for a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    pub observed_at: i64,
+    pub event_fingerprint: u32,
+    pub partner: PartnerIdx,
+    pub health: HealthState,
+}
+
+/// Flag bits of [`Device::flags`].
+pub mod flags {
+    pub const ENROLLED: u8 = 1;
+    pub const MAM_BLOCKED: u8 = 2;
+    pub const WIPE_INCIDENT: u8 = 4;
+    pub const DIRTY: u8 = 8;
+}
+
+/// One device's state (about 100 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub tenant: TenantId,
+    pub output_seq: u32,
+    pub id: CompactStr,
+    pub user: CompactStr,
+    pub os: OsVersion,
+    pub observations: SmallVec<[Observation; 1]>,
+    /// Position in the (tenant, platform) fan-out list.
+    index_pos: u32,
+    pub platform: Platform,
+    pub management: Management,
+    pub ownership: Option<Ownership>,
+    pub compliance: ComplianceState,
+    pub flags: u8,
+}
+
+impl Device {
+    pub fn new(tenant: TenantId, id: &str, platform: Platform, management: Management) -> Self {
+        Device {
+            tenant,
+            output_seq: 0,
+            id: CompactStr::new(id),
+            user: CompactStr::EMPTY,
+            os: OsVersion::UNKNOWN,
+            observations: SmallVec::new(),
+            index_pos: 0,
+            platform,
+            management,
+            ownership: None,
+            compliance: ComplianceState::Unknown,
+            flags: 0,
+        }
+    }
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    pub fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag
+        } else {
+            self.flags &= !flag
+        }
+    }
+
+    /// The latest observation of `partner`.
+    pub fn observation(&self, partner: PartnerIdx) -> Option<&Observation> {
+        self.observations.iter().find(|o| o.partner == partner)
+    }
+
+    /// Records an observation, replacing the partner's previous one.
+    pub fn observe(&mut self, obs: Observation) {
+        match self
+            .observations
+            .iter_mut()
+            .find(|o| o.partner == obs.partner)
+        {
+            Some(slot) => *slot = obs,
+            None => {
+                self.observations.push(obs);
+                self.observations.sort_by_key(|o| o.partner);
+            }
+        }
+    }
+}
+
+/// Slot of a device in its shard.
+pub type Slot = u32;
+
+/// The devices of one partition.
+#[derive(Default)]
+pub struct DeviceShard {
+    index: HashTable<Slot>,
+    chunks: Vec<Vec<Option<Device>>>,
+    free: Vec<Slot>,
+    by_platform: HashMap<(TenantId, Platform), Vec<Slot>>,
+    dirty: Vec<Slot>,
+    retired: Vec<(TenantId, String)>,
+    len: usize,
+}
+
+fn hash_key(tenant: TenantId, id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), tenant as u64)
+}
+
+impl DeviceShard {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, slot: Slot) -> &Device {
+        self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+            .as_ref()
+            .expect("slot in use")
+    }
+
+    pub fn get_mut(&mut self, slot: Slot) -> &mut Device {
+        self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+            .as_mut()
+            .expect("slot in use")
+    }
+
+    /// Finds a device.
+    pub fn find(&self, tenant: TenantId, id: &str) -> Option<Slot> {
+        let chunks = &self.chunks;
+        self.index
+            .find(hash_key(tenant, id), |&slot| {
+                let d = chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+                    .as_ref()
+                    .expect("indexed slot in use");
+                d.tenant == tenant && d.id.eq_str(id)
+            })
+            .copied()
+    }
+
+    /// Inserts a new device (the caller checked it is absent) and returns its slot.
+    pub fn insert(&mut self, mut device: Device) -> Slot {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = self
+                    .chunks
+                    .last()
+                    .map_or(0, |c| (self.chunks.len() - 1) * CHUNK + c.len());
+                if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+                    self.chunks.push(Vec::with_capacity(CHUNK));
+                }
+                self.chunks.last_mut().expect("chunk").push(None);
+                s as Slot
+            }
+        };
+        let list = self
+            .by_platform
+            .entry((device.tenant, device.platform))
+            .or_default();
+        device.index_pos = list.len() as u32;
+        list.push(slot);
+        let hash = device.id.with_str(|id| hash_key(device.tenant, id));
+        self.chunks[slot as usize / CHUNK][slot as usize % CHUNK] = Some(device);
+        let chunks = &self.chunks;
+        self.index.insert_unique(hash, slot, |&s| {
+            let d = chunks[s as usize / CHUNK][s as usize % CHUNK]
+                .as_ref()
+                .expect("indexed slot in use");
+            d.id.with_str(|id| hash_key(d.tenant, id))
+        });
+        self.len += 1;
+        slot
+    }
+
+    /// Moves a device to another platform's fan-out list.
+    pub fn set_platform(&mut self, slot: Slot, platform: Platform) {
+        let (tenant, old) = {
+            let d = self.get(slot);
+            (d.tenant, d.platform)
+        };
+        if old == platform {
+            return;
+        }
+        self.unlink(slot);
+        let list = self.by_platform.entry((tenant, platform)).or_default();
+        let pos = list.len() as u32;
+        list.push(slot);
+        let d = self.get_mut(slot);
+        d.platform = platform;
+        d.index_pos = pos;
+    }
+
+    fn unlink(&mut self, slot: Slot) {
+        let (tenant, platform, pos) = {
+            let d = self.get(slot);
+            (d.tenant, d.platform, d.index_pos as usize)
+        };
+        let key = (tenant, platform);
+        let list = self.by_platform.get_mut(&key).expect("device is listed");
+        list.swap_remove(pos);
+        let moved = list.get(pos).copied();
+        if list.is_empty() {
+            self.by_platform.remove(&key);
+        }
+        if let Some(moved) = moved {
+            self.get_mut(moved).index_pos = pos as u32;
+        }
+    }
+
+    /// Removes a device, remembering a changelog tombstone for it.
+    pub fn remove(&mut self, slot: Slot) -> Device {
+        self.unlink(slot);
+        let hash = {
+            let d = self.get(slot);
+            d.id.with_str(|id| hash_key(d.tenant, id))
+        };
+        if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
+            entry.remove();
+        }
+        let device = self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+            .take()
+            .expect("slot in use");
+        self.free.push(slot);
+        self.dirty.retain(|&s| s != slot);
+        self.retired.push((device.tenant, device.id.to_string()));
+        self.len -= 1;
+        device
+    }
+
+    /// Slots of a tenant's devices on a platform.
+    pub fn on_platform(&self, tenant: TenantId, platform: Platform) -> &[Slot] {
+        self.by_platform
+            .get(&(tenant, platform))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Marks a device as changed since the last changelog flush.
+    pub fn mark_dirty(&mut self, slot: Slot) {
+        let d = self.get_mut(slot);
+        if !d.has(flags::DIRTY) {
+            d.set(flags::DIRTY, true);
+            self.dirty.push(slot);
+        }
+    }
+
+    /// Hands every device changed since the last call to `f`, then every retired one as `None`.
+    pub fn drain_changes(&mut self, mut f: impl FnMut(TenantId, &str, Option<&Device>)) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for slot in dirty {
+            let d = self.get_mut(slot);
+            d.set(flags::DIRTY, false);
+            let d = self.get(slot);
+            d.id.with_str(|id| f(d.tenant, id, Some(d)));
+        }
+        for (tenant, id) in std::mem::take(&mut self.retired) {
+            f(tenant, &id, None);
+        }
+    }
+
+    /// Whether changes are waiting for the changelog.
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty() || !self.retired.is_empty()
+    }
+
+    /// Every device, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (Slot, &Device)> {
+        self.chunks
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, d)| d.as_ref().map(|d| (i as Slot, d)))
+    }
+
+    /// Heap and inline bytes held, excluding heap strings of long non-UUID ids.
+    pub fn approx_bytes(&self) -> usize {
+        self.index.capacity() * (std::mem::size_of::<Slot>() + 1)
+            + self.chunks.len() * CHUNK * std::mem::size_of::<Option<Device>>()
+            + self
+                .by_platform
+                .values()
+                .map(|v| v.capacity() * 4)
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_is_small() {
+        assert!(
+            std::mem::size_of::<Option<Device>>() <= 112,
+            "{}",
+            std::mem::size_of::<Option<Device>>()
+        );
+    }
+
+    #[test]
+    fn insert_find_move_remove() {
+        let mut s = DeviceShard::new();
+        let mut slots = Vec::new();
+        for i in 0..10_000u32 {
+            let id = format!("dev-{i}");
+            let slot = s.insert(Device::new(i % 3, &id, Platform::Ios, Management::Mdm));
+            slots.push(slot);
+        }
+        assert_eq!(s.len(), 10_000);
+        assert_eq!(s.find(1, "dev-1"), Some(slots[1]));
+        assert_eq!(s.find(0, "dev-1"), None, "tenants are separate");
+        let t0_ios = s.on_platform(0, Platform::Ios).len();
+        s.set_platform(slots[0], Platform::Android);
+        assert_eq!(s.on_platform(0, Platform::Ios).len(), t0_ios - 1);
+        assert_eq!(s.on_platform(0, Platform::Android), &[slots[0]]);
+        s.mark_dirty(slots[3]);
+        s.remove(slots[3]);
+        assert_eq!(s.find(0, "dev-3"), None);
+        assert_eq!(s.len(), 9_999);
+        let mut seen = Vec::new();
+        s.drain_changes(|t, id, d| seen.push((t, id.to_owned(), d.is_some())));
+        assert_eq!(seen, vec![(0, "dev-3".to_owned(), false)]);
+        // Every listed slot still points at a device of that tenant and platform.
+        for t in 0..3 {
+            for p in Platform::ALL {
+                for &slot in s.on_platform(t, *p) {
+                    let d = s.get(slot);
+                    assert_eq!((d.tenant, d.platform), (t, *p));
+                }
+            }
+        }
+        let reused = s.insert(Device::new(0, "dev-new", Platform::Ios, Management::Mam));
+        assert_eq!(reused, slots[3]);
+        assert_eq!(s.find(0, "dev-new"), Some(reused));
+    }
+}

@@ -1,0 +1,160 @@
+//! Conversion between in-memory [`Device`] state and the changelog's [`DeviceStateRecord`],
+//! and the engine's changelog and restore entry points.
+
+use thiserror::Error;
+
+use crate::catalogue::Catalogue;
+use crate::model::{DeviceStateRecord, PartnerObservation};
+
+use super::compact::{CompactStr, OsVersion};
+use super::devices::{flags, Device, Observation};
+use super::Engine;
+
+/// A changelog record that cannot be restored.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RestoreError {
+    #[error("state record for {tenant}/{device} names partner {partner:?}, not in the catalogue")]
+    UnknownPartner {
+        tenant: String,
+        device: String,
+        partner: String,
+    },
+    #[error("state record key {key:?} does not match its payload {tenant}/{device}")]
+    KeyMismatch {
+        key: String,
+        tenant: String,
+        device: String,
+    },
+}
+
+/// The changelog record of a device.
+pub fn to_record(tenant: &str, device_id: &str, d: &Device, catalogue: &Catalogue) -> DeviceStateRecord {
+    DeviceStateRecord {
+        tenant_id: tenant.to_owned(),
+        device_id: device_id.to_owned(),
+        user_id: (!d.user.is_empty()).then(|| d.user.to_string()),
+        platform: d.platform,
+        management: d.management,
+        ownership: d.ownership,
+        os_version: d.os.to_text(),
+        enrolled: d.has(flags::ENROLLED),
+        compliance: d.compliance,
+        mam_blocked: d.has(flags::MAM_BLOCKED),
+        mam_wipe_incident: d.has(flags::WIPE_INCIDENT),
+        output_seq: d.output_seq as i64,
+        partners: d
+            .observations
+            .iter()
+            .map(|o| PartnerObservation {
+                partner_id: catalogue.partner(o.partner).id.clone(),
+                health_state: o.health,
+                observed_at: o.observed_at,
+                event_fingerprint: o.event_fingerprint as i32,
+            })
+            .collect(),
+    }
+}
+
+impl Engine {
+    /// Hands the changelog record (or `None` for a tombstone) of every device of `partition`
+    /// changed since the last call, keyed `tenant/device`.
+    pub fn drain_changelog(
+        &self,
+        partition: i32,
+        mut f: impl FnMut(String, Option<DeviceStateRecord>),
+    ) {
+        let Some(mut shard) = self.shards.get_mut(&partition) else {
+            return;
+        };
+        let tenants = &self.tenants;
+        let catalogue = &self.catalogue;
+        shard.drain_changes(|tenant, id, device| {
+            let name = tenants.name(tenant);
+            f(
+                format!("{name}/{id}"),
+                device.map(|d| to_record(name, id, d, catalogue)),
+            )
+        });
+    }
+
+    /// Restores one changelog record into `partition` (a later record for the same device
+    /// replaces the earlier one; `None` removes the device).
+    pub fn restore(
+        &mut self,
+        partition: i32,
+        key: &str,
+        record: Option<&DeviceStateRecord>,
+    ) -> Result<(), RestoreError> {
+        let Some(r) = record else {
+            if let Some((t, d)) = key.split_once('/') {
+                if let (Some(tenant), Some(mut shard)) =
+                    (self.tenants.get(t), self.shards.get_mut(&partition))
+                {
+                    if let Some(slot) = shard.find(tenant, d) {
+                        shard.remove(slot);
+                        shard.drain_changes(|_, _, _| {});
+                    }
+                }
+            }
+            return Ok(());
+        };
+        if key.split_once('/') != Some((r.tenant_id.as_str(), r.device_id.as_str())) {
+            return Err(RestoreError::KeyMismatch {
+                key: key.to_owned(),
+                tenant: r.tenant_id.clone(),
+                device: r.device_id.clone(),
+            });
+        }
+        let mut observations = smallvec::SmallVec::new();
+        for p in &r.partners {
+            let partner =
+                self.catalogue
+                    .index(&p.partner_id)
+                    .ok_or_else(|| RestoreError::UnknownPartner {
+                        tenant: r.tenant_id.clone(),
+                        device: r.device_id.clone(),
+                        partner: p.partner_id.clone(),
+                    })?;
+            observations.push(Observation {
+                observed_at: p.observed_at,
+                event_fingerprint: p.event_fingerprint as u32,
+                partner,
+                health: p.health_state,
+            });
+        }
+        observations.sort_by_key(|o: &Observation| o.partner);
+        let tenant = self.tenants.intern(&r.tenant_id);
+        let mut shard = self.shards.entry(partition).or_default();
+        let slot = match shard.find(tenant, &r.device_id) {
+            Some(s) => s,
+            None => shard.insert(Device::new(tenant, &r.device_id, r.platform, r.management)),
+        };
+        shard.set_platform(slot, r.platform);
+        let d = shard.get_mut(slot);
+        d.output_seq = r.output_seq as u32;
+        d.user = r.user_id.as_deref().map_or(CompactStr::EMPTY, CompactStr::new);
+        d.os = r.os_version.as_deref().map_or(OsVersion::UNKNOWN, OsVersion::parse);
+        d.observations = observations;
+        d.management = r.management;
+        d.ownership = r.ownership;
+        d.compliance = r.compliance;
+        d.flags = 0;
+        d.set(flags::ENROLLED, r.enrolled);
+        d.set(flags::MAM_BLOCKED, r.mam_blocked);
+        d.set(flags::WIPE_INCIDENT, r.mam_wipe_incident);
+        Ok(())
+    }
+
+    /// Drops the state of a partition this instance no longer owns.
+    pub fn drop_partition(&mut self, partition: i32) -> usize {
+        self.shards.remove(&partition).map_or(0, |(_, s)| s.len())
+    }
+
+    /// The changelog record of one device, if held.
+    pub fn device_record(&self, partition: i32, tenant: &str, device: &str) -> Option<DeviceStateRecord> {
+        let t = self.tenants.get(tenant)?;
+        let shard = self.shards.get(&partition)?;
+        let slot = shard.find(t, device)?;
+        Some(to_record(tenant, device, shard.get(slot), &self.catalogue))
+    }
+}
