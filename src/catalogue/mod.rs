@@ -26,7 +26,10 @@ impl PlatformSet {
         self.0 |= 1 << p.code();
     }
     pub fn iter(self) -> impl Iterator<Item = Platform> {
-        Platform::ALL.iter().copied().filter(move |&p| self.contains(p))
+        Platform::ALL
+            .iter()
+            .copied()
+            .filter(move |&p| self.contains(p))
     }
 }
 
@@ -212,7 +215,11 @@ mod tests {
         assert!(!wsc.compliance);
         assert!(wsc.platforms.contains(Platform::Windows));
         assert!(!wsc.platforms.contains(Platform::Android));
-        for p in c.partners().iter().filter(|p| !p.defender && p.id != "windows-security-center") {
+        for p in c
+            .partners()
+            .iter()
+            .filter(|p| !p.defender && p.id != "windows-security-center")
+        {
             assert!(p.platforms.contains(Platform::Android) && p.platforms.contains(Platform::Ios));
             assert!(!p.platforms.contains(Platform::Windows));
         }
@@ -230,11 +237,20 @@ mod tests {
     #[test]
     fn invalid_files_are_refused_with_reasons() {
         let dup = "clouds=[\"public\"]\n[[partner]]\nid=\"a\"\nname=\"A\"\nplatforms=[\"IOS\"]\nclouds=[\"public\"]\n[[partner]]\nid=\"a\"\nname=\"B\"\nplatforms=[\"IOS\"]\nclouds=[\"public\"]\n";
-        assert!(Catalogue::parse(dup, "public").unwrap_err().to_string().contains("duplicate"));
+        assert!(Catalogue::parse(dup, "public")
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate"));
         let plat = "clouds=[\"public\"]\n[[partner]]\nid=\"a\"\nname=\"A\"\nplatforms=[\"PALM\"]\nclouds=[\"public\"]\n";
-        assert!(Catalogue::parse(plat, "public").unwrap_err().to_string().contains("PALM"));
+        assert!(Catalogue::parse(plat, "public")
+            .unwrap_err()
+            .to_string()
+            .contains("PALM"));
         let slash = "clouds=[\"public\"]\n[[partner]]\nid=\"a/b\"\nname=\"A\"\nplatforms=[\"IOS\"]\nclouds=[\"public\"]\n";
         assert!(Catalogue::parse(slash, "public").is_err());
-        assert!(matches!(Catalogue::parse("x=", "public"), Err(CatalogueError::Syntax(_))));
+        assert!(matches!(
+            Catalogue::parse("x=", "public"),
+            Err(CatalogueError::Syntax(_))
+        ));
     }
 }

@@ -203,7 +203,12 @@ impl OsVersion {
 
     fn components(self) -> [u16; 4] {
         let v = self.0 & !KNOWN;
-        [(v >> 48) as u16, (v >> 32) as u16, (v >> 16) as u16, v as u16]
+        [
+            (v >> 48) as u16,
+            (v >> 32) as u16,
+            (v >> 16) as u16,
+            v as u16,
+        ]
     }
 
     /// Canonical text form (trailing zero components dropped, at least `major.minor`).

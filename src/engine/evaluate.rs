@@ -66,7 +66,9 @@ pub fn evaluate_compliance(
                 if level > *limit {
                     pass = false;
                     note(cp.partner, ReasonCode::LevelExceedsPolicy, &|| {
-                        format!("reported level {level} exceeds {limit} allowed by policy {policy_id}")
+                        format!(
+                            "reported level {level} exceeds {limit} allowed by policy {policy_id}"
+                        )
                     });
                 }
             }
@@ -80,7 +82,9 @@ pub fn evaluate_compliance(
                         "two or more partners are configured for the platform, so each must submit a scan"
                     };
                     note(cp.partner, ReasonCode::MissingPartnerData, &|| match obs {
-                        Some(o) => format!("latest report says {} (no usable level); {why}", o.health),
+                        Some(o) => {
+                            format!("latest report says {} (no usable level); {why}", o.health)
+                        }
                         None => format!("no report received; {why}"),
                     });
                 }

@@ -20,9 +20,9 @@ use crate::model::*;
 
 use compact::{CompactStr, OsVersion};
 use connector::{ConnectorState, Published};
-pub use record::RestoreError;
 use devices::{flags, Device, DeviceShard, Observation, Slot};
 use evaluate::{evaluate_app_protection, evaluate_compliance, ReasonNote};
+pub use record::RestoreError;
 use tables::{TenantId, TenantTables, Tenants};
 
 /// Engine settings that are not per tenant.
@@ -463,7 +463,10 @@ impl Engine {
             if h.sent_at < last {
                 return Err(reject(
                     RejectReason::Stale,
-                    format!("sent_at {} is older than the last heartbeat ({last})", h.sent_at),
+                    format!(
+                        "sent_at {} is older than the last heartbeat ({last})",
+                        h.sent_at
+                    ),
                 ));
             }
         }
@@ -517,7 +520,10 @@ impl Engine {
                     "settings updated",
                 )
             }
-            None => (format!("connector:{kt}/{kp}@deprovisioned"), "connector deleted"),
+            None => (
+                format!("connector:{kt}/{kp}@deprovisioned"),
+                "connector deleted",
+            ),
         };
         let tenant = self.tenants.intern(kt);
         let conn = self
@@ -729,7 +735,6 @@ impl Engine {
     }
 }
 
-
 fn status_reason(
     conn: &ConnectorState,
     old: Published,
@@ -741,10 +746,9 @@ fn status_reason(
     let cfg = conn.config.as_ref();
     match new.status {
         ConnectorStatus::Unavailable if cfg.is_none() => "no connector settings".to_owned(),
-        ConnectorStatus::Unavailable if !catalogue.offered(partner) => format!(
-            "partner is not offered in the {} cloud",
-            catalogue.cloud()
-        ),
+        ConnectorStatus::Unavailable if !catalogue.offered(partner) => {
+            format!("partner is not offered in the {} cloud", catalogue.cloud())
+        }
         ConnectorStatus::Unavailable => "connector is deprovisioned".to_owned(),
         ConnectorStatus::NotSetUp => "connector setup is not complete".to_owned(),
         ConnectorStatus::Unresponsive if new.compliance_ignored && !old.compliance_ignored => {
@@ -826,8 +830,7 @@ fn reevaluate(
                 device.has(flags::MAM_BLOCKED),
                 device.has(flags::WIPE_INCIDENT),
             );
-            if decision.actions.is_empty() && before == (decision.blocked, decision.wipe_incident)
-            {
+            if decision.actions.is_empty() && before == (decision.blocked, decision.wipe_incident) {
                 return;
             }
             let device_id = device.id.to_string();

@@ -28,7 +28,12 @@ pub enum RestoreError {
 }
 
 /// The changelog record of a device.
-pub fn to_record(tenant: &str, device_id: &str, d: &Device, catalogue: &Catalogue) -> DeviceStateRecord {
+pub fn to_record(
+    tenant: &str,
+    device_id: &str,
+    d: &Device,
+    catalogue: &Catalogue,
+) -> DeviceStateRecord {
     DeviceStateRecord {
         tenant_id: tenant.to_owned(),
         device_id: device_id.to_owned(),
@@ -107,14 +112,13 @@ impl Engine {
         }
         let mut observations = smallvec::SmallVec::new();
         for p in &r.partners {
-            let partner =
-                self.catalogue
-                    .index(&p.partner_id)
-                    .ok_or_else(|| RestoreError::UnknownPartner {
-                        tenant: r.tenant_id.clone(),
-                        device: r.device_id.clone(),
-                        partner: p.partner_id.clone(),
-                    })?;
+            let partner = self.catalogue.index(&p.partner_id).ok_or_else(|| {
+                RestoreError::UnknownPartner {
+                    tenant: r.tenant_id.clone(),
+                    device: r.device_id.clone(),
+                    partner: p.partner_id.clone(),
+                }
+            })?;
             observations.push(Observation {
                 observed_at: p.observed_at,
                 event_fingerprint: p.event_fingerprint as u32,
@@ -132,8 +136,14 @@ impl Engine {
         shard.set_platform(slot, r.platform);
         let d = shard.get_mut(slot);
         d.output_seq = r.output_seq as u32;
-        d.user = r.user_id.as_deref().map_or(CompactStr::EMPTY, CompactStr::new);
-        d.os = r.os_version.as_deref().map_or(OsVersion::UNKNOWN, OsVersion::parse);
+        d.user = r
+            .user_id
+            .as_deref()
+            .map_or(CompactStr::EMPTY, CompactStr::new);
+        d.os = r
+            .os_version
+            .as_deref()
+            .map_or(OsVersion::UNKNOWN, OsVersion::parse);
         d.observations = observations;
         d.management = r.management;
         d.ownership = r.ownership;
@@ -151,7 +161,12 @@ impl Engine {
     }
 
     /// The changelog record of one device, if held.
-    pub fn device_record(&self, partition: i32, tenant: &str, device: &str) -> Option<DeviceStateRecord> {
+    pub fn device_record(
+        &self,
+        partition: i32,
+        tenant: &str,
+        device: &str,
+    ) -> Option<DeviceStateRecord> {
         let t = self.tenants.get(tenant)?;
         let shard = self.shards.get(&partition)?;
         let slot = shard.find(t, device)?;

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use smallvec::SmallVec;
 
 use crate::catalogue::{Catalogue, PartnerIdx};
-use crate::model::{Platform, PolicyAction, PolicyKind, ThreatLevel, ThreatPolicy, PartnerPriority};
+use crate::model::{
+    PartnerPriority, Platform, PolicyAction, PolicyKind, ThreatLevel, ThreatPolicy,
+};
 
 use super::compact::OsVersion;
 use super::connector::ConnectorState;
@@ -97,7 +99,9 @@ impl TenantTables {
                     let partner = self.mam_partner(
                         catalogue,
                         platform,
-                        policy.partner_priority.unwrap_or(PartnerPriority::DefenderFirst),
+                        policy
+                            .partner_priority
+                            .unwrap_or(PartnerPriority::DefenderFirst),
                     );
                     view.app_policies.push(AppPolicy {
                         policy_id: policy.policy_id.clone(),
@@ -147,7 +151,9 @@ impl TenantTables {
                 .iter()
                 .filter(|(&idx, c)| {
                     let p = catalogue.partner(idx);
-                    p.defender == defender && p.platforms.contains(platform) && c.counts_for_mam(platform)
+                    p.defender == defender
+                        && p.platforms.contains(platform)
+                        && c.counts_for_mam(platform)
                 })
                 .map(|(&idx, _)| idx)
                 .next()

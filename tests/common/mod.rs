@@ -1,0 +1,262 @@
+//! Builders and a small harness around the pure engine, shared by the engine tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use mtdgate::catalogue::Catalogue;
+use mtdgate::engine::{Body, Engine, EngineSettings, Event, Output, Rejection};
+use mtdgate::model::*;
+
+pub const T0: i64 = 1_700_000_000_000;
+pub const DAY: i64 = 86_400_000;
+pub const LOOKOUT: &str = "lookout";
+pub const ZIMPERIUM: &str = "zimperium";
+pub const MDE: &str = "microsoft-defender-for-endpoint";
+
+pub struct Harness {
+    pub engine: Engine,
+    pub now: i64,
+    seq: u64,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Harness {
+            engine: Engine::new(
+                Arc::new(Catalogue::builtin("public").unwrap()),
+                EngineSettings::default(),
+            ),
+            now: T0,
+            seq: 0,
+        }
+    }
+
+    pub fn apply(&mut self, key: &str, body: Body) -> Vec<Output> {
+        self.apply_at(0, key, body)
+    }
+
+    pub fn apply_at(&mut self, partition: i32, key: &str, body: Body) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.engine.apply(
+            &Event {
+                partition,
+                key: Some(key.as_bytes()),
+                body,
+            },
+            self.now,
+            &mut out,
+        );
+        out
+    }
+
+    /// Moves the wall clock and fires due timers.
+    pub fn advance_to(&mut self, now: i64) -> Vec<Output> {
+        self.now = now;
+        let mut out = Vec::new();
+        self.engine.advance(now, &mut out);
+        out
+    }
+
+    pub fn connector(&mut self, cfg: ConnectorConfig) -> Vec<Output> {
+        let key = format!("{}/{}", cfg.tenant_id, cfg.partner_id);
+        self.apply(&key, Body::Connector(Some(cfg)))
+    }
+
+    pub fn policy(&mut self, p: ThreatPolicy) -> Vec<Output> {
+        let key = format!("{}/{}", p.tenant_id, p.policy_id);
+        self.apply(&key, Body::Policy(Some(p)))
+    }
+
+    pub fn heartbeat(&mut self, tenant: &str, partner: &str) -> Vec<Output> {
+        let hb = ConnectorHeartbeat {
+            tenant_id: tenant.into(),
+            partner_id: partner.into(),
+            sent_at: self.now,
+            error_code: None,
+            min_os_versions: None,
+        };
+        self.apply(&format!("{tenant}/{partner}"), Body::Heartbeat(hb))
+    }
+
+    pub fn enroll(
+        &mut self,
+        tenant: &str,
+        device: &str,
+        platform: Platform,
+        m: Management,
+    ) -> Vec<Output> {
+        let e = DeviceEnrollment {
+            tenant_id: tenant.into(),
+            device_id: device.into(),
+            user_id: format!("user-of-{device}"),
+            platform,
+            management: m,
+            ownership: Ownership::Corporate,
+            os_version: Some("17.4".into()),
+            enrolled_at: self.now,
+        };
+        self.apply(&format!("{tenant}/{device}"), Body::Enrollment(Some(e)))
+    }
+
+    pub fn report(&mut self, r: DeviceThreatReport) -> Vec<Output> {
+        let key = format!("{}/{}", r.tenant_id, r.device_id);
+        self.apply(&key, Body::Threat(r))
+    }
+
+    /// A report observed now, with a fresh event id.
+    pub fn threat(
+        &mut self,
+        tenant: &str,
+        partner: &str,
+        device: &str,
+        platform: Platform,
+        m: Management,
+        state: HealthState,
+    ) -> DeviceThreatReport {
+        self.seq += 1;
+        report(
+            tenant,
+            partner,
+            device,
+            platform,
+            m,
+            state,
+            self.now,
+            &format!("evt-{}", self.seq),
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    tenant: &str,
+    partner: &str,
+    device: &str,
+    platform: Platform,
+    management: Management,
+    health_state: HealthState,
+    observed_at: i64,
+    event_id: &str,
+) -> DeviceThreatReport {
+    DeviceThreatReport {
+        event_id: event_id.into(),
+        tenant_id: tenant.into(),
+        partner_id: partner.into(),
+        device_id: device.into(),
+        user_id: Some(format!("user-of-{device}")),
+        platform,
+        management,
+        ownership: Some(Ownership::Corporate),
+        os_version: Some("17.4".into()),
+        health_state,
+        threats: vec![],
+        observed_at,
+    }
+}
+
+/// A provisioned, set-up connector with compliance and MAM on for every platform it covers.
+pub fn enabled(tenant: &str, partner: &str) -> ConnectorConfig {
+    let mut c = ConnectorConfig::new(tenant, partner, T0);
+    c.provisioned = true;
+    c.setup_complete = true;
+    c.android_enabled = true;
+    c.ios_enabled = true;
+    c.android_mam_enabled = true;
+    c.ios_mam_enabled = true;
+    if partner == MDE {
+        c.windows_enabled = true;
+        c.macos_enabled = true;
+    }
+    c
+}
+
+pub fn compliance_policy(
+    tenant: &str,
+    id: &str,
+    platform: Platform,
+    max: PolicyLevel,
+) -> ThreatPolicy {
+    ThreatPolicy {
+        tenant_id: tenant.into(),
+        policy_id: id.into(),
+        kind: PolicyKind::Compliance,
+        platform,
+        max_level: max,
+        action: None,
+        partner_priority: None,
+        updated_at: T0,
+    }
+}
+
+pub fn app_policy(
+    tenant: &str,
+    id: &str,
+    platform: Platform,
+    max: PolicyLevel,
+    action: PolicyAction,
+) -> ThreatPolicy {
+    ThreatPolicy {
+        tenant_id: tenant.into(),
+        policy_id: id.into(),
+        kind: PolicyKind::AppProtection,
+        platform,
+        max_level: max,
+        action: Some(action),
+        partner_priority: None,
+        updated_at: T0,
+    }
+}
+
+pub fn compliance(out: &[Output]) -> Vec<&ComplianceChange> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Compliance(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn actions(out: &[Output]) -> Vec<&AppProtectionAction> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::AppAction(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn statuses(out: &[Output]) -> Vec<&ConnectorStatusChange> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::ConnectorStatus(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn rejected(out: &[Output]) -> Vec<&Rejection> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Rejected(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The single rejection reason in `out`, panicking with the outputs otherwise.
+pub fn rejection(out: &[Output]) -> RejectReason {
+    let r = rejected(out);
+    assert_eq!(r.len(), 1, "expected one rejection, got {out:#?}");
+    assert_eq!(
+        out.len(),
+        1,
+        "a rejected input must publish nothing else: {out:#?}"
+    );
+    r[0].reason
+}
