@@ -5,5 +5,7 @@
 
 pub mod catalogue;
 pub mod codec;
+pub mod config;
 pub mod engine;
 pub mod model;
+pub mod runtime;

@@ -1,1 +1,146 @@
-fn main() {}
+//! The `mtdgate` command.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use mtdgate::config::Config;
+use mtdgate::runtime::{self, clock::SystemClock, Status};
+
+#[derive(Parser)]
+#[command(
+    name = "mtdgate",
+    version,
+    about = "Kafka-native Mobile Threat Defense compliance engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume the input topics and publish verdicts, exactly once.
+    Run {
+        /// TOML configuration file (environment overrides: MTDGATE_SECTION__KEY).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Manage the contract's topics.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Print the effective configuration.
+    Config {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create every missing topic (tables and changelog compacted).
+    Create,
+    /// Check that every topic exists and the device topics are co-partitioned.
+    Verify,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            let shutdown = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook_consts::SIGTERM, signal_hook_consts::SIGINT] {
+                let flag = shutdown.clone();
+                ctrlc_like(sig, flag)?;
+            }
+            runtime::run(
+                cfg,
+                Arc::new(SystemClock),
+                shutdown,
+                Arc::new(Status::default()),
+            )
+        }
+        Command::Topics { action, config } => {
+            let cfg = Config::load(config.as_deref())?;
+            let catalogue = runtime::load_catalogue(&cfg)?;
+            match action {
+                TopicsAction::Create => {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    let created = rt.block_on(runtime::kafka::create_topics(&cfg, &catalogue))?;
+                    for t in &created {
+                        println!("created {t}");
+                    }
+                    let n = runtime::kafka::verify_topics(&cfg, &catalogue)?;
+                    println!(
+                        "{} topics ok; device topics have {n} partitions",
+                        runtime::kafka::all_topics(&cfg, &catalogue).len()
+                    );
+                }
+                TopicsAction::Verify => {
+                    let n = runtime::kafka::verify_topics(&cfg, &catalogue)?;
+                    println!("topics ok; device topics have {n} partitions");
+                }
+            }
+            Ok(())
+        }
+        Command::Config { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            print!(
+                "{}",
+                toml::to_string_pretty(&cfg).context("render configuration")?
+            );
+            Ok(())
+        }
+    }
+}
+
+mod signal_hook_consts {
+    pub const SIGTERM: i32 = 15;
+    pub const SIGINT: i32 = 2;
+}
+
+/// Sets `flag` when signal `sig` arrives (a second arrival exits at once).
+fn ctrlc_like(sig: i32, flag: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let kind = tokio::signal::unix::SignalKind::from_raw(sig);
+            let mut s = match tokio::signal::unix::signal(kind) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            s.recv().await;
+            tracing::info!(signal = sig, "shutdown requested");
+            flag.store(true, Ordering::SeqCst);
+            s.recv().await;
+            std::process::exit(130);
+        })
+    });
+    Ok(())
+}

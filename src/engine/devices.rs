@@ -267,17 +267,19 @@ impl DeviceShard {
         }
     }
 
-    /// Hands every device changed since the last call to `f`, then every retired one as `None`.
+    /// Hands every device retired since the last call to `f` as `None`, then every changed one.
+    /// Tombstones go first: a device retired and then re-created in the same batch is live, and
+    /// its record must be the last one written for its key.
     pub fn drain_changes(&mut self, mut f: impl FnMut(TenantId, &str, Option<&Device>)) {
+        for (tenant, id) in std::mem::take(&mut self.retired) {
+            f(tenant, &id, None);
+        }
         let dirty = std::mem::take(&mut self.dirty);
         for slot in dirty {
             let d = self.get_mut(slot);
             d.set(flags::DIRTY, false);
             let d = self.get(slot);
             d.id.with_str(|id| f(d.tenant, id, Some(d)));
-        }
-        for (tenant, id) in std::mem::take(&mut self.retired) {
-            f(tenant, &id, None);
         }
     }
 

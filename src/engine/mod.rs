@@ -166,6 +166,46 @@ impl Engine {
         }
     }
 
+    /// Re-evaluates every device of `partition` against the current tables, e.g. after its
+    /// state was restored: tables may have changed while no instance owned the partition.
+    pub fn reconcile(&mut self, partition: i32, now: i64, out: &mut Vec<Output>) {
+        let Some(mut shard) = self.shards.get_mut(&partition) else {
+            return;
+        };
+        let slots: Vec<(Slot, TenantId)> = shard.iter().map(|(s, d)| (s, d.tenant)).collect();
+        let cause = format!("reconcile:{partition}@{now}");
+        for (slot, tenant) in slots {
+            reevaluate(
+                &self.catalogue,
+                self.tenants.tables(tenant),
+                self.tenants.name(tenant),
+                &mut shard,
+                slot,
+                &cause,
+                now,
+                &mut self.reasons,
+                out,
+            );
+        }
+    }
+
+    /// Every connector's published status: (tenant, partner, status, compliance ignored,
+    /// last heartbeat).
+    pub fn connector_statuses(&self) -> Vec<(String, String, Published, Option<i64>)> {
+        let mut v = Vec::new();
+        for t in 0..self.tenants.len() as TenantId {
+            for (&p, c) in &self.tenants.tables(t).connectors {
+                v.push((
+                    self.tenants.name(t).to_owned(),
+                    self.catalogue.partner(p).id.clone(),
+                    c.published,
+                    c.last_heartbeat_at,
+                ));
+            }
+        }
+        v
+    }
+
     /// The next connector deadline, if any.
     pub fn next_deadline(&self) -> Option<i64> {
         self.timers.first().map(|t| t.0)

@@ -1,0 +1,621 @@
+//! A schema-driven serde `Deserializer` over Avro binary.
+//!
+//! It walks the writer schema and hands the values straight to the target type's `Deserialize`
+//! implementation: records become maps keyed by field name (so derived structs match fields by
+//! name, take their serde defaults for fields the writer lacks and skip fields they do not
+//! know), enums become their symbol, `["null", T]` unions become options. Strings and bytes are
+//! borrowed from the input. No length read from the input is trusted before it is checked
+//! against the bytes that are left.
+
+use serde::de::{
+    self, value::BorrowedStrDeserializer, value::StrDeserializer, DeserializeSeed, Deserializer,
+    Visitor,
+};
+
+use super::avro_error::AvroError;
+use super::compiled::{Compiled, Field, Node, NodeId};
+
+type Result<T> = std::result::Result<T, AvroError>;
+
+/// Deepest nesting of records, arrays and maps accepted (only recursive schemas get near it).
+const MAX_DEPTH: u32 = 64;
+
+/// Most items of a zero-sized type (e.g. `null`) accepted in one array or map block.
+const MAX_ZERO_SIZED_ITEMS: u64 = 1 << 16;
+
+/// Decodes one datum of `schema` from `data` into `T`; bytes left over are an error.
+pub(crate) fn from_slice<'de, T: de::Deserialize<'de>>(
+    schema: &Compiled,
+    data: &'de [u8],
+) -> Result<T> {
+    let mut reader = Reader { data, pos: 0 };
+    let value = T::deserialize(De {
+        r: &mut reader,
+        s: schema,
+        node: schema.root,
+        depth: 0,
+    })?;
+    reader.finish()?;
+    Ok(value)
+}
+
+/// Checks that `data` is exactly one well-formed datum of `schema`, without building anything.
+pub(crate) fn validate(schema: &Compiled, data: &[u8]) -> Result<()> {
+    let mut reader = Reader { data, pos: 0 };
+    De {
+        r: &mut reader,
+        s: schema,
+        node: schema.root,
+        depth: 0,
+    }
+    .skip()?;
+    reader.finish()
+}
+
+/// A cursor over the input.
+pub(crate) struct Reader<'de> {
+    data: &'de [u8],
+    pos: usize,
+}
+
+impl<'de> Reader<'de> {
+    #[inline]
+    fn remaining(&self) -> usize {
+        self.data.len() - self.pos
+    }
+
+    fn finish(&self) -> Result<()> {
+        match self.remaining() {
+            0 => Ok(()),
+            n => Err(AvroError::malformed(format!(
+                "{n} trailing byte(s) after the record (datum ends at offset {})",
+                self.pos
+            ))),
+        }
+    }
+
+    #[cold]
+    fn truncated(&self, what: &str, need: u64) -> AvroError {
+        AvroError::malformed(format!(
+            "truncated: {what} needs {need} byte(s) at offset {}, {} left",
+            self.pos,
+            self.remaining()
+        ))
+    }
+
+    #[inline]
+    fn byte(&mut self, what: &str) -> Result<u8> {
+        match self.data.get(self.pos) {
+            Some(&b) => {
+                self.pos += 1;
+                Ok(b)
+            }
+            None => Err(self.truncated(what, 1)),
+        }
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize, what: &str) -> Result<&'de [u8]> {
+        if n > self.remaining() {
+            return Err(self.truncated(what, n as u64));
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    #[inline]
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let s = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    /// A zigzag varint `long` (at most 10 bytes).
+    #[inline]
+    fn long(&mut self) -> Result<i64> {
+        let first = self.byte("long")?;
+        let raw = if first & 0x80 == 0 {
+            first as u64
+        } else {
+            let mut v = (first & 0x7f) as u64;
+            let mut shift = 7u32;
+            loop {
+                let b = self.byte("long")?;
+                if shift == 63 && b > 1 {
+                    return Err(AvroError::malformed(format!(
+                        "varint overflows 64 bits at offset {}",
+                        self.pos - 1
+                    )));
+                }
+                v |= ((b & 0x7f) as u64) << shift;
+                if b & 0x80 == 0 {
+                    break;
+                }
+                shift += 7;
+            }
+            v
+        };
+        Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+    }
+
+    #[inline]
+    fn int(&mut self) -> Result<i32> {
+        let v = self.long()?;
+        i32::try_from(v).map_err(|_| AvroError::malformed(format!("int value {v} out of range")))
+    }
+
+    /// A length prefix, checked against the remaining input.
+    #[inline]
+    fn len(&mut self, what: &str) -> Result<usize> {
+        let n = self.long()?;
+        if n < 0 {
+            return Err(AvroError::malformed(format!("negative {what} length {n}")));
+        }
+        if n as u64 > self.remaining() as u64 {
+            return Err(self.truncated(what, n as u64));
+        }
+        Ok(n as usize)
+    }
+
+    #[inline]
+    fn bytes(&mut self) -> Result<&'de [u8]> {
+        let n = self.len("bytes")?;
+        self.take(n, "bytes")
+    }
+
+    #[inline]
+    fn str(&mut self) -> Result<&'de str> {
+        let n = self.len("string")?;
+        let start = self.pos;
+        let s = self.take(n, "string")?;
+        std::str::from_utf8(s).map_err(|e| {
+            AvroError::malformed(format!(
+                "invalid UTF-8 in string at offset {}",
+                start + e.valid_up_to()
+            ))
+        })
+    }
+
+    #[inline]
+    fn boolean(&mut self) -> Result<bool> {
+        match self.byte("boolean")? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(AvroError::malformed(format!(
+                "invalid boolean byte 0x{b:02x} at offset {}",
+                self.pos - 1
+            ))),
+        }
+    }
+
+    /// Reads an array/map block header: the item count (0 = end), skipping the byte size of a
+    /// negative count, and checks that `count` items of at least `min_size` bytes can fit.
+    fn block(&mut self, min_size: u32, what: &str) -> Result<u64> {
+        let count = self.long()?;
+        let count = if count < 0 {
+            let size = self.long()?;
+            if size < 0 || size as u64 > self.remaining() as u64 {
+                return Err(AvroError::malformed(format!(
+                    "{what} block byte size {size} does not fit the {} byte(s) left",
+                    self.remaining()
+                )));
+            }
+            count.unsigned_abs()
+        } else {
+            count as u64
+        };
+        let fits = if min_size == 0 {
+            count <= MAX_ZERO_SIZED_ITEMS
+        } else {
+            count <= (self.remaining() / min_size as usize) as u64
+        };
+        if !fits {
+            return Err(AvroError::malformed(format!(
+                "{what} block of {count} items cannot fit in the {} byte(s) left",
+                self.remaining()
+            )));
+        }
+        Ok(count)
+    }
+}
+
+/// Deserializer for one value of node `node`.
+pub(crate) struct De<'a, 'de> {
+    r: &'a mut Reader<'de>,
+    s: &'a Compiled,
+    node: NodeId,
+    depth: u32,
+}
+
+impl<'a, 'de> De<'a, 'de> {
+    #[inline]
+    fn child(&mut self, node: NodeId) -> De<'_, 'de> {
+        De {
+            r: self.r,
+            s: self.s,
+            node,
+            depth: self.depth,
+        }
+    }
+
+    /// The node to decode, after reading the branch index of a union.
+    #[inline]
+    fn resolve(&mut self) -> Result<&'a Node> {
+        let s: &'a Compiled = self.s;
+        match s.node(self.node) {
+            Node::Union(branches) => {
+                let idx = self.r.long()?;
+                match usize::try_from(idx).ok().and_then(|i| branches.get(i)) {
+                    Some(&b) => {
+                        self.node = b;
+                        Ok(s.node(b))
+                    }
+                    None => Err(AvroError::malformed(format!(
+                        "union branch index {idx} out of range ({} branches)",
+                        branches.len()
+                    ))),
+                }
+            }
+            n => Ok(n),
+        }
+    }
+
+    #[inline]
+    fn deeper(&self) -> Result<u32> {
+        if self.depth >= MAX_DEPTH {
+            Err(AvroError::malformed(format!(
+                "nesting deeper than {MAX_DEPTH} levels"
+            )))
+        } else {
+            Ok(self.depth + 1)
+        }
+    }
+
+    #[inline]
+    fn symbol(&mut self, symbols: &'a [Box<str>]) -> Result<&'a str> {
+        let idx = self.r.long()?;
+        match usize::try_from(idx).ok().and_then(|i| symbols.get(i)) {
+            Some(s) => Ok(s),
+            None => Err(AvroError::invalid(format!(
+                "enum index {idx} out of range ({} symbols)",
+                symbols.len()
+            ))),
+        }
+    }
+
+    fn visit_node<V: Visitor<'de>>(mut self, node: &'a Node, visitor: V) -> Result<V::Value> {
+        match node {
+            Node::Null => visitor.visit_unit(),
+            Node::Boolean => visitor.visit_bool(self.r.boolean()?),
+            Node::Int => visitor.visit_i32(self.r.int()?),
+            Node::Long => visitor.visit_i64(self.r.long()?),
+            Node::Float => visitor.visit_f32(f32::from_le_bytes(self.r.array("float")?)),
+            Node::Double => visitor.visit_f64(f64::from_le_bytes(self.r.array("double")?)),
+            Node::Bytes => visitor.visit_borrowed_bytes(self.r.bytes()?),
+            Node::String => visitor.visit_borrowed_str(self.r.str()?),
+            Node::Fixed(n) => visitor.visit_borrowed_bytes(self.r.take(*n, "fixed")?),
+            Node::Enum { symbols, .. } => visitor.visit_str(self.symbol(symbols)?),
+            Node::Record { fields, .. } => {
+                let depth = self.deeper()?;
+                visitor.visit_map(RecordAccess {
+                    r: self.r,
+                    s: self.s,
+                    fields,
+                    next: 0,
+                    depth,
+                })
+            }
+            Node::Array(item) => {
+                let depth = self.deeper()?;
+                let mut access = ArrayAccess {
+                    r: self.r,
+                    s: self.s,
+                    item: *item,
+                    min_size: self.s.min_size[*item as usize],
+                    left: 0,
+                    index: 0,
+                    done: false,
+                    depth,
+                };
+                access.next_block()?;
+                visitor.visit_seq(access)
+            }
+            Node::Map(value) => {
+                let depth = self.deeper()?;
+                let mut access = MapAccess {
+                    r: self.r,
+                    s: self.s,
+                    value: *value,
+                    min_size: self.s.min_size[*value as usize].saturating_add(1),
+                    left: 0,
+                    key: "",
+                    done: false,
+                    depth,
+                };
+                access.next_block()?;
+                visitor.visit_map(access)
+            }
+            Node::Union(_) => Err(AvroError::malformed("union directly inside a union")),
+        }
+    }
+
+    /// Reads past one value without building anything (validating it all the same).
+    pub(crate) fn skip(mut self) -> Result<()> {
+        match self.resolve()? {
+            Node::Null => Ok(()),
+            Node::Boolean => self.r.boolean().map(drop),
+            Node::Int => self.r.int().map(drop),
+            Node::Long => self.r.long().map(drop),
+            Node::Float => self.r.take(4, "float").map(drop),
+            Node::Double => self.r.take(8, "double").map(drop),
+            Node::Bytes => self.r.bytes().map(drop),
+            Node::String => self.r.str().map(drop),
+            Node::Fixed(n) => self.r.take(*n, "fixed").map(drop),
+            Node::Enum { symbols, .. } => self.symbol(symbols).map(drop),
+            Node::Record { fields, .. } => {
+                let depth = self.deeper()?;
+                for f in fields.iter() {
+                    let mut child = self.child(f.node);
+                    child.depth = depth;
+                    child.skip().map_err(|e| e.at_field(&f.name))?;
+                }
+                Ok(())
+            }
+            Node::Array(item) => {
+                let depth = self.deeper()?;
+                let min = self.s.min_size[*item as usize];
+                let mut index = 0u64;
+                loop {
+                    let count = self.r.block(min, "array")?;
+                    if count == 0 {
+                        return Ok(());
+                    }
+                    for _ in 0..count {
+                        let mut child = self.child(*item);
+                        child.depth = depth;
+                        child.skip().map_err(|e| e.at_index(index))?;
+                        index += 1;
+                    }
+                }
+            }
+            Node::Map(value) => {
+                let depth = self.deeper()?;
+                let min = self.s.min_size[*value as usize].saturating_add(1);
+                loop {
+                    let count = self.r.block(min, "map")?;
+                    if count == 0 {
+                        return Ok(());
+                    }
+                    for _ in 0..count {
+                        let key = self.r.str()?;
+                        let mut child = self.child(*value);
+                        child.depth = depth;
+                        child.skip().map_err(|e| e.at_key(key))?;
+                    }
+                }
+            }
+            Node::Union(_) => Err(AvroError::malformed("union directly inside a union")),
+        }
+    }
+}
+
+impl<'a, 'de> Deserializer<'de> for De<'a, 'de> {
+    type Error = AvroError;
+
+    #[inline]
+    fn deserialize_any<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value> {
+        let node = self.resolve()?;
+        self.visit_node(node, visitor)
+    }
+
+    #[inline]
+    fn deserialize_option<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value> {
+        let s: &'a Compiled = self.s;
+        match s.node(self.node) {
+            Node::Union(_) => match self.resolve()? {
+                Node::Null => visitor.visit_none(),
+                _ => visitor.visit_some(self),
+            },
+            Node::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    #[inline]
+    fn deserialize_enum<V: Visitor<'de>>(
+        mut self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        match self.resolve()? {
+            Node::Enum { symbols, .. } => {
+                let sym = self.symbol(symbols)?;
+                visitor.visit_enum(StrDeserializer::<AvroError>::new(sym))
+            }
+            Node::String => {
+                let s = self.r.str()?;
+                visitor.visit_enum(BorrowedStrDeserializer::<AvroError>::new(s))
+            }
+            node => self.visit_node(node, visitor),
+        }
+    }
+
+    #[inline]
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    #[inline]
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.skip()?;
+        visitor.visit_unit()
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct identifier
+    }
+}
+
+struct RecordAccess<'a, 'de> {
+    r: &'a mut Reader<'de>,
+    s: &'a Compiled,
+    fields: &'a [Field],
+    next: usize,
+    depth: u32,
+}
+
+impl<'a, 'de> de::MapAccess<'de> for RecordAccess<'a, 'de> {
+    type Error = AvroError;
+
+    #[inline]
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
+        match self.fields.get(self.next) {
+            Some(f) => seed
+                .deserialize(StrDeserializer::<AvroError>::new(&f.name))
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    #[inline]
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
+        let Some(f) = self.fields.get(self.next) else {
+            return Err(AvroError::invalid("value requested past the last field"));
+        };
+        self.next += 1;
+        seed.deserialize(De {
+            r: self.r,
+            s: self.s,
+            node: f.node,
+            depth: self.depth,
+        })
+        .map_err(|e| e.at_field(&f.name))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.fields.len() - self.next)
+    }
+}
+
+struct ArrayAccess<'a, 'de> {
+    r: &'a mut Reader<'de>,
+    s: &'a Compiled,
+    item: NodeId,
+    min_size: u32,
+    /// Items left in the current block.
+    left: u64,
+    index: u64,
+    done: bool,
+    depth: u32,
+}
+
+impl ArrayAccess<'_, '_> {
+    #[inline]
+    fn next_block(&mut self) -> Result<()> {
+        self.left = self
+            .r
+            .block(self.min_size, "array")
+            .map_err(|e| e.at_index(self.index))?;
+        self.done = self.left == 0;
+        Ok(())
+    }
+}
+
+impl<'a, 'de> de::SeqAccess<'de> for ArrayAccess<'a, 'de> {
+    type Error = AvroError;
+
+    #[inline]
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
+        if self.left == 0 {
+            if self.done {
+                return Ok(None);
+            }
+            self.next_block()?;
+            if self.done {
+                return Ok(None);
+            }
+        }
+        self.left -= 1;
+        let index = self.index;
+        self.index += 1;
+        seed.deserialize(De {
+            r: self.r,
+            s: self.s,
+            node: self.item,
+            depth: self.depth,
+        })
+        .map(Some)
+        .map_err(|e| e.at_index(index))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        usize::try_from(self.left).ok()
+    }
+}
+
+struct MapAccess<'a, 'de> {
+    r: &'a mut Reader<'de>,
+    s: &'a Compiled,
+    value: NodeId,
+    min_size: u32,
+    left: u64,
+    key: &'de str,
+    done: bool,
+    depth: u32,
+}
+
+impl MapAccess<'_, '_> {
+    #[inline]
+    fn next_block(&mut self) -> Result<()> {
+        self.left = self.r.block(self.min_size, "map")?;
+        self.done = self.left == 0;
+        Ok(())
+    }
+}
+
+impl<'a, 'de> de::MapAccess<'de> for MapAccess<'a, 'de> {
+    type Error = AvroError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
+        if self.left == 0 {
+            if self.done {
+                return Ok(None);
+            }
+            self.next_block()?;
+            if self.done {
+                return Ok(None);
+            }
+        }
+        self.left -= 1;
+        self.key = self.r.str().map_err(|e| e.at_key("<key>"))?;
+        seed.deserialize(BorrowedStrDeserializer::<AvroError>::new(self.key))
+            .map(Some)
+            .map_err(|e| e.at_key(self.key))
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
+        seed.deserialize(De {
+            r: self.r,
+            s: self.s,
+            node: self.value,
+            depth: self.depth,
+        })
+        .map_err(|e| e.at_key(self.key))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        usize::try_from(self.left).ok()
+    }
+}

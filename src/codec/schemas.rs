@@ -1,0 +1,264 @@
+//! The schema set: every record of `schemas/*.avsc`, embedded at build time and parsed once,
+//! with its CRC-64-AVRO fingerprint and its Confluent schema id from `schemas/ids.toml`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::OnceLock;
+
+use apache_avro::Schema;
+
+use super::canonical::{canonical_form_of_str, crc64_avro};
+use super::compiled::Compiled;
+use crate::model;
+
+/// Avro namespace of every record of the contract.
+pub const NAMESPACE: &str = "io.mtdgate.v1";
+
+/// `schemas/ids.toml`, as embedded.
+pub const IDS_TOML: &str = include_str!("../../schemas/ids.toml");
+
+macro_rules! records {
+    ($($idx:literal => $ty:ident),+ $(,)?) => {
+        /// (record name, `.avsc` text) of every schema, in [`SchemaSet`] order.
+        pub const SOURCES: &[(&str, &str)] = &[
+            $((stringify!($ty), include_str!(concat!("../../schemas/", stringify!($ty), ".avsc")))),+
+        ];
+        $(
+            impl AvroRecord for model::$ty {
+                const SCHEMA_NAME: &'static str = stringify!($ty);
+                const SCHEMA_INDEX: usize = $idx;
+            }
+        )+
+    };
+}
+
+records! {
+    0 => DeviceThreatReport,
+    1 => ConnectorHeartbeat,
+    2 => ConnectorConfig,
+    3 => ThreatPolicy,
+    4 => DeviceEnrollment,
+    5 => AppInventory,
+    6 => ComplianceChange,
+    7 => AppProtectionAction,
+    8 => ConnectorStatusChange,
+    9 => PartnerAppInventory,
+    10 => RejectedEvent,
+    11 => DeviceStateRecord,
+}
+
+/// A model type that is a top-level record of the schema set.
+pub trait AvroRecord {
+    /// Record name, e.g. `"DeviceThreatReport"` (the full name adds [`NAMESPACE`]).
+    const SCHEMA_NAME: &'static str;
+    /// Position in [`SchemaSet::entries`].
+    #[doc(hidden)]
+    const SCHEMA_INDEX: usize;
+
+    /// The record's schema entry.
+    fn schema_entry() -> &'static SchemaEntry {
+        &schema_set().entries[Self::SCHEMA_INDEX]
+    }
+}
+
+/// One record of the schema set.
+#[derive(Debug)]
+pub struct SchemaEntry {
+    name: &'static str,
+    full_name: String,
+    source: &'static str,
+    schema: Schema,
+    canonical_form: String,
+    fingerprint: u64,
+    confluent_id: u32,
+    pub(crate) compiled: Compiled,
+}
+
+impl SchemaEntry {
+    /// Record name, e.g. `DeviceThreatReport`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Full name, e.g. `io.mtdgate.v1.DeviceThreatReport`.
+    pub fn full_name(&self) -> &str {
+        &self.full_name
+    }
+
+    /// The `.avsc` text (e.g. to register it with a schema registry).
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
+    /// The parsed schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Avro Parsing Canonical Form.
+    pub fn canonical_form(&self) -> &str {
+        &self.canonical_form
+    }
+
+    /// CRC-64-AVRO fingerprint of the canonical form.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// The fingerprint as written in single-object encoding (8 bytes, little-endian).
+    pub fn fingerprint_bytes(&self) -> [u8; 8] {
+        self.fingerprint.to_le_bytes()
+    }
+
+    /// Confluent schema id from `schemas/ids.toml`.
+    pub fn confluent_id(&self) -> u32 {
+        self.confluent_id
+    }
+}
+
+/// Hasher for keys that are already well mixed (fingerprints) or small (schema ids).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Every record schema, with O(1) look-ups by fingerprint, Confluent id and full name.
+#[derive(Debug)]
+pub struct SchemaSet {
+    entries: Vec<SchemaEntry>,
+    by_fingerprint: IdMap<u64, usize>,
+    by_id: IdMap<u32, usize>,
+    by_full_name: HashMap<String, usize>,
+}
+
+/// The schema set, parsed on first use.
+///
+/// # Panics
+/// When an embedded schema or `ids.toml` is invalid: they are part of the build, and the codec
+/// tests check them.
+pub fn schema_set() -> &'static SchemaSet {
+    static SET: OnceLock<SchemaSet> = OnceLock::new();
+    SET.get_or_init(|| SchemaSet::load().unwrap_or_else(|e| panic!("embedded schemas: {e}")))
+}
+
+impl SchemaSet {
+    fn load() -> Result<SchemaSet, String> {
+        let ids = parse_ids(IDS_TOML)?;
+        let mut entries = Vec::with_capacity(SOURCES.len());
+        for &(name, source) in SOURCES {
+            let schema = Schema::parse_str(source).map_err(|e| format!("{name}.avsc: {e}"))?;
+            let canonical_form =
+                canonical_form_of_str(source).map_err(|e| format!("{name}.avsc: {e}"))?;
+            let fingerprint = crc64_avro(canonical_form.as_bytes());
+            let full_name = match &schema {
+                Schema::Record(r) => r.name.fullname(None),
+                _ => return Err(format!("{name}.avsc is not a record")),
+            };
+            if full_name != format!("{NAMESPACE}.{name}") {
+                return Err(format!("{name}.avsc defines {full_name}"));
+            }
+            let confluent_id = *ids
+                .get(name)
+                .ok_or_else(|| format!("ids.toml has no id for {name}"))?;
+            let compiled = Compiled::new(&schema).map_err(|e| format!("{name}.avsc: {e}"))?;
+            entries.push(SchemaEntry {
+                name,
+                full_name,
+                source,
+                schema,
+                canonical_form,
+                fingerprint,
+                confluent_id,
+                compiled,
+            });
+        }
+        if let Some(extra) = ids.keys().find(|k| !SOURCES.iter().any(|(n, _)| n == *k)) {
+            return Err(format!("ids.toml names {extra}, which has no schema"));
+        }
+        let mut set = SchemaSet {
+            by_fingerprint: IdMap::default(),
+            by_id: IdMap::default(),
+            by_full_name: HashMap::new(),
+            entries,
+        };
+        for (i, e) in set.entries.iter().enumerate() {
+            if set.by_fingerprint.insert(e.fingerprint, i).is_some() {
+                return Err(format!("{}: duplicate fingerprint", e.name));
+            }
+            if set.by_id.insert(e.confluent_id, i).is_some() {
+                return Err(format!(
+                    "{}: duplicate schema id {}",
+                    e.name, e.confluent_id
+                ));
+            }
+            set.by_full_name.insert(e.full_name.clone(), i);
+        }
+        Ok(set)
+    }
+
+    /// Every record, in a fixed order.
+    pub fn entries(&self) -> &[SchemaEntry] {
+        &self.entries
+    }
+
+    /// The record with this CRC-64-AVRO fingerprint.
+    #[inline]
+    pub fn by_fingerprint(&self, fingerprint: u64) -> Option<&SchemaEntry> {
+        self.by_fingerprint
+            .get(&fingerprint)
+            .map(|&i| &self.entries[i])
+    }
+
+    /// The record with this Confluent schema id (from `ids.toml`).
+    #[inline]
+    pub fn by_id(&self, id: u32) -> Option<&SchemaEntry> {
+        self.by_id.get(&id).map(|&i| &self.entries[i])
+    }
+
+    /// The record with this name (`DeviceThreatReport`) or full name.
+    pub fn by_name(&self, name: &str) -> Option<&SchemaEntry> {
+        self.by_full_name
+            .get(name)
+            .or_else(|| self.by_full_name.get(&format!("{NAMESPACE}.{name}")))
+            .map(|&i| &self.entries[i])
+    }
+}
+
+/// Parses `ids.toml`: a table `[ids]` of record name = Confluent schema id.
+fn parse_ids(text: &str) -> Result<HashMap<String, u32>, String> {
+    let doc: toml::Table = text.parse().map_err(|e| format!("ids.toml: {e}"))?;
+    let table = doc
+        .get("ids")
+        .and_then(toml::Value::as_table)
+        .ok_or("ids.toml has no [ids] table")?;
+    table
+        .iter()
+        .map(|(name, id)| {
+            let id = id
+                .as_integer()
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| format!("ids.toml: id of {name} is not a schema id"))?;
+            Ok((name.clone(), id))
+        })
+        .collect()
+}

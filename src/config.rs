@@ -1,0 +1,298 @@
+//! Configuration: a TOML file, then environment overrides (`MTDGATE_SECTION__KEY=value`, e.g.
+//! `MTDGATE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`), with defaults that work against a local broker.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::OutputEncoding;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub processing: ProcessingConfig,
+    pub http: HttpConfig,
+}
+
+/// How to reach Kafka. `properties` passes any librdkafka setting (TLS, SASL, ...) to every
+/// client; `consumer` and `producer` add settings for one kind of client.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    /// Unique per instance and stable across its restarts (fences a zombie predecessor).
+    pub instance_id: String,
+    pub transactional_id_prefix: String,
+    pub properties: BTreeMap<String, String>,
+    pub consumer: BTreeMap<String, String>,
+    pub producer: BTreeMap<String, String>,
+}
+
+/// Topic names and creation settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub device_threats: String,
+    pub connector_heartbeats: String,
+    pub connectors: String,
+    pub policies: String,
+    pub device_enrollments: String,
+    pub app_inventory: String,
+    pub compliance_changes: String,
+    pub app_protection_actions: String,
+    pub connector_status: String,
+    /// Must contain `{partner}`.
+    pub partner_app_inventory: String,
+    pub rejected: String,
+    /// The compacted per-device state changelog.
+    pub device_state: String,
+    /// Partitions for topics created by `mtdgate topics create`.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Create missing topics at start.
+    pub create: bool,
+}
+
+/// Processing settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessingConfig {
+    pub exactly_once: bool,
+    /// Longest time a transaction stays open.
+    pub commit_interval_ms: u64,
+    /// Most input records per transaction.
+    pub max_batch: usize,
+    pub output_encoding: OutputEncoding,
+    /// Deployment cloud: which partners the catalogue offers.
+    pub cloud: String,
+    /// A partner catalogue file replacing the built-in one.
+    pub catalogue: Option<String>,
+    pub max_clock_skew_ms: i64,
+}
+
+/// The HTTP listener for metrics, health and the explain API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// When set, the explain API requires `Authorization: Bearer <token>`.
+    pub explain_token: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: KafkaConfig::default(),
+            topics: TopicsConfig::default(),
+            processing: ProcessingConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "mtdgate".into(),
+            instance_id: gethostname::gethostname().to_string_lossy().into_owned(),
+            transactional_id_prefix: "mtdgate".into(),
+            properties: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            device_threats: "mtd.device-threats.v1".into(),
+            connector_heartbeats: "mtd.connector-heartbeats.v1".into(),
+            connectors: "mtd.connectors.v1".into(),
+            policies: "mtd.policies.v1".into(),
+            device_enrollments: "mtd.device-enrollments.v1".into(),
+            app_inventory: "mtd.app-inventory.v1".into(),
+            compliance_changes: "mtd.compliance-changes.v1".into(),
+            app_protection_actions: "mtd.app-protection-actions.v1".into(),
+            connector_status: "mtd.connector-status.v1".into(),
+            partner_app_inventory: "mtd.partner-app-inventory.{partner}.v1".into(),
+            rejected: "mtd.rejected.v1".into(),
+            device_state: "mtd.device-state.v1".into(),
+            partitions: 6,
+            replication_factor: 1,
+            create: false,
+        }
+    }
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            exactly_once: true,
+            commit_interval_ms: 100,
+            max_batch: 10_000,
+            output_encoding: OutputEncoding::Json,
+            cloud: "public".into(),
+            catalogue: None,
+            max_clock_skew_ms: 300_000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+            explain_token: None,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if given), then `MTDGATE_*` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::Read {
+                    path: p.display().to_string(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+                });
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        Self::finish(fig.merge(Env::prefixed("MTDGATE_").split("__")))
+    }
+
+    /// Parses TOML text over the defaults (no environment), for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::finish(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn finish(fig: Figment) -> Result<Config, ConfigError> {
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values a Kafka client would only reject later or obscurely.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return bad("kafka.bootstrap_servers is empty".into());
+        }
+        if self.kafka.group_id.is_empty() || self.kafka.instance_id.is_empty() {
+            return bad("kafka.group_id and kafka.instance_id must be non-empty".into());
+        }
+        if !self.topics.partner_app_inventory.contains("{partner}") {
+            return bad(format!(
+                "topics.partner_app_inventory {:?} must contain {{partner}}",
+                self.topics.partner_app_inventory
+            ));
+        }
+        if self.topics.partitions < 1 || self.topics.replication_factor < 1 {
+            return bad(
+                "topics.partitions and topics.replication_factor must be at least 1".into(),
+            );
+        }
+        if self.processing.commit_interval_ms == 0 || self.processing.max_batch == 0 {
+            return bad(
+                "processing.commit_interval_ms and processing.max_batch must be at least 1".into(),
+            );
+        }
+        if self.processing.max_clock_skew_ms < 0 {
+            return bad("processing.max_clock_skew_ms must not be negative".into());
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!(
+                "http.listen {:?} is not an address like 127.0.0.1:9464",
+                self.http.listen
+            ));
+        }
+        for key in self
+            .kafka
+            .properties
+            .keys()
+            .chain(self.kafka.consumer.keys())
+            .chain(self.kafka.producer.keys())
+        {
+            if matches!(
+                key.as_str(),
+                "transactional.id" | "group.id" | "isolation.level" | "enable.auto.commit"
+            ) {
+                return bad(format!(
+                    "kafka property {key:?} is managed by mtdgate; use the dedicated setting"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The partner inventory topic of one partner.
+    pub fn partner_topic(&self, partner: &str) -> String {
+        self.topics
+            .partner_app_inventory
+            .replace("{partner}", partner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn toml_sets_values_and_passes_properties_through() {
+        let c = Config::from_toml(
+            "[kafka]\nbootstrap_servers = \"b:9093\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n[processing]\noutput_encoding = \"avro\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "b:9093");
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.processing.output_encoding, OutputEncoding::Avro);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let e = Config::from_toml("[processing]\ncommit_interval_ms = \"soon\"\n").unwrap_err();
+        assert!(e.to_string().contains("commit_interval_ms"), "{e}");
+        let e = Config::from_toml("[topics]\npartner_app_inventory = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("{partner}"), "{e}");
+        let e = Config::from_toml("[kafka]\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e =
+            Config::from_toml("[kafka.properties]\n\"transactional.id\" = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("managed"), "{e}");
+        let e = Config::from_toml("[http]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(e.to_string().contains("http.listen"), "{e}");
+    }
+}

@@ -1,0 +1,197 @@
+//! Kafka clients built from the configuration, and admin helpers: topic creation and the
+//! start-up checks (broker reachable, topics present, device topics co-partitioned).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::catalogue::Catalogue;
+use crate::config::Config;
+
+/// What went wrong talking to Kafka, said so an operator can act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("cannot reach Kafka at {servers}: {source} (is the broker running and kafka.bootstrap_servers right?)")]
+    Unreachable { servers: String, source: KafkaError },
+    #[error("topic {0} is missing; create the topics with `mtdgate topics create` or set topics.create = true")]
+    MissingTopic(String),
+    #[error("topics keyed by device must have the same partition count: {0}")]
+    NotCoPartitioned(String),
+    #[error("creating topic {topic}: {reason}")]
+    Create { topic: String, reason: String },
+    #[error("kafka client: {0}")]
+    Client(#[from] KafkaError),
+}
+
+/// Base settings shared by every client.
+pub fn base_config(cfg: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.bootstrap_servers);
+    c.set("client.id", format!("mtdgate-{}", cfg.kafka.instance_id));
+    for (k, v) in &cfg.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Settings for consumers (read_committed, manual commits).
+pub fn consumer_config(cfg: &Config) -> ClientConfig {
+    let mut c = base_config(cfg);
+    c.set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &cfg.kafka.consumer {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Settings for the output producer.
+pub fn producer_config(cfg: &Config, transactional_id: Option<&str>) -> ClientConfig {
+    let mut c = base_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("compression.type", "lz4")
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("transaction.timeout.ms", "60000");
+    if let Some(id) = transactional_id {
+        c.set("transactional.id", id);
+    }
+    for (k, v) in &cfg.kafka.producer {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Every topic mtdgate reads or writes, with whether it is compacted.
+pub fn all_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<(String, bool)> {
+    let t = &cfg.topics;
+    let mut v = vec![
+        (t.device_threats.clone(), false),
+        (t.connector_heartbeats.clone(), false),
+        (t.connectors.clone(), true),
+        (t.policies.clone(), true),
+        (t.device_enrollments.clone(), true),
+        (t.app_inventory.clone(), false),
+        (t.compliance_changes.clone(), false),
+        (t.app_protection_actions.clone(), false),
+        (t.connector_status.clone(), false),
+        (t.rejected.clone(), false),
+        (t.device_state.clone(), true),
+    ];
+    for p in catalogue.partners() {
+        v.push((cfg.partner_topic(&p.id), false));
+    }
+    v
+}
+
+/// The topics whose partitions own devices; they must be co-partitioned.
+pub fn device_topics(cfg: &Config) -> [&str; 4] {
+    [
+        &cfg.topics.device_threats,
+        &cfg.topics.device_enrollments,
+        &cfg.topics.app_inventory,
+        &cfg.topics.device_state,
+    ]
+}
+
+/// Partition counts of the named topics, or a clear error when the broker is unreachable.
+pub fn partition_counts(cfg: &Config) -> Result<HashMap<String, i32>, KafkaSetupError> {
+    let consumer: BaseConsumer = base_config(cfg).create()?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|source| KafkaSetupError::Unreachable {
+            servers: cfg.kafka.bootstrap_servers.clone(),
+            source,
+        })?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// Checks that every topic exists and the device topics are co-partitioned; returns the device
+/// partition count.
+pub fn verify_topics(cfg: &Config, catalogue: &Catalogue) -> Result<i32, KafkaSetupError> {
+    let counts = partition_counts(cfg)?;
+    for (topic, _) in all_topics(cfg, catalogue) {
+        if !counts.contains_key(&topic) {
+            return Err(KafkaSetupError::MissingTopic(topic));
+        }
+    }
+    let dev: Vec<(&str, i32)> = device_topics(cfg)
+        .iter()
+        .map(|t| (*t, counts[*t]))
+        .collect();
+    if dev.iter().any(|(_, n)| *n != dev[0].1) {
+        let list = dev
+            .iter()
+            .map(|(t, n)| format!("{t}={n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(KafkaSetupError::NotCoPartitioned(list));
+    }
+    Ok(dev[0].1)
+}
+
+/// Creates every missing topic (device topics with `topics.partitions`, tables compacted).
+pub async fn create_topics(
+    cfg: &Config,
+    catalogue: &Catalogue,
+) -> Result<Vec<String>, KafkaSetupError> {
+    let existing = partition_counts(cfg)?;
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg).create()?;
+    let wanted: Vec<(String, bool)> = all_topics(cfg, catalogue)
+        .into_iter()
+        .filter(|(t, _)| !existing.contains_key(t))
+        .collect();
+    let new: Vec<NewTopic> = wanted
+        .iter()
+        .map(|(name, compacted)| {
+            let t = NewTopic::new(
+                name,
+                cfg.topics.partitions,
+                TopicReplication::Fixed(cfg.topics.replication_factor),
+            );
+            if *compacted {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    if new.is_empty() {
+        return Ok(vec![]);
+    }
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(t) => created.push(t),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaSetupError::Create {
+                    topic,
+                    reason: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(created)
+}

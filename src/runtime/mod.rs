@@ -1,0 +1,110 @@
+//! The Kafka shell around the pure engine: clients, tables, restore, the transactional
+//! pipeline and its supervisor.
+
+pub mod clock;
+pub mod kafka;
+pub mod partitioner;
+pub mod pipeline;
+pub mod restore;
+pub mod tables;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tracing::{error, info};
+
+use crate::catalogue::Catalogue;
+use crate::config::Config;
+use crate::engine::{Engine, EngineSettings};
+
+use clock::Clock;
+
+/// Readiness as seen by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Status {
+    tables_loaded: AtomicBool,
+    restored: AtomicBool,
+}
+
+impl Status {
+    pub fn set_tables_loaded(&self, v: bool) {
+        self.tables_loaded.store(v, Ordering::SeqCst);
+    }
+    pub fn set_restored(&self, v: bool) {
+        self.restored.store(v, Ordering::SeqCst);
+    }
+    /// Tables loaded and assigned partitions restored.
+    pub fn ready(&self) -> bool {
+        self.tables_loaded.load(Ordering::SeqCst) && self.restored.load(Ordering::SeqCst)
+    }
+}
+
+/// Loads the partner catalogue the configuration names.
+pub fn load_catalogue(cfg: &Config) -> anyhow::Result<Catalogue> {
+    match &cfg.processing.catalogue {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading partner catalogue {path}"))?;
+            Ok(Catalogue::parse(&text, &cfg.processing.cloud)?)
+        }
+        None => Ok(Catalogue::builtin(&cfg.processing.cloud)?),
+    }
+}
+
+/// Runs the service until `shutdown` is set: checks topics, then runs pipelines, rebuilding
+/// one from committed state whenever it fails.
+pub fn run(
+    cfg: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: Arc<AtomicBool>,
+    status: Arc<Status>,
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let catalogue = Arc::new(load_catalogue(&cfg)?);
+    if cfg.topics.create {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let created = rt.block_on(kafka::create_topics(&cfg, &catalogue))?;
+        if !created.is_empty() {
+            info!(topics = ?created, "created topics");
+        }
+    }
+    let partitions = kafka::verify_topics(&cfg, &catalogue)?;
+    info!(partitions, instance = %cfg.kafka.instance_id, "topics verified");
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        status.set_tables_loaded(false);
+        status.set_restored(false);
+        let engine = Engine::new(
+            catalogue.clone(),
+            EngineSettings {
+                max_clock_skew_ms: cfg.processing.max_clock_skew_ms,
+            },
+        );
+        match pipeline::run_pipeline(
+            cfg.clone(),
+            clock.clone(),
+            engine,
+            partitions,
+            shutdown.clone(),
+            status.clone(),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                metrics::counter!("mtdgate_pipeline_restarts_total").increment(1);
+                error!(
+                    error = format!("{e:#}"),
+                    "pipeline failed; restarting from committed state"
+                );
+                if shutdown.load(Ordering::SeqCst) {
+                    return Err(e);
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! The processing loop: consume device topics as a consumer group, keep the tables current,
+//! evaluate, and commit outputs + changelog + input offsets in one Kafka transaction.
+//!
+//! Any transaction or producer failure ends the pipeline with an error; the supervisor then
+//! builds a new one, which restores state from the changelog and resumes from the committed
+//! offsets. Crash-only recovery keeps a single, well-tested path for every failure.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use crate::codec::{self, OutputEncoding};
+use crate::config::Config;
+use crate::engine::{Body, Engine, Event, Output};
+use crate::model::*;
+
+use super::clock::Clock;
+use super::kafka::{consumer_config, producer_config};
+use super::partitioner::partition_for;
+use super::restore::restore_partition;
+use super::tables::TableReader;
+use super::Status;
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counts delivery failures so a batch with a lost record is never committed.
+#[derive(Default)]
+pub struct DeliveryCounter {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryCounter {}
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            warn!(error = %e, "output delivery failed");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Which device topic a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceTopic {
+    Threats,
+    Enrollments,
+    Inventory,
+}
+
+/// State shared between the loop and the rebalance callbacks (which run inside `poll`).
+pub struct Processor {
+    cfg: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    pub engine: Engine,
+    producer: BaseProducer<DeliveryCounter>,
+    exactly_once: bool,
+    /// Next offset to commit per (topic, partition).
+    offsets: HashMap<(String, i32), i64>,
+    /// Device partitions owned now.
+    owned: HashSet<i32>,
+    device_partitions: i32,
+    encoding: OutputEncoding,
+    out: Vec<Output>,
+    buf: Vec<u8>,
+    pending: usize,
+    txn_open: bool,
+    status: Arc<Status>,
+    /// A failure seen inside a callback, surfaced by the loop.
+    failure: Option<anyhow::Error>,
+}
+
+/// The consumer context: commits before partitions are revoked, restores before new ones
+/// are processed.
+pub struct GroupContext {
+    processor: Arc<Mutex<Processor>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut p = lock(&self.processor);
+            info!(partitions = tpl.count(), "partitions revoked");
+            metrics::counter!("mtdgate_rebalances_total", "kind" => "revoke").increment(1);
+            if let Err(e) = p.commit(consumer) {
+                p.failure.get_or_insert(e);
+            }
+            p.offsets.clear();
+            p.status.set_restored(false);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut p = lock(&self.processor);
+            metrics::counter!("mtdgate_rebalances_total", "kind" => "assign").increment(1);
+            let assigned: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            if let Err(e) = p.reassign(assigned) {
+                p.failure.get_or_insert(e);
+            }
+            let _ = consumer;
+            p.status.set_restored(true);
+        }
+    }
+}
+
+fn lock(m: &Mutex<Processor>) -> std::sync::MutexGuard<'_, Processor> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Processor {
+    /// Keeps the state of partitions assigned again, drops the rest, restores new ones from
+    /// the changelog and reconciles them against the current tables.
+    fn reassign(&mut self, assigned: HashSet<i32>) -> anyhow::Result<()> {
+        let held: Vec<i32> = self.engine.shards().iter().map(|s| *s.key()).collect();
+        for p in held {
+            if !assigned.contains(&p) {
+                let n = self.engine.drop_partition(p);
+                debug!(partition = p, devices = n, "dropped partition state");
+            }
+        }
+        let mut new: Vec<i32> = assigned.difference(&self.owned).copied().collect();
+        new.sort_unstable();
+        for &p in &new {
+            // A partition we did not own may hold stale state from an earlier ownership.
+            self.engine.drop_partition(p);
+            let started = Instant::now();
+            let n = restore_partition(&self.cfg, &mut self.engine, p)?;
+            let secs = started.elapsed().as_secs_f64();
+            metrics::histogram!("mtdgate_restore_duration_seconds").record(secs);
+            metrics::counter!("mtdgate_restore_records_total").increment(n as u64);
+            info!(
+                partition = p,
+                records = n,
+                seconds = secs,
+                "restored partition state"
+            );
+        }
+        self.owned = assigned;
+        let now = self.clock.now_ms();
+        for &p in &new {
+            let mut out = std::mem::take(&mut self.out);
+            self.engine.reconcile(p, now, &mut out);
+            self.out = out;
+        }
+        self.flush_outputs(None)?;
+        Ok(())
+    }
+
+    /// Whether this instance publishes status changes of a connector.
+    fn owns_connector(&self, tenant: &str, partner: &str) -> bool {
+        let key = format!("{tenant}/{partner}");
+        self.owned
+            .contains(&partition_for(key.as_bytes(), self.device_partitions))
+    }
+
+    fn begin(&mut self) -> anyhow::Result<()> {
+        if self.exactly_once && !self.txn_open {
+            self.producer
+                .begin_transaction()
+                .context("begin transaction")?;
+            self.txn_open = true;
+        }
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
+        self.begin()?;
+        let mut record = BaseRecord::<[u8], [u8], ()>::to(topic).key(key);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(anyhow!(e).context(format!("produce to {topic}"))),
+            }
+        }
+    }
+
+    /// Publishes the engine's outputs; `source` describes the input for rejections.
+    fn flush_outputs(
+        &mut self,
+        source: Option<(&str, i32, i64, Option<&[u8]>, &[u8])>,
+    ) -> anyhow::Result<()> {
+        let outputs = std::mem::take(&mut self.out);
+        let now = self.clock.now_ms();
+        for o in &outputs {
+            self.buf.clear();
+            let enc = self.encoding;
+            let (topic, key): (String, String) = match o {
+                Output::Compliance(c) => {
+                    codec::encode(c, enc, &mut self.buf)?;
+                    metrics::counter!("mtdgate_compliance_changes_total", "state" => c.current.as_str()).increment(1);
+                    (
+                        self.cfg.topics.compliance_changes.clone(),
+                        format!("{}/{}", c.tenant_id, c.device_id),
+                    )
+                }
+                Output::AppAction(a) => {
+                    codec::encode(a, enc, &mut self.buf)?;
+                    metrics::counter!("mtdgate_app_protection_actions_total", "action" => a.action.as_str()).increment(1);
+                    (
+                        self.cfg.topics.app_protection_actions.clone(),
+                        format!("{}/{}", a.tenant_id, a.device_id),
+                    )
+                }
+                Output::ConnectorStatus(s) => {
+                    if !self.owns_connector(&s.tenant_id, &s.partner_id) {
+                        continue;
+                    }
+                    codec::encode(s, enc, &mut self.buf)?;
+                    metrics::counter!("mtdgate_connector_status_changes_total", "status" => s.current.as_str()).increment(1);
+                    (
+                        self.cfg.topics.connector_status.clone(),
+                        format!("{}/{}", s.tenant_id, s.partner_id),
+                    )
+                }
+                Output::Inventory(i) => {
+                    codec::encode(i, enc, &mut self.buf)?;
+                    (
+                        self.cfg.partner_topic(&i.partner_id),
+                        format!("{}/{}", i.tenant_id, i.device_id),
+                    )
+                }
+                Output::Rejected(r) => {
+                    let Some((topic, partition, offset, key, raw)) = source else {
+                        continue;
+                    };
+                    metrics::counter!("mtdgate_rejected_total", "reason" => r.reason.as_str())
+                        .increment(1);
+                    let ev = RejectedEvent {
+                        source_topic: topic.to_owned(),
+                        partition,
+                        offset,
+                        key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
+                        reason: r.reason,
+                        detail: r.detail.clone(),
+                        raw: raw.to_vec(),
+                        rejected_at: now,
+                    };
+                    codec::encode(&ev, enc, &mut self.buf)?;
+                    let buf = std::mem::take(&mut self.buf);
+                    let topic = self.cfg.topics.rejected.clone();
+                    self.send(&topic, None, key.unwrap_or_default(), Some(&buf))?;
+                    self.buf = buf;
+                    continue;
+                }
+            };
+            let buf = std::mem::take(&mut self.buf);
+            self.send(&topic, None, key.as_bytes(), Some(&buf))?;
+            self.buf = buf;
+        }
+        let mut outputs = outputs;
+        outputs.clear();
+        self.out = outputs;
+        Ok(())
+    }
+
+    /// Applies one device-topic record.
+    fn handle(&mut self, kind: DeviceTopic, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        let key = msg.key();
+        let payload = msg.payload();
+        metrics::counter!("mtdgate_events_consumed_total", "topic" => msg.topic().to_owned())
+            .increment(1);
+        let body = match (kind, payload) {
+            (DeviceTopic::Enrollments, None) => Ok(Body::Enrollment(None)),
+            (_, None) => Err((RejectReason::Undecodable, "record has no value".to_owned())),
+            (DeviceTopic::Threats, Some(b)) => codec::decode::<DeviceThreatReport>(b)
+                .map(Body::Threat)
+                .map_err(|e| (e.reason(), e.to_string())),
+            (DeviceTopic::Enrollments, Some(b)) => codec::decode::<DeviceEnrollment>(b)
+                .map(|e| Body::Enrollment(Some(e)))
+                .map_err(|e| (e.reason(), e.to_string())),
+            (DeviceTopic::Inventory, Some(b)) => codec::decode::<AppInventory>(b)
+                .map(Body::Inventory)
+                .map_err(|e| (e.reason(), e.to_string())),
+        };
+        match body {
+            Ok(body) => {
+                let mut out = std::mem::take(&mut self.out);
+                self.engine.apply(
+                    &Event {
+                        partition: msg.partition(),
+                        key,
+                        body,
+                    },
+                    now,
+                    &mut out,
+                );
+                self.out = out;
+            }
+            Err((reason, detail)) => self.out.push(Output::Rejected(crate::engine::Rejection {
+                reason,
+                detail,
+            })),
+        }
+        if let Some(ts) = msg.timestamp().to_millis() {
+            metrics::histogram!("mtdgate_end_to_end_latency_seconds")
+                .record((now - ts).max(0) as f64 / 1000.0);
+        }
+        self.flush_outputs(Some((
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            key,
+            payload.unwrap_or_default(),
+        )))?;
+        self.offsets
+            .insert((msg.topic().to_owned(), msg.partition()), msg.offset() + 1);
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Applies one table record (all instances read every table record).
+    fn handle_table(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        live: bool,
+    ) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        let t = &self.cfg.topics;
+        let decoded = if topic == t.connectors {
+            payload
+                .map(codec::decode::<ConnectorConfig>)
+                .transpose()
+                .map(Body::Connector)
+        } else if topic == t.policies {
+            payload
+                .map(codec::decode::<ThreatPolicy>)
+                .transpose()
+                .map(Body::Policy)
+        } else if topic == t.connector_heartbeats {
+            match payload {
+                Some(b) => codec::decode::<ConnectorHeartbeat>(b).map(Body::Heartbeat),
+                None => return Ok(()),
+            }
+        } else {
+            return Ok(());
+        };
+        match decoded {
+            Ok(body) => {
+                let mut out = std::mem::take(&mut self.out);
+                self.engine.apply(
+                    &Event {
+                        partition: 0,
+                        key,
+                        body,
+                    },
+                    now,
+                    &mut out,
+                );
+                self.out = out;
+            }
+            Err(e) => self.out.push(Output::Rejected(crate::engine::Rejection {
+                reason: e.reason(),
+                detail: e.to_string(),
+            })),
+        }
+        if !live {
+            // Replaying history at start: the previous run already published all of it.
+            self.out.clear();
+            return Ok(());
+        }
+        // One instance publishes a table record's rejection: the owner of its partition number.
+        let owner = self
+            .owned
+            .contains(&(partition % self.device_partitions.max(1)));
+        if !owner {
+            self.out.retain(|o| !matches!(o, Output::Rejected(_)));
+        }
+        self.flush_outputs(Some((
+            topic,
+            partition,
+            offset,
+            key,
+            payload.unwrap_or_default(),
+        )))?;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Writes the changelog, then commits outputs, changelog and offsets together.
+    pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+        let mut records: Vec<(i32, String, Option<Vec<u8>>)> = Vec::new();
+        let partitions: Vec<i32> = self.engine.shards().iter().map(|s| *s.key()).collect();
+        for p in partitions {
+            self.engine.drain_changelog(p, |key, rec| {
+                let value = rec.map(|r| {
+                    let mut b = Vec::with_capacity(128);
+                    // The changelog is always Avro: compact and fast to restore.
+                    let _ = codec::encode(&r, OutputEncoding::Avro, &mut b);
+                    b
+                });
+                records.push((p, key, value));
+            });
+        }
+        let topic = self.cfg.topics.device_state.clone();
+        for (p, key, value) in &records {
+            self.send(&topic, Some(*p), key.as_bytes(), value.as_deref())?;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        if self.exactly_once {
+            if !self.txn_open && tpl.count() == 0 {
+                return Ok(());
+            }
+            self.begin()?;
+            if tpl.count() > 0 {
+                let meta = consumer
+                    .group_metadata()
+                    .ok_or_else(|| anyhow!("no consumer group metadata"))?;
+                self.producer
+                    .send_offsets_to_transaction(&tpl, &meta, TXN_TIMEOUT)
+                    .context("send offsets to transaction")?;
+            }
+            let started = Instant::now();
+            match self.producer.commit_transaction(TXN_TIMEOUT) {
+                Ok(()) => {
+                    metrics::counter!("mtdgate_transactions_total", "result" => "commit")
+                        .increment(1);
+                    metrics::histogram!("mtdgate_commit_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Err(e) => {
+                    metrics::counter!("mtdgate_transactions_total", "result" => "abort")
+                        .increment(1);
+                    let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+                    self.txn_open = false;
+                    return Err(anyhow!(e).context("commit transaction"));
+                }
+            }
+            self.txn_open = false;
+        } else {
+            self.producer.flush(TXN_TIMEOUT).context("flush outputs")?;
+            if self.producer.context().failed.load(Ordering::Relaxed) > 0 {
+                return Err(anyhow!(
+                    "an output could not be delivered; resuming from the last committed offsets"
+                ));
+            }
+            if tpl.count() > 0 {
+                consumer
+                    .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+                    .context("commit offsets")?;
+            }
+        }
+        self.pending = 0;
+        Ok(())
+    }
+}
+
+/// Runs one pipeline until shutdown (Ok) or a failure (Err).
+pub fn run_pipeline(
+    cfg: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    engine: Engine,
+    device_partitions: i32,
+    shutdown: Arc<AtomicBool>,
+    status: Arc<Status>,
+) -> anyhow::Result<()> {
+    let txn_id = format!(
+        "{}-{}",
+        cfg.kafka.transactional_id_prefix, cfg.kafka.instance_id
+    );
+    let producer: BaseProducer<DeliveryCounter> =
+        producer_config(&cfg, cfg.processing.exactly_once.then_some(txn_id.as_str()))
+            .create_with_context(DeliveryCounter::default())
+            .context("create producer")?;
+    if cfg.processing.exactly_once {
+        producer
+            .init_transactions(Duration::from_secs(60))
+            .context(
+                "init transactions (is the broker reachable and does it allow transactions?)",
+            )?;
+    }
+    let processor = Arc::new(Mutex::new(Processor {
+        cfg: cfg.clone(),
+        clock: clock.clone(),
+        engine,
+        producer,
+        exactly_once: cfg.processing.exactly_once,
+        offsets: HashMap::new(),
+        owned: HashSet::new(),
+        device_partitions,
+        encoding: cfg.processing.output_encoding,
+        out: Vec::new(),
+        buf: Vec::with_capacity(1024),
+        pending: 0,
+        txn_open: false,
+        status: status.clone(),
+        failure: None,
+    }));
+
+    // Tables first, in full, before any device traffic.
+    let mut tables = TableReader::new(&cfg)?;
+    let started = Instant::now();
+    {
+        let mut p = lock(&processor);
+        let n = tables.bootstrap(|topic, partition, offset, key, payload| {
+            p.handle_table(topic, partition, offset, key, payload, false)
+        })?;
+        info!(
+            records = n,
+            seconds = started.elapsed().as_secs_f64(),
+            "tables loaded"
+        );
+    }
+    status.set_tables_loaded(true);
+
+    let consumer: BaseConsumer<GroupContext> = {
+        let mut c = consumer_config(&cfg);
+        c.set("group.id", &cfg.kafka.group_id)
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "10000");
+        c.create_with_context(GroupContext {
+            processor: processor.clone(),
+        })
+        .context("create consumer")?
+    };
+    let t = &cfg.topics;
+    consumer
+        .subscribe(&[&t.device_threats, &t.device_enrollments, &t.app_inventory])
+        .context("subscribe")?;
+    let kind_of = |topic: &str| {
+        if topic == t.device_threats {
+            DeviceTopic::Threats
+        } else if topic == t.device_enrollments {
+            DeviceTopic::Enrollments
+        } else {
+            DeviceTopic::Inventory
+        }
+    };
+
+    let interval = Duration::from_millis(cfg.processing.commit_interval_ms);
+    let mut last_commit = Instant::now();
+    while !shutdown.load(Ordering::SeqCst) {
+        // Poll without holding the lock: rebalance callbacks take it.
+        let polled = consumer.poll(Duration::from_millis(20));
+        let mut p = lock(&processor);
+        if let Some(e) = p.failure.take() {
+            return Err(e);
+        }
+        match polled {
+            Some(Ok(msg)) => {
+                let started = Instant::now();
+                p.handle(kind_of(msg.topic()), &msg)?;
+                metrics::histogram!("mtdgate_processing_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Some(Err(e)) => warn!(error = %e, "consumer error"),
+            None => {}
+        }
+        tables.poll_live(&mut |topic, partition, offset, key, payload| {
+            p.handle_table(topic, partition, offset, key, payload, true)
+        })?;
+        let now = p.clock.now_ms();
+        if p.engine.next_deadline().is_some_and(|d| d <= now) {
+            let mut out = std::mem::take(&mut p.out);
+            p.engine.advance(now, &mut out);
+            p.out = out;
+            p.flush_outputs(None)?;
+        }
+        if p.pending >= cfg.processing.max_batch
+            || (last_commit.elapsed() >= interval
+                && (p.pending > 0
+                    || p.txn_open
+                    || p.engine.shards().iter().any(|s| s.has_changes())))
+        {
+            p.commit(&consumer)?;
+            last_commit = Instant::now();
+            let devices = p.engine.device_count();
+            metrics::gauge!("mtdgate_devices_tracked").set(devices as f64);
+        }
+        p.producer.poll(Duration::ZERO);
+    }
+    info!("shutting down: committing the open transaction");
+    lock(&processor).commit(&consumer)?;
+    consumer.unsubscribe();
+    Ok(())
+}
