@@ -68,7 +68,7 @@ impl<'de> Reader<'de> {
         match self.remaining() {
             0 => Ok(()),
             n => Err(AvroError::malformed(format!(
-                "{n} trailing byte(s) after the record (datum ends at offset {})",
+                "{n} trailing byte(s) after the record (it ends at byte {} of the datum)",
                 self.pos
             ))),
         }
@@ -77,7 +77,7 @@ impl<'de> Reader<'de> {
     #[cold]
     fn truncated(&self, what: &str, need: u64) -> AvroError {
         AvroError::malformed(format!(
-            "truncated: {what} needs {need} byte(s) at offset {}, {} left",
+            "truncated: {what} needs {need} byte(s) at byte {} of the datum, {} left",
             self.pos,
             self.remaining()
         ))

@@ -78,13 +78,14 @@ impl Encoding {
             },
             _ => match bytes
                 .iter()
-                .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+                .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
             {
-                Some(b'{') => Ok(Encoding::Json),
-                Some(&b) => Err(DecodeError::Undecodable(format!(
-                    "unknown encoding: first byte 0x{:02x} (expected 0x00 for Confluent, \
+                Some(i) if bytes[i] == b'{' => Ok(Encoding::Json),
+                Some(i) => Err(DecodeError::Undecodable(format!(
+                    "unknown encoding: {} byte 0x{:02x} (expected 0x00 for Confluent, \
                      0xC3 0x01 for Avro single-object or '{{' for JSON)",
-                    if b == bytes[0] { b } else { bytes[0] }
+                    if i == 0 { "first" } else { "first non-blank" },
+                    bytes[i]
                 ))),
                 None => Err(DecodeError::Undecodable("blank value".into())),
             },
@@ -160,6 +161,10 @@ impl From<AvroError> for DecodeError {
 }
 
 /// Looks up writer schemas that are not in the embedded schema set, e.g. in a schema registry.
+///
+/// The [`Decoder`] keeps every schema it was given, so each id or fingerprint is asked once;
+/// a `None` is not remembered (the schema may be registered later), so an implementation whose
+/// look-ups are expensive should remember its own misses for a while.
 pub trait SchemaResolver: Send + Sync {
     /// The schema registered under Confluent schema id `id`.
     fn resolve(&self, id: u32) -> Option<Arc<Schema>>;
@@ -266,7 +271,7 @@ impl Decoder {
             Encoding::Json => decode_json(bytes),
             Encoding::SingleObject { fingerprint } => {
                 if let Some(entry) = set.by_fingerprint(fingerprint) {
-                    return decode_entry::<T>(entry, payload, encoding);
+                    return decode_entry::<T>(entry, payload, &encoding);
                 }
                 if let Some(writer) = self.writer_by_fingerprint(fingerprint)? {
                     return decode_writer::<T>(&writer, payload);
@@ -280,7 +285,7 @@ impl Decoder {
                     return decode_writer::<T>(&writer, payload);
                 }
                 if let Some(entry) = set.by_id(schema_id) {
-                    return decode_entry::<T>(entry, payload, encoding);
+                    return decode_entry::<T>(entry, payload, &encoding);
                 }
                 Err(DecodeError::UnknownSchema(format!(
                     "unknown Confluent schema id {schema_id}"
@@ -350,11 +355,11 @@ fn expected_full_name<T: AvroRecord>() -> String {
 fn decode_entry<T: AvroRecord + DeserializeOwned>(
     entry: &'static SchemaEntry,
     payload: &[u8],
-    encoding: Encoding,
+    label: &dyn fmt::Display,
 ) -> Result<T, DecodeError> {
     if !std::ptr::eq(entry, T::schema_entry()) {
         return Err(DecodeError::UnknownSchema(format!(
-            "{encoding} is {}, expected {}",
+            "{label} is {}, expected {}",
             entry.full_name(),
             expected_full_name::<T>()
         )));
@@ -378,15 +383,7 @@ fn decode_writer<T: AvroRecord + DeserializeOwned>(
         )));
     }
     if let Some(current) = writer.current {
-        return decode_entry::<T>(current, payload, Encoding::Json).map_err(|e| match e {
-            DecodeError::UnknownSchema(_) => DecodeError::UnknownSchema(format!(
-                "{} is {}, expected {}",
-                writer.label,
-                current.full_name(),
-                reader.full_name()
-            )),
-            other => other,
-        });
+        return decode_entry::<T>(current, payload, &writer.label);
     }
     if let Some(why) = &writer.incompatible {
         return Err(DecodeError::UnknownSchema(format!(

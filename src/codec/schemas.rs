@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
-use apache_avro::Schema;
+use apache_avro::{rabin::Rabin, Schema};
 
 use super::canonical::{canonical_form_of_str, crc64_avro};
 use super::compiled::Compiled;
@@ -70,6 +70,8 @@ pub struct SchemaEntry {
     schema: Schema,
     canonical_form: String,
     fingerprint: u64,
+    /// The fingerprint apache-avro (Rust) computes, when it differs (see [`Self::fingerprint`]).
+    alt_fingerprint: Option<u64>,
     confluent_id: u32,
     pub(crate) compiled: Compiled,
 }
@@ -100,9 +102,18 @@ impl SchemaEntry {
         &self.canonical_form
     }
 
-    /// CRC-64-AVRO fingerprint of the canonical form.
+    /// CRC-64-AVRO fingerprint of the canonical form, as the Avro specification and its Java
+    /// implementation compute it. Single-object outputs carry this one.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
+    }
+
+    /// The fingerprint the apache-avro Rust crate computes for this schema when it differs
+    /// from [`Self::fingerprint`]: it keeps `{"type":"long"}` for a `timestamp-millis` field
+    /// in the canonical form where the specification reduces it to `"long"`. Accepted on input
+    /// so that producers built on that crate are understood too.
+    pub fn alt_fingerprint(&self) -> Option<u64> {
+        self.alt_fingerprint
     }
 
     /// The fingerprint as written in single-object encoding (8 bytes, little-endian).
@@ -181,6 +192,11 @@ impl SchemaSet {
                 .get(name)
                 .ok_or_else(|| format!("ids.toml has no id for {name}"))?;
             let compiled = Compiled::new(&schema).map_err(|e| format!("{name}.avsc: {e}"))?;
+            let alt = schema.fingerprint::<Rabin>().bytes;
+            let alt_fingerprint = <[u8; 8]>::try_from(alt.as_slice())
+                .ok()
+                .map(u64::from_le_bytes)
+                .filter(|&alt| alt != fingerprint);
             entries.push(SchemaEntry {
                 name,
                 full_name,
@@ -188,6 +204,7 @@ impl SchemaSet {
                 schema,
                 canonical_form,
                 fingerprint,
+                alt_fingerprint,
                 confluent_id,
                 compiled,
             });
@@ -202,8 +219,10 @@ impl SchemaSet {
             entries,
         };
         for (i, e) in set.entries.iter().enumerate() {
-            if set.by_fingerprint.insert(e.fingerprint, i).is_some() {
-                return Err(format!("{}: duplicate fingerprint", e.name));
+            for fp in std::iter::once(e.fingerprint).chain(e.alt_fingerprint) {
+                if set.by_fingerprint.insert(fp, i).is_some() {
+                    return Err(format!("{}: duplicate fingerprint", e.name));
+                }
             }
             if set.by_id.insert(e.confluent_id, i).is_some() {
                 return Err(format!(
@@ -221,7 +240,7 @@ impl SchemaSet {
         &self.entries
     }
 
-    /// The record with this CRC-64-AVRO fingerprint.
+    /// The record with this CRC-64-AVRO fingerprint (or its [`SchemaEntry::alt_fingerprint`]).
     #[inline]
     pub fn by_fingerprint(&self, fingerprint: u64) -> Option<&SchemaEntry> {
         self.by_fingerprint

@@ -195,3 +195,18 @@ pub async fn create_topics(
     }
     Ok(created)
 }
+
+/// Client context for readers that ask for end-of-partition events: those are expected, not
+/// errors worth a log line.
+#[derive(Default)]
+pub struct EofAware;
+
+impl rdkafka::ClientContext for EofAware {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofAware {}

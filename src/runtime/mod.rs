@@ -53,6 +53,26 @@ pub fn load_catalogue(cfg: &Config) -> anyhow::Result<Catalogue> {
     }
 }
 
+/// Verifies the topics; right after creating them, waits for the metadata to catch up.
+fn verify_with_retry(
+    cfg: &Config,
+    catalogue: &Catalogue,
+    just_created: bool,
+) -> anyhow::Result<i32> {
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(if just_created { 20 } else { 0 });
+    loop {
+        match kafka::verify_topics(cfg, catalogue) {
+            Err(kafka::KafkaSetupError::MissingTopic(_))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 /// Runs the service until `shutdown` is set: checks topics, then runs pipelines, rebuilding
 /// one from committed state whenever it fails.
 pub fn run(
@@ -72,7 +92,7 @@ pub fn run(
             info!(topics = ?created, "created topics");
         }
     }
-    let partitions = kafka::verify_topics(&cfg, &catalogue)?;
+    let partitions = verify_with_retry(&cfg, &catalogue, cfg.topics.create)?;
     info!(partitions, instance = %cfg.kafka.instance_id, "topics verified");
     let mut backoff = Duration::from_millis(200);
     loop {

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::model::DeviceStateRecord;
 
-use super::kafka::consumer_config;
+use super::kafka::{consumer_config, EofAware};
 
 /// Reads changelog partition `partition` to its end into the engine; returns records read.
 pub fn restore_partition(
@@ -30,7 +30,9 @@ pub fn restore_partition(
     .set("enable.partition.eof", "true")
     .set("fetch.max.bytes", "104857600")
     .set("max.partition.fetch.bytes", "52428800");
-    let consumer: BaseConsumer = c.create().context("create restore consumer")?;
+    let consumer: BaseConsumer<EofAware> = c
+        .create_with_context(EofAware)
+        .context("create restore consumer")?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .with_context(|| format!("watermarks of {topic}[{partition}]"))?;

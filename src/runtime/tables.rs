@@ -12,11 +12,11 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 
-use super::kafka::consumer_config;
+use super::kafka::{consumer_config, EofAware};
 
 /// Reads the table topics from the beginning.
 pub struct TableReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<EofAware>,
     partitions: usize,
 }
 
@@ -31,7 +31,9 @@ impl TableReader {
             format!("{}-tables-{}", cfg.kafka.group_id, cfg.kafka.instance_id),
         )
         .set("enable.partition.eof", "true");
-        let consumer: BaseConsumer = c.create().context("create table consumer")?;
+        let consumer: BaseConsumer<EofAware> = c
+            .create_with_context(EofAware)
+            .context("create table consumer")?;
         let topics = [
             &cfg.topics.connectors,
             &cfg.topics.policies,

@@ -1,0 +1,424 @@
+//! Checks the operator-facing deployment artifacts against each other and against the service:
+//! dashboards and alerts may only query metrics the service exports (`deploy/metrics.txt`),
+//! alert rules must pass `promtool`, and the compose file, Kubernetes manifests and Dockerfile
+//! must describe the binary and endpoints mtdgate really has. These files are not compiled, so
+//! without this test a renamed metric or probe path would only show up in production.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    let p = root().join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+fn yaml(rel: &str) -> Value {
+    serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not valid YAML: {e}"))
+}
+
+/// Every document of a multi-document YAML file (empty documents skipped).
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            Value::deserialize(d)
+                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The metric names the service exports, from `deploy/metrics.txt`.
+fn known_metrics() -> BTreeSet<String> {
+    let names: BTreeSet<String> = read("deploy/metrics.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    assert!(!names.is_empty(), "deploy/metrics.txt lists no metrics");
+    for n in &names {
+        assert!(
+            n.starts_with("mtdgate_")
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "deploy/metrics.txt: {n:?} is not a bare mtdgate_ metric name"
+        );
+    }
+    names
+}
+
+/// The `mtdgate_...` identifiers a PromQL expression mentions.
+fn metric_refs(expr: &str) -> Vec<String> {
+    let b = expr.as_bytes();
+    let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(pos) = expr[i..].find("mtdgate_") {
+        let start = i + pos;
+        let mut end = start + "mtdgate_".len();
+        while end < b.len()
+            && (b[end].is_ascii_lowercase() || b[end].is_ascii_digit() || b[end] == b'_')
+        {
+            end += 1;
+        }
+        if start == 0 || !is_ident(b[start - 1]) {
+            out.push(expr[start..end].to_owned());
+        }
+        i = end;
+    }
+    out
+}
+
+/// The metric a reference resolves to, allowing the histogram series suffixes.
+fn resolve<'a>(name: &'a str, known: &BTreeSet<String>) -> Option<&'a str> {
+    if known.contains(name) {
+        return Some(name);
+    }
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .filter_map(|s| name.strip_suffix(s))
+        .find(|base| known.contains(*base))
+}
+
+/// Asserts every metric in `expr` is exported; returns the metrics used.
+fn check_expr(origin: &str, expr: &str, known: &BTreeSet<String>) -> Vec<String> {
+    let refs = metric_refs(expr);
+    assert!(
+        !refs.is_empty(),
+        "{origin}: expression names no mtdgate metric: {expr}"
+    );
+    refs.iter()
+        .map(|r| {
+            resolve(r, known)
+                .unwrap_or_else(|| {
+                    panic!("{origin}: {r} is not a metric mtdgate exports (deploy/metrics.txt): {expr}")
+                })
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Every string under a key named `key`, anywhere in a JSON document.
+fn json_strings_at(v: &serde_json::Value, key: &str, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, child) in m {
+                match child {
+                    serde_json::Value::String(s) if k == key => out.push(s.clone()),
+                    _ => json_strings_at(child, key, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|c| json_strings_at(c, key, out)),
+        _ => {}
+    }
+}
+
+fn promtool(args: &[&str]) {
+    let out = match Command::new("promtool")
+        .args(args)
+        .current_dir(root())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "promtool is not on PATH; run `bash scripts/install-deps` (Debian package `prometheus`)"
+        ),
+        Err(e) => panic!("running promtool: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "promtool {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(*k))?.as_str()
+}
+
+#[test]
+fn metric_reference_scanner() {
+    let known: BTreeSet<String> = ["mtdgate_processing_seconds", "mtdgate_ready"]
+        .map(String::from)
+        .into();
+    let refs = metric_refs(
+        "histogram_quantile(0.99, sum by (le) (rate(mtdgate_processing_seconds_bucket{job=\"mtdgate\"}[5m]))) and x_mtdgate_other",
+    );
+    assert_eq!(refs, ["mtdgate_processing_seconds_bucket"]);
+    assert_eq!(
+        resolve(&refs[0], &known),
+        Some("mtdgate_processing_seconds")
+    );
+    assert_eq!(resolve("mtdgate_ready_total", &known), None);
+}
+
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let known = known_metrics();
+    let rel = "deploy/grafana/dashboards/mtdgate.json";
+    let dash: serde_json::Value =
+        serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not valid JSON: {e}"));
+    let panels = dash["panels"]
+        .as_array()
+        .expect("dashboard has a panels array");
+    assert!(!panels.is_empty(), "dashboard has no panels");
+    assert!(
+        dash["schemaVersion"].as_u64().is_some(),
+        "dashboard has no schemaVersion"
+    );
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or_default();
+        assert!(!title.is_empty(), "a panel has no title: {p}");
+        if let Some(id) = p["id"].as_u64() {
+            assert!(ids.insert(id), "panel id {id} is used twice");
+        }
+        if p["type"] != "row" {
+            let targets = p["targets"].as_array().map(Vec::len).unwrap_or(0);
+            assert!(targets > 0, "panel {title:?} has no query");
+        }
+    }
+
+    let mut exprs = Vec::new();
+    json_strings_at(&dash["panels"], "expr", &mut exprs);
+    json_strings_at(&dash["templating"], "query", &mut exprs);
+    json_strings_at(&dash["templating"], "definition", &mut exprs);
+    let exprs: Vec<_> = exprs
+        .into_iter()
+        .filter(|e| e.contains("mtdgate_"))
+        .collect();
+    assert!(!exprs.is_empty(), "dashboard has no PromQL expressions");
+    let mut used = BTreeSet::new();
+    for e in &exprs {
+        used.extend(check_expr(rel, e, &known));
+    }
+    let unshown: Vec<_> = known.difference(&used).collect();
+    assert!(
+        unshown.is_empty(),
+        "{rel} shows no panel for exported metrics {unshown:?}"
+    );
+
+    for rel in [
+        "deploy/grafana/provisioning/datasources/prometheus.yml",
+        "deploy/grafana/provisioning/dashboards/mtdgate.yml",
+    ] {
+        assert!(
+            yaml(rel).get("apiVersion").is_some(),
+            "{rel}: no apiVersion"
+        );
+    }
+}
+
+#[test]
+fn alert_rules_use_exported_metrics_and_pass_promtool() {
+    let known = known_metrics();
+    let rel = "deploy/prometheus/alerts.yml";
+    let doc = yaml(rel);
+    let groups = doc["groups"].as_sequence().expect("alerts.yml has groups");
+    let group = groups
+        .iter()
+        .find(|g| g["name"].as_str() == Some("mtdgate"))
+        .expect("alerts.yml has a group named mtdgate");
+    let rules = group["rules"]
+        .as_sequence()
+        .expect("group mtdgate has rules");
+    let mut names = BTreeSet::new();
+    for r in rules {
+        let name = r["alert"]
+            .as_str()
+            .expect("every rule is an alert with a name");
+        let expr = r["expr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no expr"));
+        check_expr(&format!("{rel} {name}"), expr, &known);
+        for k in ["summary", "description"] {
+            assert!(
+                str_at(r, &["annotations", k]).is_some_and(|s| !s.trim().is_empty()),
+                "{name}: no {k} annotation"
+            );
+        }
+        assert!(
+            matches!(
+                str_at(r, &["labels", "severity"]),
+                Some("warning" | "critical" | "info")
+            ),
+            "{name}: severity label must be warning, critical or info"
+        );
+        names.insert(name.to_owned());
+    }
+    for want in [
+        "MtdgateConnectorUnresponsive",
+        "MtdgateComplianceIgnored",
+        "MtdgateRejectedRateHigh",
+        "MtdgateConsumerLagGrowing",
+        "MtdgateTransactionAborts",
+        "MtdgateNotReady",
+        "MtdgatePipelineRestarting",
+    ] {
+        assert!(names.contains(want), "alerts.yml lacks {want}");
+    }
+
+    promtool(&["check", "rules", rel]);
+    promtool(&["check", "config", "deploy/prometheus/prometheus.yml"]);
+}
+
+#[test]
+fn compose_runs_the_whole_stack_from_the_repository_image() {
+    let rel = "docker-compose.yml";
+    let doc = yaml(rel);
+    let services = doc["services"]
+        .as_mapping()
+        .expect("compose file has services");
+    for want in ["kafka", "mtdgate", "simulator", "prometheus", "grafana"] {
+        assert!(services.contains_key(want), "{rel} has no service {want}");
+    }
+    let build = &doc["services"]["mtdgate"]["build"];
+    let (context, dockerfile) = match build {
+        Value::String(s) => (s.as_str(), "Dockerfile"),
+        Value::Mapping(_) => (
+            build["context"].as_str().unwrap_or("."),
+            build["dockerfile"].as_str().unwrap_or("Dockerfile"),
+        ),
+        _ => panic!("{rel}: service mtdgate must build the repository image"),
+    };
+    let path = root().join(context).join(dockerfile);
+    assert!(
+        matches!(context, "." | "./") && path.is_file(),
+        "{rel}: mtdgate must build from the repository Dockerfile, not {}",
+        path.display()
+    );
+
+    // Every file mounted from the repository exists.
+    for (name, svc) in services {
+        for v in svc["volumes"].as_sequence().into_iter().flatten() {
+            let Some(src) = v.as_str().and_then(|s| s.split(':').next()) else {
+                continue;
+            };
+            if src.starts_with("./") {
+                assert!(
+                    root().join(src).exists(),
+                    "{rel}: service {} mounts missing {src}",
+                    name.as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_probe_the_real_endpoints() {
+    let dir = root().join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "deploy/kubernetes holds no manifests");
+
+    let mut objects = Vec::new();
+    for f in &files {
+        for doc in yaml_docs(f) {
+            let kind = doc["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: a document without kind", f.display()));
+            if kind != "Kustomization" {
+                assert!(
+                    str_at(&doc, &["metadata", "name"]).is_some(),
+                    "{}: {kind} without metadata.name",
+                    f.display()
+                );
+            }
+            objects.push(doc);
+        }
+    }
+    let of_kind = |k: &'static str| {
+        objects
+            .iter()
+            .filter(move |o| o["kind"].as_str() == Some(k))
+    };
+
+    let deployment = of_kind("Deployment").next().expect("a Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        str_at(container, &["readinessProbe", "httpGet", "path"]),
+        Some("/readyz")
+    );
+    assert_eq!(
+        str_at(container, &["livenessProbe", "httpGet", "path"]),
+        Some("/healthz")
+    );
+    let env = container["env"].as_sequence().expect("container env");
+    assert!(
+        env.iter()
+            .any(|e| e["name"].as_str() == Some("MTDGATE_KAFKA__INSTANCE_ID")
+                && str_at(e, &["valueFrom", "fieldRef", "fieldPath"]) == Some("metadata.name")),
+        "the instance id comes from the pod name"
+    );
+    assert!(
+        of_kind("PodDisruptionBudget").next().is_some(),
+        "a PodDisruptionBudget"
+    );
+
+    // The configuration shipped in the ConfigMap is one mtdgate accepts.
+    let cm = of_kind("ConfigMap").next().expect("a ConfigMap");
+    let toml = str_at(cm, &["data", "mtdgate.toml"]).expect("ConfigMap holds mtdgate.toml");
+    let cfg = mtdgate::config::Config::from_toml(toml)
+        .unwrap_or_else(|e| panic!("configmap.yaml mtdgate.toml: {e}"));
+    assert!(cfg.http.listen.ends_with(":9464"));
+
+    // kustomization.yaml lists files that exist.
+    let kust = of_kind("Kustomization")
+        .next()
+        .expect("a kustomization.yaml");
+    for r in kust["resources"].as_sequence().expect("resources") {
+        let r = r.as_str().unwrap();
+        assert!(
+            dir.join(r).is_file(),
+            "kustomization.yaml lists missing {r}"
+        );
+    }
+}
+
+#[test]
+fn dockerfile_builds_the_mtdgate_binary() {
+    let docker = read("Dockerfile");
+    assert!(
+        docker.contains("cargo build --release"),
+        "Dockerfile: no release build"
+    );
+    assert!(
+        docker.contains("--bin mtdgate"),
+        "Dockerfile: does not build the mtdgate binary"
+    );
+    assert!(docker.contains("ENTRYPOINT [\"mtdgate\"]"));
+    assert!(docker.contains("EXPOSE 9464"));
+
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let bins = manifest["bin"]
+        .as_array()
+        .expect("Cargo.toml declares [[bin]]");
+    assert!(
+        bins.iter().any(|b| b["name"].as_str() == Some("mtdgate")),
+        "Cargo.toml has no mtdgate binary"
+    );
+
+    // The configuration baked into the image is one mtdgate accepts.
+    let rel = "deploy/docker/mtdgate.toml";
+    assert!(docker.contains(rel), "Dockerfile does not install {rel}");
+    let cfg =
+        mtdgate::config::Config::from_toml(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert_eq!(cfg.http.listen, "0.0.0.0:9464");
+}

@@ -1,0 +1,278 @@
+//! Shared helpers for tests against the real Kafka broker started by `scripts/kafka`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::Value;
+
+use mtdgate::config::Config;
+use mtdgate::runtime::clock::{Clock, ShiftedClock};
+use mtdgate::runtime::{self, Status};
+
+/// Starts the project's broker once per test binary (idempotent) and returns its address.
+pub fn broker() -> &'static str {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let status = Command::new("bash")
+            .arg(format!("{root}/scripts/kafka"))
+            .arg("start")
+            .status()
+            .expect("run scripts/kafka start");
+        assert!(status.success(), "scripts/kafka start failed");
+        let out = Command::new("bash")
+            .arg(format!("{root}/scripts/kafka"))
+            .arg("bootstrap")
+            .output()
+            .expect("scripts/kafka bootstrap");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+/// A configuration with topic names unique to one test, so tests never see each other.
+pub fn test_config(name: &str) -> Config {
+    let suffix = format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+            % 1_000_000_000
+    );
+    let mut c = Config::default();
+    c.kafka.bootstrap_servers = broker().to_owned();
+    c.kafka.group_id = format!("mtdgate-{suffix}");
+    c.kafka.instance_id = format!("i1-{suffix}");
+    let t = &mut c.topics;
+    for topic in [
+        &mut t.device_threats,
+        &mut t.connector_heartbeats,
+        &mut t.connectors,
+        &mut t.policies,
+        &mut t.device_enrollments,
+        &mut t.app_inventory,
+        &mut t.compliance_changes,
+        &mut t.app_protection_actions,
+        &mut t.connector_status,
+        &mut t.partner_app_inventory,
+        &mut t.rejected,
+        &mut t.device_state,
+    ] {
+        *topic = format!("{topic}.{suffix}");
+    }
+    t.partitions = 3;
+    t.create = true;
+    c.processing.commit_interval_ms = 50;
+    c
+}
+
+/// Creates the configuration's topics.
+pub fn create_topics(cfg: &Config) {
+    let catalogue = runtime::load_catalogue(cfg).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(runtime::kafka::create_topics(cfg, &catalogue))
+        .unwrap();
+}
+
+/// An in-process service with a clock the test can move.
+pub struct Service {
+    pub clock: ShiftedClock,
+    pub status: Arc<Status>,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Service {
+    pub fn start(cfg: &Config) -> Service {
+        Self::start_with_clock(cfg, ShiftedClock::new())
+    }
+
+    pub fn start_with_clock(cfg: &Config, clock: ShiftedClock) -> Service {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(Status::default());
+        let (c, s, st, cl) = (cfg.clone(), shutdown.clone(), status.clone(), clock.clone());
+        let thread = std::thread::spawn(move || runtime::run(c, Arc::new(cl), s, st));
+        let mut svc = Service {
+            clock,
+            status,
+            shutdown,
+            thread: Some(thread),
+        };
+        svc.wait_ready();
+        svc
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.status.ready() {
+            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let r = self.thread.take().unwrap().join().unwrap();
+                panic!("service stopped before it was ready: {r:?}");
+            }
+            assert!(Instant::now() < deadline, "service not ready within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Stops cleanly (commits the open transaction, leaves the group).
+    pub fn stop(mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Produces records as a vendor gateway would: keyed, Kafka's default (murmur2) partitioner.
+pub struct Gateway {
+    producer: BaseProducer,
+}
+
+impl Gateway {
+    pub fn new() -> Gateway {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", broker())
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "2")
+            .create()
+            .unwrap();
+        Gateway { producer }
+    }
+
+    pub fn send(&self, topic: &str, key: &str, value: Option<&Value>) {
+        let payload = value.map(|v| serde_json::to_vec(v).unwrap());
+        self.send_raw(topic, key.as_bytes(), payload.as_deref());
+    }
+
+    pub fn send_raw(&self, topic: &str, key: &[u8], payload: Option<&[u8]>) {
+        let mut r = BaseRecord::<[u8], [u8]>::to(topic).key(key);
+        if let Some(p) = payload {
+            r = r.payload(p);
+        }
+        self.producer.send(r).map_err(|(e, _)| e).unwrap();
+        self.producer.poll(Duration::ZERO);
+    }
+
+    pub fn flush(&self) {
+        self.producer.flush(Duration::from_secs(10)).unwrap();
+    }
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A read_committed reader of one output topic, from the beginning.
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub records: Vec<(String, Value)>,
+}
+
+impl Reader {
+    pub fn new(topic: &str) -> Reader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker())
+            .set("group.id", format!("reader-{topic}-{}", std::process::id()))
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        Reader {
+            consumer,
+            records: Vec::new(),
+        }
+    }
+
+    /// Reads until at least `n` records arrived (panics after `timeout`), then returns them all.
+    pub fn wait_for(&mut self, n: usize, timeout: Duration) -> &[(String, Value)] {
+        let deadline = Instant::now() + timeout;
+        while self.records.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} records, got {}: {:#?}",
+                self.records.len(),
+                self.records
+            );
+            self.poll_once(Duration::from_millis(100));
+        }
+        &self.records
+    }
+
+    /// Reads whatever arrives within `d` (to check that nothing more comes).
+    pub fn drain(&mut self, d: Duration) -> &[(String, Value)] {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline {
+            self.poll_once(Duration::from_millis(100));
+        }
+        &self.records
+    }
+
+    fn poll_once(&mut self, t: Duration) {
+        if let Some(m) = self.consumer.poll(t) {
+            let m = m.unwrap();
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let v = m
+                .payload()
+                .map(|p| serde_json::from_slice(p).expect("JSON output"))
+                .unwrap_or(Value::Null);
+            self.records.push((key, v));
+        }
+    }
+}
+
+/// Field `f` of every record as strings.
+pub fn field(records: &[(String, Value)], f: &str) -> Vec<String> {
+    records
+        .iter()
+        .map(|(_, v)| v[f].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Builds connector settings JSON with the given booleans on.
+pub fn connector_json(tenant: &str, partner: &str, on: &[&str], updated_at: i64) -> Value {
+    let mut m: BTreeMap<&str, Value> = BTreeMap::new();
+    m.insert("tenant_id", tenant.into());
+    m.insert("partner_id", partner.into());
+    m.insert("updated_at", updated_at.into());
+    for f in on {
+        m.insert(f, true.into());
+    }
+    serde_json::to_value(m).unwrap()
+}
