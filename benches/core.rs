@@ -444,20 +444,23 @@ impl Stream {
 }
 
 fn decode_only(c: &mut Criterion) {
-    let mut world = World::new(TENANTS, 20_000);
+    // Built on first use, so a filtered run does not pay for unselected set-ups.
+    let mut world: Option<World> = None;
     let mut group = c.benchmark_group("decode");
     group.throughput(Throughput::Elements(1));
-    for (name, enc) in [
-        ("avro", OutputEncoding::Avro),
-        ("json", OutputEncoding::Json),
-    ] {
-        let stream = Stream::new(&mut world, enc);
-        println!(
-            "decode/{name}: mean report size {} bytes",
-            stream.bytes.len() / stream.len()
-        );
+    for (name, enc) in [("avro", OutputEncoding::Avro), ("json", OutputEncoding::Json)] {
+        let mut stream: Option<Stream> = None;
         let mut k = 0;
         group.bench_function(name, |b| {
+            let stream = stream.get_or_insert_with(|| {
+                let world = world.get_or_insert_with(|| World::new(TENANTS, 20_000));
+                let s = Stream::new(world, enc);
+                println!(
+                    "decode/{name}: mean report size {} bytes",
+                    s.bytes.len() / s.len()
+                );
+                s
+            });
             b.iter(|| {
                 let (_, bytes) = stream.report(k);
                 k = if k + 1 == stream.len() { 0 } else { k + 1 };
@@ -517,46 +520,58 @@ fn run_stream(
     total
 }
 
+/// The world and a stream of `enc` reports, the stream's first round applied untimed to report
+/// the output mix and check that nothing is rejected.
+fn prepare<'w>(
+    world: &'w mut Option<World>,
+    enc: OutputEncoding,
+    name: &str,
+) -> (&'w mut World, Stream) {
+    let world = world.get_or_insert_with(|| World::new(TENANTS, DEVICES));
+    let mut stream = Stream::new(world, enc);
+    let mut out = Vec::new();
+    let mut stats = Stats::default();
+    for k in 0..stream.len().min(DEVICES) {
+        let (dev, bytes) = stream.report(k);
+        let d = &world.devices[dev as usize];
+        let report: DeviceThreatReport = codec::decode(bytes).expect("decodes");
+        world.engine.apply(
+            &Event {
+                partition: d.partition,
+                key: Some(d.key.as_bytes()),
+                body: Body::Threat(report),
+            },
+            world.now,
+            &mut out,
+        );
+        stats.count(&out);
+        out.clear();
+    }
+    stream.pos = DEVICES.min(stream.len());
+    world.drain();
+    println!("decode_evaluate/{name}: per {DEVICES} reports: {stats:?}");
+    assert_eq!(stats.rejected, 0, "a realistic stream is never rejected");
+    (world, stream)
+}
+
 fn decode_evaluate(c: &mut Criterion) {
-    let mut world = World::new(TENANTS, DEVICES);
+    let mut world: Option<World> = None;
     let mut out = Vec::new();
     let mut group = c.benchmark_group("decode_evaluate");
     group.throughput(Throughput::Elements(1));
-    for (name, enc) in [
-        ("avro", OutputEncoding::Avro),
-        ("json", OutputEncoding::Json),
+    for (name, enc, time_changelog) in [
+        ("avro", OutputEncoding::Avro, false),
+        ("avro+changelog", OutputEncoding::Avro, true),
+        ("json", OutputEncoding::Json, false),
     ] {
-        let mut stream = Stream::new(&mut world, enc);
-        let mut stats = Stats::default();
-        // One untimed round to report the output mix and check nothing is rejected.
-        for k in 0..stream.len().min(DEVICES) {
-            let (dev, bytes) = stream.report(k);
-            let d = &world.devices[dev as usize];
-            let report: DeviceThreatReport = codec::decode(bytes).expect("decodes");
-            world.engine.apply(
-                &Event {
-                    partition: d.partition,
-                    key: Some(d.key.as_bytes()),
-                    body: Body::Threat(report),
-                },
-                world.now,
-                &mut out,
-            );
-            stats.count(&out);
-            out.clear();
-        }
-        stream.pos = DEVICES.min(stream.len());
-        world.drain();
-        println!("decode_evaluate/{name}: per {DEVICES} reports: {stats:?}");
-        assert_eq!(stats.rejected, 0, "a realistic stream is never rejected");
+        let mut stream: Option<Stream> = None;
         group.bench_function(name, |b| {
-            b.iter_custom(|iters| run_stream(&mut world, &mut stream, &mut out, iters, false))
+            if stream.is_none() {
+                stream = Some(prepare(&mut world, enc, name).1);
+            }
+            let (world, stream) = (world.as_mut().expect("world"), stream.as_mut().expect("stream"));
+            b.iter_custom(|iters| run_stream(world, stream, &mut out, iters, time_changelog))
         });
-        if enc == OutputEncoding::Avro {
-            group.bench_function("avro+changelog", |b| {
-                b.iter_custom(|iters| run_stream(&mut world, &mut stream, &mut out, iters, true))
-            });
-        }
     }
     group.finish();
 }
@@ -666,12 +681,7 @@ fn encode_outputs(out: &[Output], buf: &mut Vec<u8>) {
 
 fn fanout(c: &mut Criterion) {
     let n = FANOUT_DEVICES;
-    let started = Instant::now();
-    let (mut engine, tenant, mut now) = fanout_world(n);
-    println!(
-        "fanout: {n} devices set up in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let mut world: Option<(Engine, String, i64)> = None;
     let mut out = Vec::with_capacity(n + 16);
     let mut buf = Vec::with_capacity(1024);
     let mut group = c.benchmark_group("fanout_1m");
@@ -686,14 +696,23 @@ fn fanout(c: &mut Criterion) {
             "ignore_evaluate"
         };
         group.bench_function(name, |b| {
+            let (engine, tenant, now) = world.get_or_insert_with(|| {
+                let started = Instant::now();
+                let w = fanout_world(n);
+                println!(
+                    "fanout: {n} devices set up in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                w
+            });
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     // Silence past the unresponsive threshold: Lookout's data is ignored and
                     // every device turns COMPLIANT -> NOT_EVALUATED.
-                    now += 7 * DAY + 1;
+                    *now += 7 * DAY + 1;
                     let start = Instant::now();
-                    engine.advance(now, &mut out);
+                    engine.advance(*now, &mut out);
                     if encode {
                         encode_outputs(&out, &mut buf);
                     }
@@ -708,12 +727,12 @@ fn fanout(c: &mut Criterion) {
                     let hb = ConnectorHeartbeat {
                         tenant_id: tenant.clone(),
                         partner_id: LOOKOUT.into(),
-                        sent_at: now,
+                        sent_at: *now,
                         error_code: None,
                         min_os_versions: None,
                     };
                     let key = format!("{tenant}/{LOOKOUT}");
-                    apply(&mut engine, 0, &key, Body::Heartbeat(hb), now, &mut out);
+                    apply(engine, 0, &key, Body::Heartbeat(hb), *now, &mut out);
                     assert_eq!(out.len(), n + 1, "status change and every device back");
                     out.clear();
                     for p in 0..PARTITIONS {

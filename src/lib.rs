@@ -7,5 +7,7 @@ pub mod catalogue;
 pub mod codec;
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod model;
 pub mod runtime;
+pub mod service;

@@ -116,6 +116,7 @@ pub struct DeviceShard {
     dirty: Vec<Slot>,
     retired: Vec<(TenantId, String)>,
     len: usize,
+    noncompliant: usize,
 }
 
 fn hash_key(tenant: TenantId, id: &str) -> u64 {
@@ -195,6 +196,24 @@ impl DeviceShard {
         slot
     }
 
+    /// Sets a device's compliance state, keeping the noncompliant count.
+    pub fn set_compliance(&mut self, slot: Slot, state: ComplianceState) {
+        let d = self.get_mut(slot);
+        let was = d.compliance == ComplianceState::Noncompliant;
+        d.compliance = state;
+        let is = state == ComplianceState::Noncompliant;
+        match (was, is) {
+            (false, true) => self.noncompliant += 1,
+            (true, false) => self.noncompliant -= 1,
+            _ => {}
+        }
+    }
+
+    /// Devices currently noncompliant.
+    pub fn noncompliant(&self) -> usize {
+        self.noncompliant
+    }
+
     /// Moves a device to another platform's fan-out list.
     pub fn set_platform(&mut self, slot: Slot, platform: Platform) {
         let (tenant, old) = {
@@ -240,6 +259,7 @@ impl DeviceShard {
         if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
             entry.remove();
         }
+        self.set_compliance(slot, ComplianceState::Unknown);
         let device = self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
             .take()
             .expect("slot in use");

@@ -5,6 +5,7 @@ pub mod compact;
 pub mod connector;
 pub mod devices;
 pub mod evaluate;
+pub mod explain;
 pub mod ids;
 pub mod key;
 pub mod record;
@@ -858,8 +859,8 @@ fn reevaluate(
                 evaluated_at: now,
                 cause_event_id: cause.to_owned(),
             };
+            shard.set_compliance(slot, verdict.state);
             let d = shard.get_mut(slot);
-            d.compliance = verdict.state;
             d.output_seq = d.output_seq.wrapping_add(1);
             shard.mark_dirty(slot);
             out.push(Output::Compliance(change));

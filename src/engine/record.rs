@@ -134,6 +134,7 @@ impl Engine {
             None => shard.insert(Device::new(tenant, &r.device_id, r.platform, r.management)),
         };
         shard.set_platform(slot, r.platform);
+        shard.set_compliance(slot, r.compliance);
         let d = shard.get_mut(slot);
         d.output_seq = r.output_seq as u32;
         d.user = r
@@ -147,7 +148,6 @@ impl Engine {
         d.observations = observations;
         d.management = r.management;
         d.ownership = r.ownership;
-        d.compliance = r.compliance;
         d.flags = 0;
         d.set(flags::ENROLLED, r.enrolled);
         d.set(flags::MAM_BLOCKED, r.mam_blocked);

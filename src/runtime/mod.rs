@@ -21,14 +21,38 @@ use crate::engine::{Engine, EngineSettings};
 
 use clock::Clock;
 
-/// Readiness as seen by `/readyz`.
-#[derive(Debug, Default)]
+/// Readiness as seen by `/readyz`, and the running pipeline for the explain API.
+#[derive(Default)]
 pub struct Status {
     tables_loaded: AtomicBool,
     restored: AtomicBool,
+    processor: std::sync::Mutex<Option<Arc<std::sync::Mutex<pipeline::Processor>>>>,
 }
 
 impl Status {
+    /// Runs `f` on the engine of the running pipeline (`None` before one started).
+    pub fn with_engine<R>(&self, f: impl FnOnce(&Engine, i64) -> R) -> Option<R> {
+        let p = self.processor.lock().ok()?.clone()?;
+        let p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let now = p.now();
+        Some(f(&p.engine, now))
+    }
+
+    pub(crate) fn set_processor(&self, p: Option<Arc<std::sync::Mutex<pipeline::Processor>>>) {
+        if let Ok(mut slot) = self.processor.lock() {
+            *slot = p;
+        }
+    }
+
+    /// What readiness is waiting for.
+    pub fn describe(&self) -> &'static str {
+        match (self.tables_loaded.load(Ordering::SeqCst), self.restored.load(Ordering::SeqCst)) {
+            (false, _) => "loading connector and policy tables",
+            (true, false) => "waiting for partition assignment and state restore",
+            (true, true) => "ready",
+        }
+    }
+
     pub fn set_tables_loaded(&self, v: bool) {
         self.tables_loaded.store(v, Ordering::SeqCst);
     }

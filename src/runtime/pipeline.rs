@@ -85,7 +85,18 @@ pub struct GroupContext {
     processor: Arc<Mutex<Processor>>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (id, p) in &t.partitions {
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!("mtdgate_consumer_lag_records", "topic" => topic.clone(), "partition" => id.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -120,6 +131,11 @@ fn lock(m: &Mutex<Processor>) -> std::sync::MutexGuard<'_, Processor> {
 }
 
 impl Processor {
+    /// The wall clock's now.
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     /// Keeps the state of partitions assigned again, drops the rest, restores new ones from
     /// the changelog and reconciles them against the current tables.
     fn reassign(&mut self, assigned: HashSet<i32>) -> anyhow::Result<()> {
@@ -156,6 +172,23 @@ impl Processor {
         }
         self.flush_outputs(None)?;
         Ok(())
+    }
+
+    /// Refreshes the state gauges (devices, connectors by status, readiness).
+    fn publish_gauges(&self) {
+        let (devices, noncompliant) = self.engine.device_counts();
+        metrics::gauge!("mtdgate_devices_tracked").set(devices as f64);
+        metrics::gauge!("mtdgate_devices_noncompliant").set(noncompliant as f64);
+        let mut by_status = [0usize; 6];
+        for (tenant, partner, published, _) in self.engine.connector_statuses() {
+            if self.owns_connector(&tenant, &partner) {
+                by_status[published.status.code() as usize] += 1;
+            }
+        }
+        for s in ConnectorStatus::ALL {
+            metrics::gauge!("mtdgate_connectors", "status" => s.as_str()).set(by_status[s.code() as usize] as f64);
+        }
+        metrics::gauge!("mtdgate_ready").set(if self.status.ready() { 1.0 } else { 0.0 });
     }
 
     /// Whether this instance publishes status changes of a connector.
@@ -522,6 +555,7 @@ pub fn run_pipeline(
         failure: None,
     }));
 
+    status.set_processor(Some(processor.clone()));
     // Tables first, in full, before any device traffic.
     let mut tables = TableReader::new(&cfg)?;
     let started = Instant::now();
@@ -542,7 +576,8 @@ pub fn run_pipeline(
         let mut c = consumer_config(&cfg);
         c.set("group.id", &cfg.kafka.group_id)
             .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", "10000");
+            .set("session.timeout.ms", "10000")
+            .set("statistics.interval.ms", "5000");
         c.create_with_context(GroupContext {
             processor: processor.clone(),
         })
@@ -564,6 +599,7 @@ pub fn run_pipeline(
 
     let interval = Duration::from_millis(cfg.processing.commit_interval_ms);
     let mut last_commit = Instant::now();
+    let mut last_gauges = Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
         // Poll without holding the lock: rebalance callbacks take it.
         let polled = consumer.poll(Duration::from_millis(20));
@@ -573,13 +609,16 @@ pub fn run_pipeline(
         }
         match polled {
             Some(Ok(msg)) => {
+                if let Some(ts) = msg.timestamp().to_millis() {
+                    metrics::gauge!("mtdgate_consumer_lag_seconds").set((p.now() - ts).max(0) as f64 / 1000.0);
+                }
                 let started = Instant::now();
                 p.handle(kind_of(msg.topic()), &msg)?;
                 metrics::histogram!("mtdgate_processing_seconds")
                     .record(started.elapsed().as_secs_f64());
             }
             Some(Err(e)) => warn!(error = %e, "consumer error"),
-            None => {}
+            None => metrics::gauge!("mtdgate_consumer_lag_seconds").set(0.0),
         }
         tables.poll_live(&mut |topic, partition, offset, key, payload| {
             p.handle_table(topic, partition, offset, key, payload, true)
@@ -599,8 +638,10 @@ pub fn run_pipeline(
         {
             p.commit(&consumer)?;
             last_commit = Instant::now();
-            let devices = p.engine.device_count();
-            metrics::gauge!("mtdgate_devices_tracked").set(devices as f64);
+        }
+        if last_gauges.elapsed() >= Duration::from_secs(1) {
+            p.publish_gauges();
+            last_gauges = Instant::now();
         }
         p.producer.poll(Duration::ZERO);
     }

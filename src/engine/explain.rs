@@ -1,0 +1,200 @@
+//! Read-only explanations of the engine's state for operators: why a device has the verdict
+//! it has, and where each connector stands against its deadlines.
+
+use serde::Serialize;
+
+use crate::model::*;
+
+use super::connector::ConnectorState;
+use super::devices::flags;
+use super::evaluate::{evaluate_app_protection, evaluate_compliance};
+use super::Engine;
+
+/// One partner's view of a device.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PartnerExplanation {
+    pub partner_id: String,
+    pub health_state: HealthState,
+    pub level: Option<ThreatLevel>,
+    pub observed_at: i64,
+    pub age_ms: i64,
+    pub counts: bool,
+    pub why: String,
+}
+
+/// A device's state and its current decision.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeviceExplanation {
+    pub tenant_id: String,
+    pub device_id: String,
+    pub partition: i32,
+    pub platform: Platform,
+    pub management: Management,
+    pub enrolled: bool,
+    pub os_version: Option<String>,
+    pub compliance: ComplianceState,
+    pub mam_blocked: bool,
+    pub mam_wipe_incident: bool,
+    pub partners: Vec<PartnerExplanation>,
+    pub decision: Decision,
+}
+
+/// The decision the rules give now, with its reasons.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Decision {
+    pub state: Option<ComplianceState>,
+    pub worst_level: Option<ThreatLevel>,
+    pub reasons: Vec<Reason>,
+    pub app_protection_policies: Vec<String>,
+}
+
+/// A connector's status and deadlines.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConnectorExplanation {
+    pub partner_id: String,
+    pub status: ConnectorStatus,
+    pub compliance_ignored: bool,
+    pub last_heartbeat_at: Option<i64>,
+    pub error_code: i32,
+    pub unresponsive_at: Option<i64>,
+    pub ignored_at: Option<i64>,
+    pub settings: Option<ConnectorConfig>,
+}
+
+impl Engine {
+    /// Explains one device, wherever its partition is; `None` if this instance does not hold it.
+    pub fn explain_device(&self, tenant: &str, device: &str, now: i64) -> Option<DeviceExplanation> {
+        let t = self.tenants.get(tenant)?;
+        let tables = self.tenants.tables(t);
+        for shard in self.shards.iter() {
+            let Some(slot) = shard.find(t, device) else {
+                continue;
+            };
+            let d = shard.get(slot);
+            let view = tables.view(d.platform);
+            let partners = d
+                .observations
+                .iter()
+                .map(|o| {
+                    let id = self.catalogue.partner(o.partner).id.clone();
+                    let conn = tables.connectors.get(&o.partner);
+                    let (counts, why) = match d.management {
+                        Management::Mdm => {
+                            if view.counting.iter().any(|c| c.partner == o.partner) {
+                                (true, "connector counts for compliance on this platform".to_owned())
+                            } else if view.ignored.contains(&o.partner) {
+                                (false, "connector unresponsive beyond its threshold: data ignored".to_owned())
+                            } else {
+                                (false, not_counting(conn, "compliance"))
+                            }
+                        }
+                        Management::Mam => {
+                            if view.app_policies.iter().any(|p| p.partner == Some(o.partner)) {
+                                (true, "the partner chosen by app protection priority".to_owned())
+                            } else {
+                                (false, not_counting(conn, "app protection (or another partner has priority)"))
+                            }
+                        }
+                    };
+                    PartnerExplanation {
+                        partner_id: id,
+                        health_state: o.health,
+                        level: o.health.level(),
+                        observed_at: o.observed_at,
+                        age_ms: now - o.observed_at,
+                        counts,
+                        why,
+                    }
+                })
+                .collect();
+            let decision = match d.management {
+                Management::Mdm => {
+                    let mut notes = Vec::new();
+                    let v = evaluate_compliance(view, d, Some(&mut notes));
+                    Decision {
+                        state: Some(v.state),
+                        worst_level: v.worst_level,
+                        reasons: notes
+                            .into_iter()
+                            .map(|n| Reason {
+                                partner_id: self.catalogue.partner(n.partner).id.clone(),
+                                code: n.code,
+                                detail: n.detail,
+                            })
+                            .collect(),
+                        app_protection_policies: vec![],
+                    }
+                }
+                Management::Mam => {
+                    let _ = evaluate_app_protection(view, d);
+                    Decision {
+                        state: None,
+                        worst_level: None,
+                        reasons: vec![],
+                        app_protection_policies: view.app_policies.iter().map(|p| format!("{} ({} above {})", p.policy_id, p.action, p.limit)).collect(),
+                    }
+                }
+            };
+            return Some(DeviceExplanation {
+                tenant_id: tenant.to_owned(),
+                device_id: device.to_owned(),
+                partition: *shard.key(),
+                platform: d.platform,
+                management: d.management,
+                enrolled: d.has(flags::ENROLLED),
+                os_version: d.os.to_text(),
+                compliance: d.compliance,
+                mam_blocked: d.has(flags::MAM_BLOCKED),
+                mam_wipe_incident: d.has(flags::WIPE_INCIDENT),
+                partners,
+                decision,
+            });
+        }
+        None
+    }
+
+    /// Explains every connector of a tenant.
+    pub fn explain_connectors(&self, tenant: &str) -> Vec<ConnectorExplanation> {
+        let Some(t) = self.tenants.get(tenant) else {
+            return vec![];
+        };
+        self.tenants
+            .tables(t)
+            .connectors
+            .iter()
+            .map(|(&p, c)| {
+                let since = c.silent_since();
+                let cfg = c.config.as_ref();
+                ConnectorExplanation {
+                    partner_id: self.catalogue.partner(p).id.clone(),
+                    status: c.published.status,
+                    compliance_ignored: c.published.compliance_ignored,
+                    last_heartbeat_at: c.last_heartbeat_at,
+                    error_code: c.error_code,
+                    unresponsive_at: since.zip(cfg).map(|(s, c)| s + c.heartbeat_timeout_seconds * 1000),
+                    ignored_at: since.zip(cfg).map(|(s, c)| s + c.unresponsive_threshold_days as i64 * 86_400_000),
+                    settings: c.config.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Devices held and how many are noncompliant.
+    pub fn device_counts(&self) -> (usize, usize) {
+        let mut total = 0;
+        let mut noncompliant = 0;
+        for s in self.shards.iter() {
+            total += s.len();
+            noncompliant += s.noncompliant();
+        }
+        (total, noncompliant)
+    }
+}
+
+fn not_counting(conn: Option<&ConnectorState>, what: &str) -> String {
+    match conn {
+        None => "no connector settings".to_owned(),
+        Some(c) if ConnectorState::blocks_traffic(c.published.status) => format!("connector is {}", c.published.status),
+        Some(_) => format!("connector toggle for {what} is off"),
+    }
+}
