@@ -6,8 +6,11 @@
 pub mod catalogue;
 pub mod codec;
 pub mod config;
+pub mod demo;
 pub mod engine;
+pub mod explain_cli;
 pub mod http;
 pub mod model;
 pub mod runtime;
 pub mod service;
+pub mod simulate;

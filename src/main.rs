@@ -41,6 +41,14 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Play the vendor gateways and the admin/MDM side: settings, policies, enrollments,
+    /// then a stream of device threat reports, heartbeats and app inventories.
+    Simulate(mtdgate::simulate::SimulateArgs),
+    /// Run everything in one process with nothing installed: a mock Kafka cluster, the
+    /// service and the simulator, with a live summary every second.
+    Demo(mtdgate::demo::DemoArgs),
+    /// Ask a running instance why a device has its verdict, or how a tenant's connectors stand.
+    Explain(mtdgate::explain_cli::ExplainArgs),
 }
 
 #[derive(Subcommand)]
@@ -52,6 +60,15 @@ enum TopicsAction {
 }
 
 fn main() {
+    // The interactive commands keep the service's info logs out of their own output.
+    if std::env::var_os("RUST_LOG").is_none()
+        && matches!(
+            std::env::args().nth(1).as_deref(),
+            Some("demo" | "simulate" | "explain")
+        )
+    {
+        std::env::set_var("RUST_LOG", "warn,rdkafka=error");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -105,6 +122,30 @@ fn real_main() -> anyhow::Result<()> {
                     println!("topics ok; device topics have {n} partitions");
                 }
             }
+            Ok(())
+        }
+        Command::Simulate(args) => {
+            let opts = args.options()?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook_consts::SIGTERM, signal_hook_consts::SIGINT] {
+                ctrlc_like(sig, stop.clone())?;
+            }
+            let summary = mtdgate::simulate::run(&opts, stop)?;
+            println!("{summary}");
+            if summary.delivery_errors > 0 || summary.undelivered > 0 {
+                anyhow::bail!("some records were not delivered");
+            }
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook_consts::SIGTERM, signal_hook_consts::SIGINT] {
+                ctrlc_like(sig, stop.clone())?;
+            }
+            mtdgate::demo::run(&args, stop)
+        }
+        Command::Explain(args) => {
+            print!("{}", mtdgate::explain_cli::run(&args)?);
             Ok(())
         }
         Command::Config { config } => {

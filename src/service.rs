@@ -16,7 +16,8 @@ pub fn prometheus() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let latency = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ];
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
@@ -43,7 +44,10 @@ pub fn start_http(cfg: &Config, status: Arc<Status>) -> anyhow::Result<std::net:
     std::thread::Builder::new()
         .name("mtdgate-http".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(error = %e, "http runtime");
@@ -68,7 +72,12 @@ pub fn start_http(cfg: &Config, status: Arc<Status>) -> anyhow::Result<std::net:
 }
 
 /// Runs the service until `shutdown` is set.
-pub fn run(cfg: Config, clock: Arc<dyn Clock>, shutdown: Arc<AtomicBool>, status: Arc<Status>) -> anyhow::Result<()> {
+pub fn run(
+    cfg: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: Arc<AtomicBool>,
+    status: Arc<Status>,
+) -> anyhow::Result<()> {
     prometheus();
     start_http(&cfg, status.clone())?;
     runtime::run(cfg, clock, shutdown, status)

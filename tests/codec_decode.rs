@@ -1072,7 +1072,11 @@ fn decode_speed_report() {
     // next to the cost of cloning the record (the same allocations, no decoding).
     let so = encoded(&report(), OutputEncoding::Avro);
     let js = encoded(&report(), OutputEncoding::Json);
-    let n = if cfg!(debug_assertions) { 1_000 } else { 100_000 };
+    let n = if cfg!(debug_assertions) {
+        1_000
+    } else {
+        100_000
+    };
     let time = |f: &mut dyn FnMut()| {
         (0..5)
             .map(|_| {

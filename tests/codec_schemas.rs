@@ -126,26 +126,26 @@ fn enum_symbols_match_the_rust_enums_in_order() {
 
 /// Walks the raw JSON of every field (`record`, `field`, field JSON).
 fn for_each_field(f: &mut impl FnMut(&str, &str, &Value)) {
-    fn walk(record: &str, v: &Value, f: &mut impl FnMut(&str, &str, &Value)) {
+    fn walk(v: &Value, f: &mut impl FnMut(&str, &str, &Value)) {
         match v {
             Value::Object(m) => {
                 if m.get("type").and_then(Value::as_str) == Some("record") {
                     let name = m["name"].as_str().unwrap();
                     for field in m["fields"].as_array().unwrap() {
                         f(name, field["name"].as_str().unwrap(), field);
-                        walk(name, &field["type"], f);
+                        walk(&field["type"], f);
                     }
                 } else {
-                    m.values().for_each(|x| walk(record, x, f));
+                    m.values().for_each(|x| walk(x, f));
                 }
             }
-            Value::Array(a) => a.iter().for_each(|x| walk(record, x, f)),
+            Value::Array(a) => a.iter().for_each(|x| walk(x, f)),
             _ => {}
         }
     }
     for e in schema_set().entries() {
         let json: Value = serde_json::from_str(e.source()).unwrap();
-        walk(e.name(), &json, f);
+        walk(&json, f);
     }
 }
 

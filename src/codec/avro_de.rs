@@ -619,3 +619,66 @@ impl<'a, 'de> de::MapAccess<'de> for MapAccess<'a, 'de> {
         usize::try_from(self.left).ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::avro_ser::write_long;
+
+    fn read_long(bytes: &[u8]) -> Result<i64> {
+        let mut r = Reader {
+            data: bytes,
+            pos: 0,
+        };
+        let v = r.long()?;
+        r.finish()?;
+        Ok(v)
+    }
+
+    #[test]
+    fn varints_round_trip_at_the_edges() {
+        for v in [
+            0,
+            -1,
+            1,
+            63,
+            -64,
+            64,
+            i32::MAX as i64,
+            i32::MIN as i64,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut buf = Vec::new();
+            write_long(&mut buf, v);
+            assert!(buf.len() <= 10);
+            assert_eq!(read_long(&buf).unwrap(), v, "{buf:02x?}");
+        }
+        // Spec examples: 0 -> 00, -1 -> 01, 1 -> 02, -64 -> 7f, 64 -> 80 01.
+        let mut buf = Vec::new();
+        for v in [0, -1, 1, -64, 64] {
+            write_long(&mut buf, v);
+        }
+        assert_eq!(buf, [0x00, 0x01, 0x02, 0x7f, 0x80, 0x01]);
+    }
+
+    #[test]
+    fn varints_beyond_64_bits_are_rejected() {
+        let mut max = vec![0xff; 9];
+        max.push(0x01);
+        assert_eq!(read_long(&max).unwrap(), i64::MIN);
+        let mut over = vec![0xff; 9];
+        over.push(0x02);
+        assert!(read_long(&over)
+            .unwrap_err()
+            .to_string()
+            .contains("overflows"));
+        let mut long = vec![0x80; 10];
+        long.push(0x00);
+        assert!(read_long(&long).is_err());
+        assert!(read_long(&[0x80])
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+    }
+}

@@ -552,3 +552,22 @@ pub fn encode_avro_datum<T: AvroRecord + Serialize>(
 pub fn decode_avro_datum<T: AvroRecord + DeserializeOwned>(datum: &[u8]) -> Result<T, DecodeError> {
     Ok(avro_de::from_slice(&T::schema_entry().compiled, datum)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_copies_of_the_current_schemas_take_the_fast_path() {
+        for entry in schema_set().entries() {
+            let w = WriterSchema::new("test".into(), Arc::new(entry.schema().clone())).unwrap();
+            assert!(
+                w.current.is_some_and(|c| std::ptr::eq(c, entry)),
+                "{}",
+                entry.name()
+            );
+            assert!(w.incompatible.is_none());
+            assert_eq!(w.full_name, entry.full_name());
+        }
+    }
+}

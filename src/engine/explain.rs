@@ -63,7 +63,12 @@ pub struct ConnectorExplanation {
 
 impl Engine {
     /// Explains one device, wherever its partition is; `None` if this instance does not hold it.
-    pub fn explain_device(&self, tenant: &str, device: &str, now: i64) -> Option<DeviceExplanation> {
+    pub fn explain_device(
+        &self,
+        tenant: &str,
+        device: &str,
+        now: i64,
+    ) -> Option<DeviceExplanation> {
         let t = self.tenants.get(tenant)?;
         let tables = self.tenants.tables(t);
         for shard in self.shards.iter() {
@@ -81,18 +86,38 @@ impl Engine {
                     let (counts, why) = match d.management {
                         Management::Mdm => {
                             if view.counting.iter().any(|c| c.partner == o.partner) {
-                                (true, "connector counts for compliance on this platform".to_owned())
+                                (
+                                    true,
+                                    "connector counts for compliance on this platform".to_owned(),
+                                )
                             } else if view.ignored.contains(&o.partner) {
-                                (false, "connector unresponsive beyond its threshold: data ignored".to_owned())
+                                (
+                                    false,
+                                    "connector unresponsive beyond its threshold: data ignored"
+                                        .to_owned(),
+                                )
                             } else {
                                 (false, not_counting(conn, "compliance"))
                             }
                         }
                         Management::Mam => {
-                            if view.app_policies.iter().any(|p| p.partner == Some(o.partner)) {
-                                (true, "the partner chosen by app protection priority".to_owned())
+                            if view
+                                .app_policies
+                                .iter()
+                                .any(|p| p.partner == Some(o.partner))
+                            {
+                                (
+                                    true,
+                                    "the partner chosen by app protection priority".to_owned(),
+                                )
                             } else {
-                                (false, not_counting(conn, "app protection (or another partner has priority)"))
+                                (
+                                    false,
+                                    not_counting(
+                                        conn,
+                                        "app protection (or another partner has priority)",
+                                    ),
+                                )
                             }
                         }
                     };
@@ -131,7 +156,11 @@ impl Engine {
                         state: None,
                         worst_level: None,
                         reasons: vec![],
-                        app_protection_policies: view.app_policies.iter().map(|p| format!("{} ({} above {})", p.policy_id, p.action, p.limit)).collect(),
+                        app_protection_policies: view
+                            .app_policies
+                            .iter()
+                            .map(|p| format!("{} ({} above {})", p.policy_id, p.action, p.limit))
+                            .collect(),
                     }
                 }
             };
@@ -171,8 +200,12 @@ impl Engine {
                     compliance_ignored: c.published.compliance_ignored,
                     last_heartbeat_at: c.last_heartbeat_at,
                     error_code: c.error_code,
-                    unresponsive_at: since.zip(cfg).map(|(s, c)| s + c.heartbeat_timeout_seconds * 1000),
-                    ignored_at: since.zip(cfg).map(|(s, c)| s + c.unresponsive_threshold_days as i64 * 86_400_000),
+                    unresponsive_at: since
+                        .zip(cfg)
+                        .map(|(s, c)| s + c.heartbeat_timeout_seconds * 1000),
+                    ignored_at: since
+                        .zip(cfg)
+                        .map(|(s, c)| s + c.unresponsive_threshold_days as i64 * 86_400_000),
                     settings: c.config.clone(),
                 }
             })
@@ -194,7 +227,9 @@ impl Engine {
 fn not_counting(conn: Option<&ConnectorState>, what: &str) -> String {
     match conn {
         None => "no connector settings".to_owned(),
-        Some(c) if ConnectorState::blocks_traffic(c.published.status) => format!("connector is {}", c.published.status),
+        Some(c) if ConnectorState::blocks_traffic(c.published.status) => {
+            format!("connector is {}", c.published.status)
+        }
         Some(_) => format!("connector toggle for {what} is off"),
     }
 }

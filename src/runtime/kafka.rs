@@ -203,7 +203,9 @@ pub struct EofAware;
 
 impl rdkafka::ClientContext for EofAware {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || matches!(&error, KafkaError::Global(c) if *c == RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             tracing::error!(error = %error, reason, "kafka client error");
         }
     }

@@ -46,7 +46,10 @@ impl Status {
 
     /// What readiness is waiting for.
     pub fn describe(&self) -> &'static str {
-        match (self.tables_loaded.load(Ordering::SeqCst), self.restored.load(Ordering::SeqCst)) {
+        match (
+            self.tables_loaded.load(Ordering::SeqCst),
+            self.restored.load(Ordering::SeqCst),
+        ) {
             (false, _) => "loading connector and policy tables",
             (true, false) => "waiting for partition assignment and state restore",
             (true, true) => "ready",

@@ -77,6 +77,8 @@ pub struct Processor {
     status: Arc<Status>,
     /// A failure seen inside a callback, surfaced by the loop.
     failure: Option<anyhow::Error>,
+    /// Last status published per connector, as read back from the status topic.
+    last_status: HashMap<(String, String), (ConnectorStatus, bool)>,
 }
 
 /// The consumer context: commits before partitions are revoked, restores before new ones
@@ -170,6 +172,32 @@ impl Processor {
             self.engine.reconcile(p, now, &mut out);
             self.out = out;
         }
+        // Connectors this instance now speaks for: publish what changed while nobody did.
+        let new_set: HashSet<i32> = new.iter().copied().collect();
+        for (tenant, partner, published, last_hb) in self.engine.connector_statuses() {
+            let key = format!("{tenant}/{partner}");
+            if !new_set.contains(&partition_for(key.as_bytes(), self.device_partitions)) {
+                continue;
+            }
+            let (prev, prev_ignored) = self
+                .last_status
+                .get(&(tenant.clone(), partner.clone()))
+                .copied()
+                .unwrap_or((ConnectorStatus::Unavailable, false));
+            if (prev, prev_ignored) != (published.status, published.compliance_ignored) {
+                self.out
+                    .push(Output::ConnectorStatus(ConnectorStatusChange {
+                        tenant_id: tenant,
+                        partner_id: partner,
+                        previous: prev,
+                        current: published.status,
+                        compliance_ignored: published.compliance_ignored,
+                        last_heartbeat_at: last_hb,
+                        changed_at: now,
+                        reason: "status changed while no instance published it".into(),
+                    }));
+            }
+        }
         self.flush_outputs(None)?;
         Ok(())
     }
@@ -186,7 +214,8 @@ impl Processor {
             }
         }
         for s in ConnectorStatus::ALL {
-            metrics::gauge!("mtdgate_connectors", "status" => s.as_str()).set(by_status[s.code() as usize] as f64);
+            metrics::gauge!("mtdgate_connectors", "status" => s.as_str())
+                .set(by_status[s.code() as usize] as f64);
         }
         metrics::gauge!("mtdgate_ready").set(if self.status.ready() { 1.0 } else { 0.0 });
     }
@@ -382,6 +411,15 @@ impl Processor {
     ) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
         let t = &self.cfg.topics;
+        if topic == t.connector_status {
+            if let Some(Ok(s)) = payload.map(codec::decode::<ConnectorStatusChange>) {
+                self.last_status.insert(
+                    (s.tenant_id, s.partner_id),
+                    (s.current, s.compliance_ignored),
+                );
+            }
+            return Ok(());
+        }
         let decoded = if topic == t.connectors {
             payload
                 .map(codec::decode::<ConnectorConfig>)
@@ -553,6 +591,7 @@ pub fn run_pipeline(
         txn_open: false,
         status: status.clone(),
         failure: None,
+        last_status: HashMap::new(),
     }));
 
     status.set_processor(Some(processor.clone()));
@@ -610,7 +649,8 @@ pub fn run_pipeline(
         match polled {
             Some(Ok(msg)) => {
                 if let Some(ts) = msg.timestamp().to_millis() {
-                    metrics::gauge!("mtdgate_consumer_lag_seconds").set((p.now() - ts).max(0) as f64 / 1000.0);
+                    metrics::gauge!("mtdgate_consumer_lag_seconds")
+                        .set((p.now() - ts).max(0) as f64 / 1000.0);
                 }
                 let started = Instant::now();
                 p.handle(kind_of(msg.topic()), &msg)?;

@@ -1,7 +1,7 @@
 //! The global tables: connector settings, policies and heartbeats, read in full by every
 //! instance (no consumer group) before device traffic, then followed live.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -17,7 +17,6 @@ use super::kafka::{consumer_config, EofAware};
 /// Reads the table topics from the beginning.
 pub struct TableReader {
     consumer: BaseConsumer<EofAware>,
-    partitions: usize,
 }
 
 type Handler<'a> =
@@ -58,61 +57,62 @@ impl TableReader {
             }
         }
         consumer.assign(&tpl).context("assign table partitions")?;
-        Ok(TableReader {
-            partitions: tpl.count(),
-            consumer,
-        })
+        Ok(TableReader { consumer })
     }
 
-    /// Reads every table record up to the end of each partition; returns how many.
+    /// Reads every table record up to the end each partition had when the call started;
+    /// returns how many.
     pub fn bootstrap(
         &mut self,
         mut f: impl FnMut(&str, i32, i64, Option<&[u8]>, Option<&[u8]>) -> anyhow::Result<()>,
     ) -> anyhow::Result<usize> {
-        let mut at_end: HashSet<(String, i32)> = HashSet::new();
+        // Snapshot the end of every partition once; what arrives later is live traffic.
+        let mut pending: HashMap<(String, i32), i64> = HashMap::new();
+        for e in self.consumer.assignment()?.elements() {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                .with_context(|| format!("watermarks of {}[{}]", e.topic(), e.partition()))?;
+            if high > low {
+                pending.insert((e.topic().to_owned(), e.partition()), high);
+            }
+        }
         let mut n = 0;
         let deadline = Instant::now() + Duration::from_secs(300);
-        while at_end.len() < self.partitions {
+        while !pending.is_empty() {
             if Instant::now() > deadline {
-                anyhow::bail!("tables did not load within 300 s");
+                anyhow::bail!(
+                    "tables did not load within 300 s; still reading {:?}",
+                    pending.keys().collect::<Vec<_>>()
+                );
             }
             match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     f(m.topic(), m.partition(), m.offset(), m.key(), m.payload())?;
                     n += 1;
+                    let key = (m.topic().to_owned(), m.partition());
+                    if pending
+                        .get(&key)
+                        .is_some_and(|&high| m.offset() + 1 >= high)
+                    {
+                        pending.remove(&key);
+                    }
                 }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    // The EOF event names the partition only; count distinct (topic, partition)
-                    // via the assignment positions.
-                    let _ = p;
-                    at_end = self.positions_at_end()?;
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {
+                    // Transaction markers can end a partition: trust the fetch position too.
+                    for e in self.consumer.position()?.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            let key = (e.topic().to_owned(), e.partition());
+                            if pending.get(&key).is_some_and(|&high| o >= high) {
+                                pending.remove(&key);
+                            }
+                        }
+                    }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "table consumer error"),
-                None => {
-                    at_end = self.positions_at_end()?;
-                }
             }
         }
         Ok(n)
-    }
-
-    /// Partitions whose position has reached the high watermark.
-    fn positions_at_end(&self) -> anyhow::Result<HashSet<(String, i32)>> {
-        let pos = self.consumer.position()?;
-        let mut done = HashSet::new();
-        for e in pos.elements() {
-            let (low, high) =
-                self.consumer
-                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))?;
-            let at = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => low,
-            };
-            if high <= low || at >= high {
-                done.insert((e.topic().to_owned(), e.partition()));
-            }
-        }
-        Ok(done)
     }
 
     /// Applies whatever table records have arrived, without waiting.

@@ -276,3 +276,98 @@ pub fn connector_json(tenant: &str, partner: &str, on: &[&str], updated_at: i64)
     }
     serde_json::to_value(m).unwrap()
 }
+
+/// The service as a child process (`mtdgate run --config FILE`).
+pub struct Process {
+    pub child: std::process::Child,
+    pub config_path: std::path::PathBuf,
+}
+
+impl Process {
+    /// Writes `cfg` to a file and starts the binary with it.
+    pub fn start(cfg: &Config, name: &str) -> Process {
+        let dir = std::env::temp_dir().join("mtdgate-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join(format!("{name}-{}.toml", std::process::id()));
+        std::fs::write(&config_path, toml::to_string(cfg).unwrap()).unwrap();
+        let log =
+            std::fs::File::create(dir.join(format!("{name}-{}.log", std::process::id()))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mtdgate"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stderr(log)
+            .spawn()
+            .expect("start mtdgate");
+        Process { child, config_path }
+    }
+
+    /// SIGKILL: no chance to commit or leave the group.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe_sigterm(self.child.id());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+/// Waits until an HTTP GET of `url` answers 200.
+pub fn wait_http_ok(url: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if http_get(url, None).map(|(s, _)| s == 200).unwrap_or(false) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} not OK within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(url: &str, bearer: Option<&str>) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

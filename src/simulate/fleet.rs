@@ -1,0 +1,477 @@
+//! The simulated population: tenants with their connector settings and policies, devices with
+//! a small threat state machine, and the records each produces.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::SmallRng;
+use rand::Rng;
+
+use crate::model::*;
+
+pub const LOOKOUT: &str = "lookout";
+pub const DEFENDER: &str = "microsoft-defender-for-endpoint";
+pub const ZIMPERIUM: &str = "zimperium";
+/// Provisioned but never set up in some tenants: its reports are rejected.
+pub const SOPHOS: &str = "sophos";
+
+/// Tenant id of tenant number `i` (0-based).
+pub fn tenant_id(i: usize) -> String {
+    format!("tenant-{:03}", i + 1)
+}
+
+/// Device id of device number `n` (0-based, unique across the fleet).
+pub fn device_id(n: usize) -> String {
+    format!("dev-{:06}", n + 1)
+}
+
+/// User id of device number `n`.
+pub fn user_id(n: usize) -> String {
+    format!("user-{:06}", n + 1)
+}
+
+/// Chance per report that a clean device gets infected.
+const P_INFECT: f64 = 0.02;
+/// Chance per report that an infected device has been remediated.
+const P_REMEDIATE: f64 = 0.3;
+/// Chance that a clean device reports LOW rather than SECURED.
+const P_LOW: f64 = 0.1;
+/// Share of a tenant's reports that come from a connector still being set up.
+const P_PENDING_PARTNER: f64 = 0.005;
+
+/// One tenant's admin settings and which partners report for its devices.
+pub struct Tenant {
+    pub id: String,
+    pub connectors: Vec<ConnectorConfig>,
+    pub policies: Vec<ThreatPolicy>,
+    /// Partners whose app is on MDM devices, per platform code (compliance toggles).
+    pub mdm_reporters: [Vec<&'static str>; 4],
+    /// Partners whose app is on MAM devices, per platform code (app protection toggles).
+    pub mam_reporters: [Vec<&'static str>; 4],
+    /// A provisioned connector that is not set up yet (its reports are refused).
+    pub pending: Option<&'static str>,
+    /// Some connector forwards iOS app inventories (App Sync).
+    pub app_sync: bool,
+}
+
+impl Tenant {
+    /// Tenant `i`: Lookout everywhere; Defender on every third tenant; Zimperium (iOS
+    /// compliance, with App Sync on half of them) on every fourth, where Lookout then covers
+    /// Android compliance only; Sophos provisioned but not set up on every fifth.
+    pub fn new(i: usize, heartbeat_timeout_seconds: i64, now: i64) -> Tenant {
+        let id = tenant_id(i);
+        let zim = i % 4 == 1;
+        let mut connectors = Vec::new();
+        let conn = |partner: &str| {
+            let mut c = ConnectorConfig::new(&id, partner, now);
+            c.heartbeat_timeout_seconds = heartbeat_timeout_seconds;
+            c.provisioned = true;
+            c.setup_complete = true;
+            c
+        };
+        let mut lookout = conn(LOOKOUT);
+        lookout.android_enabled = true;
+        lookout.ios_enabled = !zim;
+        lookout.android_mam_enabled = true;
+        lookout.ios_mam_enabled = true;
+        connectors.push(lookout);
+        if i % 3 == 0 {
+            let mut d = conn(DEFENDER);
+            d.android_enabled = true;
+            d.ios_enabled = true;
+            d.android_mam_enabled = true;
+            d.ios_mam_enabled = true;
+            connectors.push(d);
+        }
+        if zim {
+            let mut z = conn(ZIMPERIUM);
+            z.ios_enabled = true;
+            z.ios_app_sync = i % 8 == 1;
+            connectors.push(z);
+        }
+        let pending = (i % 5 == 2).then_some(SOPHOS);
+        if let Some(p) = pending {
+            let mut s = conn(p);
+            s.setup_complete = false;
+            connectors.push(s);
+        }
+        let mut policies = Vec::new();
+        for platform in [Platform::Android, Platform::Ios] {
+            let name = platform.as_str().to_ascii_lowercase();
+            let policy = |policy_id: String, kind, max_level, action| ThreatPolicy {
+                tenant_id: id.clone(),
+                policy_id,
+                kind,
+                platform,
+                max_level,
+                action,
+                partner_priority: None,
+                updated_at: now,
+            };
+            policies.push(policy(
+                format!("compliance-{name}"),
+                PolicyKind::Compliance,
+                PolicyLevel::Medium,
+                None,
+            ));
+            policies.push(policy(
+                format!("app-block-{name}"),
+                PolicyKind::AppProtection,
+                PolicyLevel::Medium,
+                Some(PolicyAction::Block),
+            ));
+            policies.push(policy(
+                format!("app-wipe-{name}"),
+                PolicyKind::AppProtection,
+                PolicyLevel::High,
+                Some(PolicyAction::Wipe),
+            ));
+        }
+        let reporters = |f: &dyn Fn(&ConnectorConfig, Platform) -> bool| {
+            let mut r: [Vec<&'static str>; 4] = Default::default();
+            for p in Platform::ALL {
+                for c in &connectors {
+                    if c.setup_complete && f(c, *p) {
+                        r[p.code() as usize].push(static_partner(&c.partner_id));
+                    }
+                }
+            }
+            r
+        };
+        let mdm_reporters = reporters(&|c, p| c.compliance_enabled(p));
+        let mam_reporters = reporters(&|c, p| c.mam_enabled(p));
+        let app_sync = connectors.iter().any(|c| c.ios_app_sync);
+        Tenant {
+            id,
+            connectors,
+            policies,
+            mdm_reporters,
+            mam_reporters,
+            pending,
+            app_sync,
+        }
+    }
+
+    /// Connectors that send heartbeats (set up ones).
+    pub fn live_connectors(&self) -> impl Iterator<Item = &ConnectorConfig> {
+        self.connectors.iter().filter(|c| c.setup_complete)
+    }
+}
+
+fn static_partner(id: &str) -> &'static str {
+    match id {
+        LOOKOUT => LOOKOUT,
+        DEFENDER => DEFENDER,
+        ZIMPERIUM => ZIMPERIUM,
+        _ => SOPHOS,
+    }
+}
+
+/// Device health as the partners see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    Secured,
+    Low,
+    Medium,
+    High,
+    Compromised,
+}
+
+impl Health {
+    pub fn infected(self) -> bool {
+        self >= Health::Medium
+    }
+    fn state(self) -> HealthState {
+        match self {
+            Health::Secured => HealthState::Secured,
+            Health::Low => HealthState::Low,
+            Health::Medium => HealthState::Medium,
+            Health::High => HealthState::High,
+            Health::Compromised => HealthState::Compromised,
+        }
+    }
+}
+
+impl PartialOrd for Health {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Health {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (*self as u8).cmp(&(*other as u8))
+    }
+}
+
+/// One device; small so millions fit.
+pub struct Device {
+    pub tenant: u32,
+    pub platform: Platform,
+    pub management: Management,
+    pub ownership: Ownership,
+    pub os: u8,
+    pub health: Health,
+    /// Round robin over the device's partners.
+    pub next_partner: u8,
+    pub last_observed: i64,
+}
+
+const ANDROID_OS: [&str; 4] = ["12", "13", "14", "15"];
+const IOS_OS: [&str; 4] = ["16.7.8", "17.4.1", "17.6", "18.1"];
+
+impl Device {
+    pub fn os_version(&self) -> &'static str {
+        let list = match self.platform {
+            Platform::Ios => &IOS_OS,
+            _ => &ANDROID_OS,
+        };
+        list[self.os as usize % list.len()]
+    }
+}
+
+/// What happened to a device with one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Infected,
+    Remediated,
+}
+
+/// The whole population.
+pub struct Fleet {
+    pub tenants: Vec<Tenant>,
+    pub devices: Vec<Device>,
+    /// iOS MDM devices of tenants with App Sync.
+    pub app_sync_devices: Vec<u32>,
+}
+
+impl Fleet {
+    /// `devices` devices spread over `tenants` tenants; about 70% enrolled (MDM), Android and
+    /// iOS about half each, a fifth of the enrolled ones personally owned.
+    pub fn new(
+        tenants: usize,
+        devices: usize,
+        heartbeat_timeout_seconds: i64,
+        now: i64,
+        rng: &mut SmallRng,
+    ) -> Fleet {
+        let tenants: Vec<Tenant> = (0..tenants.max(1))
+            .map(|i| Tenant::new(i, heartbeat_timeout_seconds, now))
+            .collect();
+        let mut list = Vec::with_capacity(devices);
+        let mut app_sync_devices = Vec::new();
+        for n in 0..devices {
+            let tenant = (n % tenants.len()) as u32;
+            let platform = if rng.random_bool(0.55) {
+                Platform::Android
+            } else {
+                Platform::Ios
+            };
+            let mdm = rng.random_bool(0.7);
+            let (management, ownership) = if mdm {
+                let own = if rng.random_bool(0.2) {
+                    Ownership::Personal
+                } else {
+                    Ownership::Corporate
+                };
+                (Management::Mdm, own)
+            } else {
+                (Management::Mam, Ownership::Personal)
+            };
+            if mdm && platform == Platform::Ios && tenants[tenant as usize].app_sync {
+                app_sync_devices.push(n as u32);
+            }
+            list.push(Device {
+                tenant,
+                platform,
+                management,
+                ownership,
+                os: rng.random_range(0..4),
+                health: Health::Secured,
+                next_partner: rng.random_range(0..4),
+                last_observed: 0,
+            });
+        }
+        Fleet {
+            tenants,
+            devices: list,
+            app_sync_devices,
+        }
+    }
+
+    /// The enrollment record of device `n`, if it is enrolled.
+    pub fn enrollment(&self, n: usize, now: i64) -> Option<DeviceEnrollment> {
+        let d = &self.devices[n];
+        (d.management == Management::Mdm).then(|| DeviceEnrollment {
+            tenant_id: self.tenants[d.tenant as usize].id.clone(),
+            device_id: device_id(n),
+            user_id: user_id(n),
+            platform: d.platform,
+            management: d.management,
+            ownership: d.ownership,
+            os_version: Some(d.os_version().to_owned()),
+            enrolled_at: now,
+        })
+    }
+
+    /// The next report of device `n`: moves its threat state and picks the reporting partner.
+    pub fn report(
+        &mut self,
+        n: usize,
+        event_id: String,
+        now: i64,
+        rng: &mut SmallRng,
+    ) -> (DeviceThreatReport, Transition) {
+        let d = &mut self.devices[n];
+        let tenant = &self.tenants[d.tenant as usize];
+        let mut transition = Transition::None;
+        if d.health.infected() {
+            if rng.random_bool(P_REMEDIATE) {
+                d.health = Health::Secured;
+                transition = Transition::Remediated;
+            }
+        } else if rng.random_bool(P_INFECT) {
+            let x: f64 = rng.random();
+            d.health = if x < 0.5 {
+                Health::Medium
+            } else if x < 0.85 {
+                Health::High
+            } else {
+                Health::Compromised
+            };
+            transition = Transition::Infected;
+        } else {
+            d.health = if rng.random_bool(P_LOW) {
+                Health::Low
+            } else {
+                Health::Secured
+            };
+        }
+        let reporters = match d.management {
+            Management::Mdm => &tenant.mdm_reporters[d.platform.code() as usize],
+            Management::Mam => &tenant.mam_reporters[d.platform.code() as usize],
+        };
+        let partner = match tenant.pending {
+            Some(p) if rng.random_bool(P_PENDING_PARTNER) => p,
+            _ if reporters.is_empty() => LOOKOUT,
+            _ => {
+                d.next_partner = d.next_partner.wrapping_add(1);
+                reporters[d.next_partner as usize % reporters.len()]
+            }
+        };
+        let observed_at = now.max(d.last_observed + 1);
+        d.last_observed = observed_at;
+        let report = DeviceThreatReport {
+            event_id,
+            tenant_id: tenant.id.clone(),
+            partner_id: partner.to_owned(),
+            device_id: device_id(n),
+            user_id: Some(user_id(n)),
+            platform: d.platform,
+            management: d.management,
+            ownership: Some(d.ownership),
+            os_version: Some(d.os_version().to_owned()),
+            health_state: d.health.state(),
+            threats: threats(d.health, d.platform),
+            observed_at,
+        };
+        (report, transition)
+    }
+
+    /// An App Sync check-in inventory of device `n`.
+    pub fn inventory(&self, n: usize, now: i64, rng: &mut SmallRng) -> AppInventory {
+        let d = &self.devices[n];
+        let count = rng.random_range(4..APPS.len());
+        let start = rng.random_range(0..APPS.len());
+        let apps = (0..count)
+            .map(|k| {
+                let (app_id, name, managed) = APPS[(start + k) % APPS.len()];
+                AppInfo {
+                    app_id: app_id.to_owned(),
+                    version: format!("{}.{}", 1 + k % 7, k % 10),
+                    short_version: format!("{}", 1 + k % 7),
+                    name: name.to_owned(),
+                    bundle_size: 20_000_000 + (k as i64) * 3_500_000,
+                    dynamic_size: 1_000_000 + (k as i64) * 250_000,
+                    ad_hoc_signed: false,
+                    from_app_store: true,
+                    beta: false,
+                    device_vpp: managed,
+                    validated: true,
+                    managed,
+                }
+            })
+            .collect();
+        AppInventory {
+            tenant_id: self.tenants[d.tenant as usize].id.clone(),
+            device_id: device_id(n),
+            ownership: d.ownership,
+            collected_at: now,
+            apps,
+        }
+    }
+
+    /// A heartbeat of a connector.
+    pub fn heartbeat(tenant: &str, partner: &str, now: i64, error: bool) -> ConnectorHeartbeat {
+        let mut min_os = BTreeMap::new();
+        min_os.insert("ANDROID".to_owned(), "12".to_owned());
+        min_os.insert("IOS".to_owned(), "16.0".to_owned());
+        ConnectorHeartbeat {
+            tenant_id: tenant.to_owned(),
+            partner_id: partner.to_owned(),
+            sent_at: now,
+            error_code: error.then_some(503),
+            min_os_versions: Some(min_os),
+        }
+    }
+}
+
+const APPS: [(&str, &str, bool); 12] = [
+    ("com.microsoft.Office.Outlook", "Microsoft Outlook", true),
+    ("com.microsoft.skype.teams", "Microsoft Teams", true),
+    ("com.microsoft.msedge", "Microsoft Edge", true),
+    ("com.salesforce.chatter", "Salesforce", true),
+    ("com.slack.Slack", "Slack", true),
+    ("com.zoom.videomeetings", "Zoom", false),
+    ("com.spotify.client", "Spotify", false),
+    ("net.whatsapp.WhatsApp", "WhatsApp", false),
+    ("com.burbn.instagram", "Instagram", false),
+    ("com.google.chrome.ios", "Google Chrome", false),
+    ("com.netflix.Netflix", "Netflix", false),
+    ("com.duolingo.DuolingoMobile", "Duolingo", false),
+];
+
+fn threats(health: Health, platform: Platform) -> Vec<Threat> {
+    let t = |category: &str, name: &str, severity| Threat {
+        category: category.to_owned(),
+        name: name.to_owned(),
+        severity,
+    };
+    let android = platform == Platform::Android;
+    match health {
+        Health::Secured => vec![],
+        Health::Low => vec![t("APP", "Risky app permissions", ThreatSeverity::Low)],
+        Health::Medium => vec![t(
+            "PHISHING",
+            "Phishing link opened",
+            ThreatSeverity::Medium,
+        )],
+        Health::High => vec![
+            if android {
+                t("MALWARE", "Trojan.AndroidOS.Joker", ThreatSeverity::High)
+            } else {
+                t("APP", "Sideloaded enterprise app", ThreatSeverity::High)
+            },
+            t(
+                "NETWORK",
+                "Man-in-the-middle on Wi-Fi",
+                ThreatSeverity::High,
+            ),
+        ],
+        Health::Compromised => vec![if android {
+            t("OS", "Rooted device", ThreatSeverity::Critical)
+        } else {
+            t("OS", "Jailbroken device", ThreatSeverity::Critical)
+        }],
+    }
+}

@@ -1,0 +1,783 @@
+//! `mtdgate simulate`: plays the vendor gateways and the admin/MDM side against a Kafka cluster.
+//!
+//! Phase 1 bootstraps every tenant: connector settings, policies, a first heartbeat per
+//! connector and the MDM enrollments of about 70% of the devices (the rest stay unenrolled,
+//! MAM). Phase 2 streams device threat reports at the requested rate (mostly SECURED/LOW, a few
+//! percent MEDIUM/HIGH/COMPROMISED infections that are later remediated), heartbeats every few
+//! seconds per connector (except silenced partners, and now and then one with an error code)
+//! and occasional iOS App Sync inventories.
+//!
+//! Records are keyed as the contract says and produced with a plain [`BaseProducer`] (Kafka's
+//! murmur2 partitioner, batching, no per-message waits); the rate is kept by sleeping between
+//! small batches. [`run`] is the reusable core: the demo and benchmarks call it directly.
+
+pub mod fleet;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use serde::Serialize;
+
+use crate::codec::{self, AvroRecord, OutputEncoding};
+use crate::config::Config;
+use crate::runtime::clock::{Clock, SystemClock};
+use crate::runtime::kafka::{base_config, partition_counts};
+
+pub use fleet::{device_id, tenant_id, user_id, Fleet};
+
+/// The input topics the simulator writes, in [`Summary::topics`] order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Input {
+    DeviceThreats,
+    ConnectorHeartbeats,
+    Connectors,
+    Policies,
+    DeviceEnrollments,
+    AppInventory,
+}
+
+impl Input {
+    pub const ALL: [Input; 6] = [
+        Input::DeviceThreats,
+        Input::ConnectorHeartbeats,
+        Input::Connectors,
+        Input::Policies,
+        Input::DeviceEnrollments,
+        Input::AppInventory,
+    ];
+
+    /// Short label for summaries.
+    pub fn label(self) -> &'static str {
+        match self {
+            Input::DeviceThreats => "device threat reports",
+            Input::ConnectorHeartbeats => "connector heartbeats",
+            Input::Connectors => "connector settings",
+            Input::Policies => "policies",
+            Input::DeviceEnrollments => "device enrollments",
+            Input::AppInventory => "app inventories",
+        }
+    }
+
+    /// The configured topic name.
+    pub fn topic(self, cfg: &Config) -> &str {
+        let t = &cfg.topics;
+        match self {
+            Input::DeviceThreats => &t.device_threats,
+            Input::ConnectorHeartbeats => &t.connector_heartbeats,
+            Input::Connectors => &t.connectors,
+            Input::Policies => &t.policies,
+            Input::DeviceEnrollments => &t.device_enrollments,
+            Input::AppInventory => &t.app_inventory,
+        }
+    }
+}
+
+/// Encoding of the simulated inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum InputEncoding {
+    /// JSON with the schema's field names.
+    #[default]
+    Json,
+    /// Avro single-object encoding.
+    Avro,
+}
+
+impl InputEncoding {
+    fn output(self) -> OutputEncoding {
+        match self {
+            InputEncoding::Json => OutputEncoding::Json,
+            InputEncoding::Avro => OutputEncoding::Avro,
+        }
+    }
+}
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Cluster, client properties (`kafka.properties`, `kafka.producer`) and topic names.
+    pub config: Config,
+    pub tenants: usize,
+    /// Devices in total.
+    pub devices: usize,
+    /// Device threat reports per second; 0 = as fast as possible.
+    pub rate: f64,
+    /// Stop after this long (phase 2).
+    pub duration: Option<Duration>,
+    /// Stop after this many device threat reports.
+    pub reports: Option<u64>,
+    pub encoding: InputEncoding,
+    /// Partners whose connectors send no heartbeats.
+    pub silence: Vec<String>,
+    pub seed: u64,
+    /// Heartbeat period of each connector.
+    pub heartbeat_interval: Duration,
+    /// `heartbeat_timeout_seconds` of the simulated connectors.
+    pub heartbeat_timeout_seconds: i64,
+    /// Chance that a heartbeat carries a non-zero error code.
+    pub heartbeat_error_rate: f64,
+    /// Chance per report that an iOS App Sync inventory is sent as well.
+    pub inventory_rate: f64,
+    /// Run phase 1 (settings, policies, enrollments).
+    pub bootstrap: bool,
+    /// Pause after phase 1 so consumers apply the tables before the device traffic.
+    pub settle: Duration,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Options {
+    /// Defaults for `config`: 10 tenants, 10,000 devices, 1,000 reports/s, until stopped.
+    pub fn new(config: Config) -> Options {
+        Options {
+            config,
+            tenants: 10,
+            devices: 10_000,
+            rate: 1_000.0,
+            duration: None,
+            reports: None,
+            encoding: InputEncoding::Json,
+            silence: Vec::new(),
+            seed: default_seed(),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout_seconds: 60,
+            heartbeat_error_rate: 0.005,
+            inventory_rate: 0.005,
+            bootstrap: true,
+            settle: Duration::from_millis(500),
+            progress: false,
+        }
+    }
+}
+
+fn default_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(42)
+}
+
+/// Records of one input topic.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TopicCount {
+    pub topic: String,
+    pub label: &'static str,
+    /// Handed to the producer.
+    pub produced: u64,
+    /// Acknowledged by the cluster.
+    pub delivered: u64,
+    /// Failed delivery.
+    pub failed: u64,
+}
+
+/// What a run sent.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub tenants: usize,
+    pub devices: usize,
+    pub enrolled: usize,
+    pub seed: u64,
+    pub encoding: &'static str,
+    /// Per input topic, in [`Input::ALL`] order.
+    pub topics: Vec<TopicCount>,
+    /// Device threat reports produced in phase 2.
+    pub reports: u64,
+    pub infections: u64,
+    pub remediations: u64,
+    /// Length of phase 2.
+    pub elapsed: Duration,
+    /// Target rate (0 = unlimited).
+    pub target_rate: f64,
+    pub delivery_errors: u64,
+    /// Records neither delivered nor failed when the final flush gave up.
+    pub undelivered: u64,
+    pub first_error: Option<String>,
+}
+
+impl Summary {
+    /// Records delivered to `input`'s topic.
+    pub fn sent(&self, input: Input) -> u64 {
+        self.topics
+            .get(input as usize)
+            .map(|t| t.delivered)
+            .unwrap_or(0)
+    }
+
+    /// Device threat reports per second achieved in phase 2.
+    pub fn rate(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.reports as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "simulated {} tenants, {} devices ({} enrolled MDM, {} MAM), {} inputs, seed {}",
+            self.tenants,
+            group(self.devices as u64),
+            group(self.enrolled as u64),
+            group((self.devices - self.enrolled) as u64),
+            self.encoding,
+            self.seed
+        )?;
+        writeln!(f, "{:>12}  {:<24} topic", "sent", "records")?;
+        for t in &self.topics {
+            writeln!(f, "{:>12}  {:<24} {}", group(t.delivered), t.label, t.topic)?;
+        }
+        let target = if self.target_rate > 0.0 {
+            format!("target {}/s", group(self.target_rate as u64))
+        } else {
+            "unlimited".to_owned()
+        };
+        writeln!(
+            f,
+            "reports: {} in {:.1} s = {}/s ({target}); {} infections, {} remediations",
+            group(self.reports),
+            self.elapsed.as_secs_f64(),
+            group(self.rate().round() as u64),
+            group(self.infections),
+            group(self.remediations),
+        )?;
+        write!(f, "delivery errors: {}", group(self.delivery_errors))?;
+        if self.undelivered > 0 {
+            write!(f, ", {} not confirmed", group(self.undelivered))?;
+        }
+        if let Some(e) = &self.first_error {
+            write!(f, " (first: {e})")?;
+        }
+        Ok(())
+    }
+}
+
+/// `1234567` -> `1,234,567`.
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Counts deliveries per input topic.
+#[derive(Default)]
+struct Deliveries {
+    delivered: [AtomicU64; 6],
+    failed: [AtomicU64; 6],
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, topic: usize) {
+        match result {
+            Ok(_) => {
+                self.delivered[topic].fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed[topic].fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = self.first_error.lock() {
+                    first.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// The producer and what it has handed over.
+struct Sender {
+    producer: BaseProducer<Deliveries>,
+    topics: Vec<String>,
+    produced: [u64; 6],
+    encoding: OutputEncoding,
+    buf: Vec<u8>,
+}
+
+impl Sender {
+    fn new(cfg: &Config, encoding: OutputEncoding) -> anyhow::Result<Sender> {
+        let mut c = base_config(cfg);
+        c.set("client.id", "mtdgate-simulate")
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "500000")
+            .set("message.timeout.ms", "60000");
+        for (k, v) in &cfg.kafka.producer {
+            c.set(k, v);
+        }
+        let producer = c
+            .create_with_context(Deliveries::default())
+            .context("create the simulator's producer")?;
+        Ok(Sender {
+            producer,
+            topics: Input::ALL.iter().map(|i| i.topic(cfg).to_owned()).collect(),
+            produced: [0; 6],
+            encoding,
+            buf: Vec::with_capacity(2048),
+        })
+    }
+
+    fn send<T: AvroRecord + Serialize>(
+        &mut self,
+        input: Input,
+        key: &str,
+        value: &T,
+    ) -> anyhow::Result<()> {
+        self.buf.clear();
+        codec::encode(value, self.encoding, &mut self.buf)?;
+        let idx = input as usize;
+        let mut record = BaseRecord::with_opaque_to(&self.topics[idx], idx)
+            .key(key.as_bytes())
+            .payload(&self.buf[..]);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.produced[idx] += 1;
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => {
+                    return Err(anyhow!(e).context(format!("produce to {}", self.topics[idx])))
+                }
+            }
+        }
+    }
+
+    fn errors(&self) -> u64 {
+        let c = self.producer.context();
+        c.failed.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// One connector's heartbeat schedule.
+struct Beat {
+    tenant: usize,
+    partner: String,
+    due: Instant,
+}
+
+/// Runs the simulation until its stop condition or `stop` is set; returns what was sent.
+pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
+    let cfg = &opts.config;
+    let counts = partition_counts(cfg)?;
+    for input in Input::ALL {
+        let t = input.topic(cfg);
+        if !counts.contains_key(t) {
+            anyhow::bail!(
+                "topic {t} is missing on {}; create the topics with `mtdgate topics create`",
+                cfg.kafka.bootstrap_servers
+            );
+        }
+    }
+    let clock = SystemClock;
+    let mut rng = SmallRng::seed_from_u64(opts.seed);
+    let run_id: u32 = rand::rng().random();
+    let mut sender = Sender::new(cfg, opts.encoding.output())?;
+    let mut fleet = Fleet::new(
+        opts.tenants,
+        opts.devices,
+        opts.heartbeat_timeout_seconds,
+        clock.now_ms(),
+        &mut rng,
+    );
+    let enrolled = fleet
+        .devices
+        .iter()
+        .filter(|d| d.management == crate::model::Management::Mdm)
+        .count();
+    let silenced = |partner: &str| opts.silence.iter().any(|s| s == partner);
+
+    // Phase 1: what the admin and the MDM side set up before any device reports.
+    let now = clock.now_ms();
+    let mut beats = Vec::new();
+    if opts.bootstrap {
+        for t in &fleet.tenants {
+            for c in &t.connectors {
+                sender.send(Input::Connectors, &format!("{}/{}", t.id, c.partner_id), c)?;
+            }
+            for p in &t.policies {
+                sender.send(Input::Policies, &format!("{}/{}", t.id, p.policy_id), p)?;
+            }
+        }
+    }
+    let period = opts.heartbeat_interval.max(Duration::from_millis(10));
+    let start = Instant::now();
+    for (ti, t) in fleet.tenants.iter().enumerate() {
+        for c in t.live_connectors() {
+            if silenced(&c.partner_id) {
+                continue;
+            }
+            sender.send(
+                Input::ConnectorHeartbeats,
+                &format!("{}/{}", t.id, c.partner_id),
+                &Fleet::heartbeat(&t.id, &c.partner_id, now, false),
+            )?;
+            let offset = period.mul_f64(rng.random::<f64>());
+            beats.push(Beat {
+                tenant: ti,
+                partner: c.partner_id.clone(),
+                due: start + offset,
+            });
+        }
+    }
+    // Settings, policies and first heartbeats are applied before any device record arrives.
+    sender
+        .producer
+        .flush(Duration::from_secs(30))
+        .context("flushing connector settings, policies and heartbeats")?;
+    if opts.bootstrap && !opts.settle.is_zero() && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(opts.settle);
+    }
+    if opts.bootstrap {
+        for n in 0..fleet.devices.len() {
+            if let Some(e) = fleet.enrollment(n, now) {
+                let key = format!("{}/{}", e.tenant_id, e.device_id);
+                sender.send(Input::DeviceEnrollments, &key, &e)?;
+            }
+            if n % 1024 == 0 {
+                sender.producer.poll(Duration::ZERO);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }
+        sender
+            .producer
+            .flush(Duration::from_secs(30))
+            .context("flushing the enrollments")?;
+    }
+
+    // Phase 2: the stream.
+    let bar = progress_bar(opts);
+    let started = Instant::now();
+    let mut reports: u64 = 0;
+    let mut infections = 0;
+    let mut remediations = 0;
+    let mut last_tick = started;
+    let devices = fleet.devices.len();
+    loop {
+        let mut elapsed = started.elapsed();
+        if let Some(d) = opts.duration {
+            // At the end, the reports the rate allows for the whole duration are all sent.
+            let due = (opts.rate * d.as_secs_f64()) as u64;
+            if elapsed >= d && (opts.rate <= 0.0 || reports >= due || devices == 0) {
+                break;
+            }
+            elapsed = elapsed.min(d);
+        }
+        if stop.load(Ordering::Relaxed)
+            || opts.reports.is_some_and(|n| reports >= n || devices == 0)
+        {
+            break;
+        }
+        let mut batch: u64 = 1_000;
+        if opts.rate > 0.0 {
+            let allowed = (opts.rate * elapsed.as_secs_f64()) as u64;
+            if allowed <= reports {
+                sender.producer.poll(Duration::ZERO);
+                let wait = (reports + 1) as f64 / opts.rate - elapsed.as_secs_f64();
+                std::thread::sleep(Duration::from_secs_f64(wait.clamp(0.0005, 0.005)));
+                heartbeats(&mut sender, &fleet, &mut beats, period, opts, &mut rng)?;
+                continue;
+            }
+            batch = batch.min(allowed - reports);
+        }
+        if let Some(n) = opts.reports {
+            batch = batch.min(n - reports);
+        }
+        let now = clock.now_ms();
+        for _ in 0..batch {
+            if devices == 0 {
+                break;
+            }
+            let n = rng.random_range(0..devices);
+            let event_id = format!("sim-{run_id:08x}-{reports}");
+            let (report, transition) = fleet.report(n, event_id, now, &mut rng);
+            match transition {
+                fleet::Transition::Infected => infections += 1,
+                fleet::Transition::Remediated => remediations += 1,
+                fleet::Transition::None => {}
+            }
+            let key = format!("{}/{}", report.tenant_id, report.device_id);
+            sender.send(Input::DeviceThreats, &key, &report)?;
+            reports += 1;
+            if !fleet.app_sync_devices.is_empty() && rng.random_bool(opts.inventory_rate) {
+                let d = fleet.app_sync_devices[rng.random_range(0..fleet.app_sync_devices.len())]
+                    as usize;
+                let inv = fleet.inventory(d, now, &mut rng);
+                let key = format!("{}/{}", inv.tenant_id, inv.device_id);
+                sender.send(Input::AppInventory, &key, &inv)?;
+            }
+        }
+        sender.producer.poll(Duration::ZERO);
+        if last_tick.elapsed() >= Duration::from_millis(100) {
+            last_tick = Instant::now();
+            heartbeats(&mut sender, &fleet, &mut beats, period, opts, &mut rng)?;
+            if let Some(b) = &bar {
+                update_bar(b, opts, reports, started.elapsed(), sender.errors());
+            }
+        }
+        if devices == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+            heartbeats(&mut sender, &fleet, &mut beats, period, opts, &mut rng)?;
+        }
+    }
+    let elapsed = started.elapsed();
+    if let Some(b) = &bar {
+        update_bar(b, opts, reports, elapsed, sender.errors());
+        b.finish_and_clear();
+    }
+    let flushed = sender.producer.flush(Duration::from_secs(30));
+    let ctx = sender.producer.context();
+    let mut summary = Summary {
+        tenants: fleet.tenants.len(),
+        devices,
+        enrolled,
+        seed: opts.seed,
+        encoding: opts.encoding.output().as_str(),
+        topics: Vec::new(),
+        reports,
+        infections,
+        remediations,
+        elapsed,
+        target_rate: opts.rate,
+        delivery_errors: 0,
+        undelivered: 0,
+        first_error: ctx.first_error.lock().ok().and_then(|e| e.clone()),
+    };
+    for input in Input::ALL {
+        let i = input as usize;
+        let t = TopicCount {
+            topic: sender.topics[i].clone(),
+            label: input.label(),
+            produced: sender.produced[i],
+            delivered: ctx.delivered[i].load(Ordering::Relaxed),
+            failed: ctx.failed[i].load(Ordering::Relaxed),
+        };
+        summary.delivery_errors += t.failed;
+        summary.undelivered += t.produced.saturating_sub(t.delivered + t.failed);
+        summary.topics.push(t);
+    }
+    if let Err(e) = flushed {
+        summary
+            .first_error
+            .get_or_insert_with(|| format!("final flush: {e}"));
+    }
+    Ok(summary)
+}
+
+/// Sends the heartbeats that are due.
+fn heartbeats(
+    sender: &mut Sender,
+    fleet: &Fleet,
+    beats: &mut [Beat],
+    period: Duration,
+    opts: &Options,
+    rng: &mut SmallRng,
+) -> anyhow::Result<()> {
+    let now = Instant::now();
+    let mut wall = None;
+    for b in beats.iter_mut() {
+        if b.due > now {
+            continue;
+        }
+        let ms = *wall.get_or_insert_with(|| SystemClock.now_ms());
+        let tenant = &fleet.tenants[b.tenant].id;
+        let error = rng.random_bool(opts.heartbeat_error_rate.clamp(0.0, 1.0));
+        sender.send(
+            Input::ConnectorHeartbeats,
+            &format!("{tenant}/{}", b.partner),
+            &Fleet::heartbeat(tenant, &b.partner, ms, error),
+        )?;
+        b.due += period;
+        if b.due < now {
+            b.due = now + period;
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(opts: &Options) -> Option<ProgressBar> {
+    if !opts.progress {
+        return None;
+    }
+    let (bar, template) = if let Some(n) = opts.reports {
+        (
+            ProgressBar::new(n),
+            "{spinner} {elapsed_precise} [{bar:32}] {percent:>3}% {msg}",
+        )
+    } else if let Some(d) = opts.duration {
+        (
+            ProgressBar::new(d.as_secs().max(1)),
+            "{spinner} {elapsed_precise} [{bar:32}] {pos}/{len} s {msg}",
+        )
+    } else {
+        (
+            ProgressBar::new_spinner(),
+            "{spinner} {elapsed_precise} {msg}",
+        )
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    Some(bar)
+}
+
+fn update_bar(bar: &ProgressBar, opts: &Options, reports: u64, elapsed: Duration, errors: u64) {
+    if opts.reports.is_some() {
+        bar.set_position(reports);
+    } else if opts.duration.is_some() {
+        bar.set_position(elapsed.as_secs());
+    } else {
+        bar.tick();
+    }
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    bar.set_message(format!(
+        "{} reports, {}/s, {} delivery errors",
+        group(reports),
+        group((reports as f64 / secs) as u64),
+        group(errors)
+    ));
+}
+
+/// `mtdgate simulate` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Kafka bootstrap servers [default: 127.0.0.1:9092, or the configuration's].
+    #[arg(long)]
+    pub bootstrap_servers: Option<String>,
+    /// TOML configuration: topic names and kafka.properties (TLS, SASL, ...).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Tenants.
+    #[arg(long, default_value_t = 10)]
+    pub tenants: usize,
+    /// Devices in total.
+    #[arg(long, default_value_t = 10_000)]
+    pub devices: usize,
+    /// Device threat reports per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 1_000.0)]
+    pub rate: f64,
+    /// Stop after this many seconds.
+    #[arg(long, conflicts_with = "reports")]
+    pub duration: Option<f64>,
+    /// Stop after this many device threat reports.
+    #[arg(long)]
+    pub reports: Option<u64>,
+    /// Encoding of the records.
+    #[arg(long, value_enum, default_value_t = InputEncoding::Json)]
+    pub encoding: InputEncoding,
+    /// Send no heartbeats for this partner (repeatable), e.g. `--silence lookout`.
+    #[arg(long, value_name = "PARTNER")]
+    pub silence: Vec<String>,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Seconds between heartbeats of one connector.
+    #[arg(long, default_value_t = 5.0)]
+    pub heartbeat_interval: f64,
+    /// heartbeat_timeout_seconds of the simulated connectors.
+    #[arg(long, default_value_t = 60)]
+    pub heartbeat_timeout: i64,
+    /// Skip phase 1 (connector settings, policies, enrollments): stream only.
+    #[arg(long)]
+    pub no_bootstrap: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl SimulateArgs {
+    /// The options these arguments describe.
+    pub fn options(&self) -> anyhow::Result<Options> {
+        let mut cfg = Config::load(self.config.as_deref())?;
+        if let Some(b) = &self.bootstrap_servers {
+            cfg.kafka.bootstrap_servers = b.clone();
+        }
+        if !(self.rate >= 0.0 && self.rate.is_finite()) {
+            anyhow::bail!("--rate must be a number of reports per second, 0 for unlimited");
+        }
+        if !(self.heartbeat_interval > 0.0 && self.heartbeat_interval.is_finite()) {
+            anyhow::bail!("--heartbeat-interval must be a positive number of seconds");
+        }
+        if self.heartbeat_timeout < 1 {
+            anyhow::bail!("--heartbeat-timeout must be at least 1 second");
+        }
+        check_partners(&cfg, &self.silence)?;
+        let mut o = Options::new(cfg);
+        o.tenants = self.tenants.max(1);
+        o.devices = self.devices;
+        o.rate = self.rate;
+        o.duration = match self.duration {
+            Some(d) if d.is_finite() && d >= 0.0 => Some(Duration::from_secs_f64(d)),
+            Some(_) => anyhow::bail!("--duration must be a number of seconds"),
+            None => None,
+        };
+        o.reports = self.reports;
+        o.encoding = self.encoding;
+        o.silence = self.silence.clone();
+        if let Some(s) = self.seed {
+            o.seed = s;
+        }
+        o.heartbeat_interval = Duration::from_secs_f64(self.heartbeat_interval);
+        o.heartbeat_timeout_seconds = self.heartbeat_timeout;
+        o.bootstrap = !self.no_bootstrap;
+        o.progress = !self.quiet;
+        Ok(o)
+    }
+}
+
+/// Counts of records per input, for callers that print their own summaries.
+pub fn sent_by_topic(s: &Summary) -> BTreeMap<String, u64> {
+    s.topics
+        .iter()
+        .map(|t| (t.topic.clone(), t.delivered))
+        .collect()
+}
+
+/// Refuses partner ids the catalogue does not know (e.g. a mistyped `--silence`).
+pub fn check_partners(cfg: &Config, partners: &[String]) -> anyhow::Result<()> {
+    let catalogue = crate::runtime::load_catalogue(cfg)?;
+    for p in partners {
+        if catalogue.index(p).is_none() {
+            anyhow::bail!(
+                "--silence {p}: not a partner id of the catalogue (the simulator uses {}, {}, {} and {})",
+                fleet::LOOKOUT,
+                fleet::DEFENDER,
+                fleet::ZIMPERIUM,
+                fleet::SOPHOS
+            );
+        }
+    }
+    Ok(())
+}

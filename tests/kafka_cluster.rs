@@ -1,0 +1,272 @@
+//! Scale-out and crash tests on the real broker: two instances in one group with partitions
+//! moving while events flow, an instance killed with SIGKILL mid-stream, and a run driven only
+//! by kcat as an outside client would.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn setup_tenant(gw: &Gateway, cfg: &mtdgate::config::Config) {
+    let t = &cfg.topics;
+    let now = now_ms();
+    gw.send(
+        &t.connectors,
+        "acme/lookout",
+        Some(&connector_json(
+            "acme",
+            "lookout",
+            &["provisioned", "setup_complete", "ios_mam_enabled"],
+            now,
+        )),
+    );
+    gw.send(&t.policies, "acme/block", Some(&json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now})));
+    gw.send(
+        &t.connector_heartbeats,
+        "acme/lookout",
+        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
+    );
+    gw.flush();
+}
+
+fn send_round(gw: &Gateway, cfg: &mtdgate::config::Config, round: usize, devices: usize) {
+    let state = if round % 2 == 0 { "HIGH" } else { "SECURED" };
+    for d in 0..devices {
+        let r = json!({
+            "event_id": format!("r{round}-m{d}"), "tenant_id": "acme", "partner_id": "lookout",
+            "device_id": format!("m{d}"), "platform": "IOS", "management": "MAM",
+            "health_state": state, "threats": [], "observed_at": now_ms(),
+        });
+        gw.send(&cfg.topics.device_threats, &format!("acme/m{d}"), Some(&r));
+    }
+    gw.flush();
+}
+
+/// Every device must see exactly BLOCK, UNBLOCK, BLOCK, ... for `rounds` rounds: a lost output
+/// leaves a gap, a duplicate repeats an action, lost state skips an UNBLOCK.
+fn assert_exactly_once(records: &[(String, Value)], devices: usize, rounds: usize) {
+    let mut per_device: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut ids = std::collections::HashSet::new();
+    for (k, v) in records {
+        assert!(
+            ids.insert(v["action_id"].as_str().unwrap().to_owned()),
+            "duplicate action id {v}"
+        );
+        per_device
+            .entry(k.clone())
+            .or_default()
+            .push(v["action"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(per_device.len(), devices);
+    let expected: Vec<String> = (0..rounds)
+        .map(|r| if r % 2 == 0 { "BLOCK" } else { "UNBLOCK" }.to_owned())
+        .collect();
+    for (k, actions) in per_device {
+        assert_eq!(actions, expected, "device {k}");
+    }
+}
+
+/// Two instances in one group: the second joins and later the first leaves while events flow;
+/// a read_committed reader sees every expected output exactly once, and devices that moved keep
+/// their state (an UNBLOCK needs the BLOCK remembered by the previous owner).
+#[test]
+fn two_instances_partitions_move_exactly_once() {
+    let mut cfg = test_config("scale");
+    cfg.topics.partitions = 6;
+    create_topics(&cfg);
+    let gw = Gateway::new();
+    setup_tenant(&gw, &cfg);
+    let devices = 60;
+    let a = Service::start(&cfg);
+    send_round(&gw, &cfg, 0, devices);
+
+    let mut cfg_b = cfg.clone();
+    cfg_b.kafka.instance_id = format!("{}-b", cfg.kafka.instance_id);
+    std::thread::sleep(Duration::from_millis(300));
+    let b_thread = std::thread::spawn(move || Service::start(&cfg_b));
+    // Events keep flowing while the group rebalances.
+    send_round(&gw, &cfg, 1, devices);
+    let b = b_thread.join().unwrap();
+    send_round(&gw, &cfg, 2, devices);
+    std::thread::sleep(Duration::from_millis(500));
+    a.stop();
+    send_round(&gw, &cfg, 3, devices);
+
+    let mut reader = Reader::new(&cfg.topics.app_protection_actions);
+    reader.wait_for(devices * 4, WAIT);
+    let all = reader.drain(Duration::from_secs(2)).to_vec();
+    assert_exactly_once(&all, devices, 4);
+    b.stop();
+}
+
+/// An instance killed with SIGKILL mid-stream and restarted: no output lost, none duplicated.
+#[test]
+fn sigkill_mid_stream_loses_and_duplicates_nothing() {
+    let mut cfg = test_config("kill");
+    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.processing.commit_interval_ms = 200;
+    create_topics(&cfg);
+    let gw = Gateway::new();
+    setup_tenant(&gw, &cfg);
+    let devices = 200;
+    let rounds = 6;
+    let p = Process::start(&cfg, "kill-1");
+    for round in 0..3 {
+        send_round(&gw, &cfg, round, devices);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Kill while the third round is being processed.
+    p.kill();
+    for round in 3..rounds {
+        send_round(&gw, &cfg, round, devices);
+    }
+    let p = Process::start(&cfg, "kill-2");
+    let mut reader = Reader::new(&cfg.topics.app_protection_actions);
+    reader.wait_for(devices * rounds, Duration::from_secs(90));
+    let all = reader.drain(Duration::from_secs(2)).to_vec();
+    assert_exactly_once(&all, devices, rounds);
+    assert!(p.terminate().success(), "clean exit on SIGTERM");
+}
+
+/// Driven only by kcat: JSON inputs produced with kcat, outputs read with kcat (read_committed).
+#[test]
+fn kcat_as_outside_client() {
+    let mut cfg = test_config("kcat");
+    cfg.http.listen = "127.0.0.1:0".into();
+    create_topics(&cfg);
+    let p = Process::start(&cfg, "kcat");
+    let t = &cfg.topics;
+    let now = now_ms();
+    let kcat_produce = |topic: &str, lines: &[String]| {
+        let mut child = Command::new("kcat")
+            .args([
+                "-b",
+                broker(),
+                "-P",
+                "-t",
+                topic,
+                "-K",
+                "|",
+                "-X",
+                "partitioner=murmur2_random",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("kcat installed (scripts/install-deps)");
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+    };
+    kcat_produce(
+        &t.connectors,
+        &[format!(
+            r#"acme/lookout|{{"tenant_id":"acme","partner_id":"lookout","provisioned":true,"setup_complete":true,"android_enabled":true,"updated_at":{now}}}"#
+        )],
+    );
+    kcat_produce(
+        &t.policies,
+        &[format!(
+            r#"acme/cp|{{"tenant_id":"acme","policy_id":"cp","kind":"COMPLIANCE","platform":"ANDROID","max_level":"LOW","updated_at":{now}}}"#
+        )],
+    );
+    kcat_produce(
+        &t.connector_heartbeats,
+        &[format!(
+            r#"acme/lookout|{{"tenant_id":"acme","partner_id":"lookout","sent_at":{now}}}"#
+        )],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    kcat_produce(
+        &t.device_threats,
+        &[
+            format!(
+                r#"acme/k1|{{"event_id":"k1","tenant_id":"acme","partner_id":"lookout","device_id":"k1","platform":"ANDROID","management":"MDM","health_state":"MEDIUM","observed_at":{now}}}"#
+            ),
+            "acme/k2|{not json".to_owned(),
+            format!(
+                r#"acme/k3|{{"event_id":"k3","tenant_id":"acme","partner_id":"lookout","device_id":"k3","platform":"ANDROID","management":"MDM","health_state":"PURPLE","observed_at":{now}}}"#
+            ),
+        ],
+    );
+    let kcat_read = |topic: &str, n: usize| -> Vec<Value> {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let out = Command::new("kcat")
+                .args([
+                    "-b",
+                    broker(),
+                    "-C",
+                    "-t",
+                    topic,
+                    "-o",
+                    "beginning",
+                    "-e",
+                    "-q",
+                    "-X",
+                    "isolation.level=read_committed",
+                    "-f",
+                    "%s\n",
+                ])
+                .output()
+                .unwrap();
+            let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if rows.len() >= n || std::time::Instant::now() > deadline {
+                return rows;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let changes = kcat_read(&t.compliance_changes, 1);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["current"], "NONCOMPLIANT");
+    assert_eq!(changes[0]["device_id"], "k1");
+    let rejected = kcat_read(&t.rejected, 2);
+    let mut rejected = rejected;
+    rejected.sort_by_key(|r| r["key"].as_str().unwrap().to_owned());
+    let reasons: Vec<_> = rejected
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec!["UNDECODABLE", "INVALID_FIELD"],
+        "{rejected:?}"
+    );
+    assert!(
+        rejected[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("health_state"),
+        "{}",
+        rejected[1]["detail"]
+    );
+    assert!(
+        rejected[1]["detail"].as_str().unwrap().contains("PURPLE"),
+        "{}",
+        rejected[1]["detail"]
+    );
+    let status = kcat_read(&t.connector_status, 1);
+    assert_eq!(status[0]["current"], "ENABLED");
+    assert!(p.terminate().success());
+}
