@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::OutputEncoding;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -84,17 +84,6 @@ pub struct HttpConfig {
     pub listen: String,
     /// When set, the explain API requires `Authorization: Bearer <token>`.
     pub explain_token: Option<String>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            kafka: KafkaConfig::default(),
-            topics: TopicsConfig::default(),
-            processing: ProcessingConfig::default(),
-            http: HttpConfig::default(),
-        }
-    }
 }
 
 impl Default for KafkaConfig {

@@ -54,7 +54,7 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     }
 }
 
-fn authorized(s: &HttpState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(s: &HttpState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &s.token else {
         return Ok(());
     };
@@ -73,12 +73,14 @@ fn authorized(s: &HttpState, headers: &HeaderMap) -> Result<(), Response> {
     if ok {
         Ok(())
     } else {
-        Err((
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "a valid bearer token is required\n",
-        )
-            .into_response())
+        Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a valid bearer token is required\n",
+            )
+                .into_response(),
+        ))
     }
 }
 
@@ -88,7 +90,7 @@ async fn device(
     Path((tenant, device)): Path<(String, String)>,
 ) -> Response {
     if let Err(r) = authorized(&s, &headers) {
-        return r;
+        return *r;
     }
     match s.status.with_engine(|e, now| e.explain_device(&tenant, &device, now)) {
         Some(Some(x)) => Json(x).into_response(),
@@ -107,7 +109,7 @@ async fn connectors(
     Path(tenant): Path<String>,
 ) -> Response {
     if let Err(r) = authorized(&s, &headers) {
-        return r;
+        return *r;
     }
     match s.status.with_engine(|e, _| e.explain_connectors(&tenant)) {
         Some(x) => Json(x).into_response(),

@@ -532,6 +532,15 @@ fn cloud_without_partner_keeps_connector_unavailable() {
 }
 
 /// Every rejection reason the engine produces, each with a specific detail.
+/// A named mutation of a valid report (returning the key to send it under), the reason it must
+/// be rejected with, and a word the detail must contain.
+type Case = (
+    &'static str,
+    Box<dyn Fn(&mut DeviceThreatReport) -> String>,
+    RejectReason,
+    &'static str,
+);
+
 #[test]
 fn rejection_reasons() {
     let mut h = Harness::new();
@@ -539,12 +548,7 @@ fn rejection_reasons() {
     let base = h.threat("t", LOOKOUT, "d", Ios, Mdm, H::Low);
     assert!(rejected(&h.report(base.clone())).is_empty());
 
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&mut DeviceThreatReport) -> String>,
-        RejectReason,
-        &str,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "duplicate",
             Box::new(|_r| "t/d".into()),

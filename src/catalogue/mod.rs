@@ -183,10 +183,7 @@ impl Catalogue {
 
     /// Whether the deployment's cloud offers the partner.
     pub fn offered(&self, idx: PartnerIdx) -> bool {
-        self.partners[idx as usize]
-            .clouds
-            .iter()
-            .any(|c| *c == self.cloud)
+        self.partners[idx as usize].clouds.contains(&self.cloud)
     }
 
     /// The deployment cloud.

@@ -49,6 +49,9 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
+/// Where an input came from: topic, partition, offset, key and raw value (for rejections).
+type Source<'a> = (&'a str, i32, i64, Option<&'a [u8]>, &'a [u8]);
+
 /// Which device topic a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DeviceTopic {
@@ -267,7 +270,7 @@ impl Processor {
     /// Publishes the engine's outputs; `source` describes the input for rejections.
     fn flush_outputs(
         &mut self,
-        source: Option<(&str, i32, i64, Option<&[u8]>, &[u8])>,
+        source: Option<Source<'_>>,
     ) -> anyhow::Result<()> {
         let outputs = std::mem::take(&mut self.out);
         let now = self.clock.now_ms();
