@@ -269,6 +269,7 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             return Err(e.context(format!("the service failed to start{hint}")));
         }
         if stop.load(Ordering::SeqCst) {
+            writeln!(out, "stopped before the service was ready")?;
             return shutdown_service(&shutdown, &mut service, mock);
         }
         if Instant::now() > ready_by {

@@ -1066,6 +1066,71 @@ fn output_encoding_names() {
     assert_eq!(c.enc, OutputEncoding::AvroConfluent);
 }
 
+/// A struct claiming the DeviceThreatReport schema, with its fields out of order.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+struct Misordered {
+    tenant_id: String,
+    event_id: String,
+}
+
+impl AvroRecord for Misordered {
+    const SCHEMA_NAME: &'static str = "DeviceThreatReport";
+    const SCHEMA_INDEX: usize = DeviceThreatReport::SCHEMA_INDEX;
+}
+
+/// A reader interested in a few fields of DeviceThreatReport only.
+#[derive(Deserialize, Debug, PartialEq)]
+struct Partial {
+    device_id: String,
+    health_state: HealthState,
+    observed_at: i64,
+}
+
+impl AvroRecord for Partial {
+    const SCHEMA_NAME: &'static str = "DeviceThreatReport";
+    const SCHEMA_INDEX: usize = DeviceThreatReport::SCHEMA_INDEX;
+}
+
+#[test]
+fn encoding_checks_field_names_and_order() {
+    let v = Misordered {
+        tenant_id: "t".into(),
+        event_id: "e".into(),
+    };
+    let mut buf = b"keep".to_vec();
+    let e = encode(&v, OutputEncoding::Avro, &mut buf).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("field `tenant_id` written where record io.mtdgate.v1.DeviceThreatReport expects `event_id`"),
+        "{msg}"
+    );
+    assert_eq!(buf, b"keep", "nothing appended on error");
+    assert!(codec::encode_avro_datum(&v, &mut buf).is_err());
+    assert_eq!(buf, b"keep");
+    // JSON has no schema to check against.
+    encode(&v, OutputEncoding::Json, &mut buf).unwrap();
+}
+
+#[test]
+fn readers_skip_fields_they_do_not_know() {
+    let r = report();
+    for enc in [
+        OutputEncoding::Avro,
+        OutputEncoding::AvroConfluent,
+        OutputEncoding::Json,
+    ] {
+        let p: Partial = decode(&encoded(&r, enc)).unwrap();
+        assert_eq!(
+            p,
+            Partial {
+                device_id: r.device_id.clone(),
+                health_state: r.health_state,
+                observed_at: r.observed_at,
+            }
+        );
+    }
+}
+
 #[test]
 fn decode_speed_report() {
     // Not an assertion: prints the per-record cost (meaningful with --release), best of 5 rounds,

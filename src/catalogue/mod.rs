@@ -1,8 +1,6 @@
 //! The partner catalogue: which MTD partners exist, which platforms each covers and in which
 //! clouds each is offered. Shipped as data (`partners.toml`) and validated on load.
 
-use std::collections::HashMap;
-
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -51,7 +49,8 @@ pub struct Partner {
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     partners: Vec<Partner>,
-    by_id: HashMap<String, PartnerIdx>,
+    /// Looked up for every input: hashbrown's default hasher (foldhash), not SipHash.
+    by_id: hashbrown::HashMap<String, PartnerIdx>,
     cloud: String,
     clouds: Vec<String>,
 }
@@ -115,7 +114,7 @@ impl Catalogue {
             )));
         }
         let mut partners = Vec::with_capacity(file.partners.len());
-        let mut by_id = HashMap::new();
+        let mut by_id = hashbrown::HashMap::new();
         for (index, entry) in file.partners.into_iter().enumerate() {
             let bad = |problem: String| CatalogueError::Partner { index, problem };
             if entry.id.is_empty() || entry.id.contains('/') || entry.id.contains('.') {

@@ -13,7 +13,7 @@ use serde::de::{
 };
 
 use super::avro_error::AvroError;
-use super::compiled::{Compiled, Field, Node, NodeId};
+use super::compiled::{Compiled, Field, Name, Node, NodeId};
 
 type Result<T> = std::result::Result<T, AvroError>;
 
@@ -274,7 +274,7 @@ impl<'a, 'de> De<'a, 'de> {
     }
 
     #[inline]
-    fn symbol(&mut self, symbols: &'a [Box<str>]) -> Result<&'a str> {
+    fn symbol(&mut self, symbols: &'a [Name]) -> Result<&'a str> {
         let idx = self.r.long()?;
         match usize::try_from(idx).ok().and_then(|i| symbols.get(i)) {
             Some(s) => Ok(s),

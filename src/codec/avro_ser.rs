@@ -41,6 +41,11 @@ fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+#[cold]
+fn mismatch(what: &str, node: &Node) -> AvroError {
+    AvroError::invalid(format!("cannot write {what} as {}", describe(node)))
+}
+
 fn describe(node: &Node) -> String {
     match node {
         Node::Null => "null".into(),
@@ -70,8 +75,8 @@ pub(crate) struct Ser<'a> {
 impl<'a> Ser<'a> {
     /// The node the value is written as: the node itself, or for a union the first branch
     /// accepting the value (whose index is written first).
-    #[inline]
-    fn pick(&mut self, accept: fn(&Node) -> bool, what: &str) -> Result<&'a Node> {
+    #[inline(always)]
+    fn pick(&mut self, accept: impl Fn(&Node) -> bool, what: &str) -> Result<&'a Node> {
         let s: &'a Compiled = self.s;
         let node = s.node(self.node);
         if let Node::Union(branches) = node {
@@ -85,10 +90,7 @@ impl<'a> Ser<'a> {
         } else if accept(node) {
             return Ok(node);
         }
-        Err(AvroError::invalid(format!(
-            "cannot write {what} as {}",
-            describe(node)
-        )))
+        Err(mismatch(what, node))
     }
 
     #[inline]
@@ -104,19 +106,20 @@ impl<'a> Ser<'a> {
         }
     }
 
+    /// Writes an enum symbol (or, into a `string`, its text).
     #[inline]
-    fn symbol(mut self, variant_index: Option<u32>, symbol: &str) -> Result<()> {
+    fn symbol(mut self, variant: Option<(u32, &'static str)>, symbol: &str) -> Result<()> {
         match self.pick(
             |n| matches!(n, Node::Enum { .. } | Node::String),
             "a symbol",
         )? {
             Node::Enum { name, symbols } => {
-                let idx = match variant_index
-                    .map(|i| i as usize)
-                    .filter(|&i| symbols.get(i).is_some_and(|s| &**s == symbol))
-                {
-                    Some(i) => i,
-                    None => symbols.iter().position(|s| &**s == symbol).ok_or_else(|| {
+                // Serde's variant index is the declaration order, which is the schema order.
+                let idx = match variant {
+                    Some((i, v)) if symbols.get(i as usize).is_some_and(|s| s.matches(v)) => {
+                        i as usize
+                    }
+                    _ => symbols.iter().position(|s| **s == *symbol).ok_or_else(|| {
                         AvroError::invalid(format!("symbol `{symbol}` is not in enum {name}"))
                     })?,
                 };
@@ -258,7 +261,7 @@ impl<'a> ser::Serializer for Ser<'a> {
         variant_index: u32,
         variant: &'static str,
     ) -> Result<()> {
-        self.symbol(Some(variant_index), variant)
+        self.symbol(Some((variant_index, variant)), variant)
     }
 
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
@@ -508,7 +511,7 @@ impl ser::SerializeStruct for StructSer<'_> {
         value: &T,
     ) -> Result<()> {
         let field = match self.fields.get(self.next) {
-            Some(f) if &*f.name == key => f,
+            Some(f) if f.name.matches(key) => f,
             Some(f) => {
                 return Err(AvroError::invalid(format!(
                     "field `{key}` written where record {} expects `{}` (position {})",

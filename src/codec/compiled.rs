@@ -3,21 +3,71 @@
 //! reduced to their underlying encoding.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use apache_avro::Schema;
 
 /// Index of a node in [`Compiled::nodes`].
 pub(crate) type NodeId = u32;
 
+/// A name of the schema (field name or enum symbol) that remembers the address of the last
+/// `&'static str` found equal to it, so that serializing the same Rust field or variant again
+/// costs a pointer comparison instead of a string comparison.
+#[derive(Debug)]
+pub(crate) struct Name {
+    text: Box<str>,
+    seen: AtomicUsize,
+}
+
+impl Name {
+    fn new(text: &str) -> Name {
+        Name {
+            text: text.into(),
+            seen: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether `candidate` is this name.
+    #[inline]
+    pub fn matches(&self, candidate: &'static str) -> bool {
+        let addr = candidate.as_ptr() as usize;
+        // Same address and length as a static string already found equal: same bytes.
+        if self.seen.load(Ordering::Relaxed) == addr && candidate.len() == self.text.len() {
+            return true;
+        }
+        if *self.text == *candidate {
+            self.seen.store(addr, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    #[inline]
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// One field of a record node.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Field {
-    pub name: Box<str>,
+    pub name: Name,
     pub node: NodeId,
 }
 
 /// One schema node, by its binary encoding.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Node {
     Null,
     Boolean,
@@ -37,12 +87,12 @@ pub(crate) enum Node {
     },
     Enum {
         name: Box<str>,
-        symbols: Box<[Box<str>]>,
+        symbols: Box<[Name]>,
     },
 }
 
 /// A compiled schema: `root` is the record (or other type) a datum encodes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Compiled {
     pub nodes: Vec<Node>,
     /// Smallest number of bytes a value of each node takes (bounds untrusted item counts).
@@ -179,7 +229,7 @@ impl Compiler {
                 for f in &r.fields {
                     let node = self.compile(&f.schema, inner_ns.as_deref())?;
                     fields.push(Field {
-                        name: f.name.as_str().into(),
+                        name: Name::new(&f.name),
                         node,
                     });
                 }
@@ -193,7 +243,7 @@ impl Compiler {
                 let full = e.name.fullname(ns.map(str::to_owned));
                 let id = self.push(Node::Enum {
                     name: full.as_str().into(),
-                    symbols: e.symbols.iter().map(|s| s.as_str().into()).collect(),
+                    symbols: e.symbols.iter().map(|s| Name::new(s)).collect(),
                 });
                 self.names.insert(full, id);
                 id

@@ -122,34 +122,52 @@ impl std::fmt::Debug for CompactStr {
 
 /// Parses a canonical hyphenated UUID in one consistent case; mixed case is not canonical and
 /// would not round-trip, so it is refused.
+///
+/// Runs for every report (device lookups compare against the key's id), hence the table.
 fn parse_uuid(s: &str) -> Option<(bool, [u8; 16])> {
     let b = s.as_bytes();
     if b.len() != 36 || HYPHENS.iter().any(|&i| b[i] != b'-') {
         return None;
     }
-    let mut upper = None;
     let mut out = [0u8; 16];
+    // Union of the digits' class bits: INVALID, LOWER and UPPER.
+    let mut class = 0u8;
     let mut n = 0;
-    for (i, &c) in b.iter().enumerate() {
-        if HYPHENS.contains(&i) {
-            continue;
+    for group in [&b[0..8], &b[9..13], &b[14..18], &b[19..23], &b[24..36]] {
+        for pair in group.chunks_exact(2) {
+            let (hi, lo) = (HEX_DIGIT[pair[0] as usize], HEX_DIGIT[pair[1] as usize]);
+            class |= hi | lo;
+            out[n] = (hi & 0x0f) << 4 | (lo & 0x0f);
+            n += 1;
         }
-        let (v, case) = match c {
-            b'0'..=b'9' => (c - b'0', None),
-            b'a'..=b'f' => (c - b'a' + 10, Some(false)),
-            b'A'..=b'F' => (c - b'A' + 10, Some(true)),
-            _ => return None,
-        };
-        if let Some(case) = case {
-            if *upper.get_or_insert(case) != case {
-                return None;
-            }
-        }
-        out[n / 2] |= if n % 2 == 0 { v << 4 } else { v };
-        n += 1;
     }
-    Some((upper.unwrap_or(false), out))
+    if class & INVALID != 0 || class & (LOWER | UPPER) == LOWER | UPPER {
+        return None;
+    }
+    Some((class & UPPER != 0, out))
 }
+
+const INVALID: u8 = 0x80;
+const LOWER: u8 = 0x10;
+const UPPER: u8 = 0x20;
+
+/// Hex digit value in the low nibble, with a class bit for lower- and upper-case letters;
+/// `INVALID` for anything else.
+const HEX_DIGIT: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut c = 0;
+    while c < 10 {
+        t[b'0' as usize + c] = c as u8;
+        c += 1;
+    }
+    let mut c = 0;
+    while c < 6 {
+        t[b'a' as usize + c] = LOWER | (10 + c as u8);
+        t[b'A' as usize + c] = UPPER | (10 + c as u8);
+        c += 1;
+    }
+    t
+};
 
 /// An OS version packed into 64 bits (a 15-bit major and three 16-bit components), so versions
 /// compare as integers. `0` means unknown or not numeric.
@@ -258,6 +276,9 @@ mod tests {
             "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
             "3F2504E0-4F89-11D3-9A0C-0305E82C3301",
             "3F2504e0-4f89-11d3-9a0c-0305e82c3301",
+            "3f2504e0-4f89-11d3-9a0c-0305e82c330g",
+            "00000000-0000-0000-0000-000000000000",
+            "3f2504e0_4f89-11d3-9a0c-0305e82c3301",
             "ünïcødé-device-name-that-is-long",
         ] {
             let c = CompactStr::new(s);

@@ -268,10 +268,7 @@ impl Processor {
     }
 
     /// Publishes the engine's outputs; `source` describes the input for rejections.
-    fn flush_outputs(
-        &mut self,
-        source: Option<Source<'_>>,
-    ) -> anyhow::Result<()> {
+    fn flush_outputs(&mut self, source: Option<Source<'_>>) -> anyhow::Result<()> {
         let outputs = std::mem::take(&mut self.out);
         let now = self.clock.now_ms();
         for o in &outputs {

@@ -68,13 +68,32 @@ impl TableReader {
     ) -> anyhow::Result<usize> {
         // Snapshot the end of every partition once; what arrives later is live traffic.
         let mut pending: HashMap<(String, i32), i64> = HashMap::new();
-        for e in self.consumer.assignment()?.elements() {
-            let (low, high) = self
+        // Two batched ListOffsets requests (earliest, latest) instead of one per partition.
+        let ends = |at: Offset| -> anyhow::Result<HashMap<(String, i32), i64>> {
+            let mut tpl = TopicPartitionList::new();
+            for e in self.consumer.assignment()?.elements() {
+                tpl.add_partition_offset(e.topic(), e.partition(), at)?;
+            }
+            let got = self
                 .consumer
-                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
-                .with_context(|| format!("watermarks of {}[{}]", e.topic(), e.partition()))?;
-            if high > low {
-                pending.insert((e.topic().to_owned(), e.partition()), high);
+                .offsets_for_times(tpl, Duration::from_secs(10))
+                .context("list table offsets")?;
+            Ok(got
+                .elements()
+                .iter()
+                .map(|e| {
+                    let o = match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    };
+                    ((e.topic().to_owned(), e.partition()), o)
+                })
+                .collect())
+        };
+        let lows = ends(Offset::Beginning)?;
+        for (tp, high) in ends(Offset::End)? {
+            if high > lows.get(&tp).copied().unwrap_or(0) {
+                pending.insert(tp, high);
             }
         }
         let mut n = 0;
