@@ -65,6 +65,10 @@ fn enrolled_device_scenario_and_blocked_connector() {
     gw.flush();
     std::thread::sleep(Duration::from_millis(500));
     gw.send(&t.device_enrollments, "acme/d1", Some(&json!({"tenant_id": "acme", "device_id": "d1", "user_id": "alice", "platform": "IOS", "management": "MDM", "ownership": "CORPORATE", "os_version": "17.4", "enrolled_at": now})));
+    gw.flush();
+    // Kafka orders records within a partition of one topic only: let the enrollment land first.
+    let mut changes = Reader::new(&t.compliance_changes);
+    changes.wait_for(1, WAIT);
     gw.send(
         &t.device_threats,
         "acme/d1",
@@ -94,7 +98,6 @@ fn enrolled_device_scenario_and_blocked_connector() {
     );
     gw.flush();
 
-    let mut changes = Reader::new(&t.compliance_changes);
     let got = changes.wait_for(3, WAIT).to_vec();
     let states: Vec<_> = got
         .iter()
