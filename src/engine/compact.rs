@@ -1,6 +1,7 @@
 //! Small fixed-size representations that keep per-device state under 200 bytes.
 
 use std::cmp::Ordering;
+use std::fmt::Write as _;
 
 /// A string stored without a heap allocation when it is short (up to 22 bytes) or a canonical
 /// UUID (36 characters, lower- or upper-case hex), which covers the usual device and user ids.
@@ -109,8 +110,8 @@ impl CompactStr {
 
 impl std::fmt::Display for CompactStr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut s = String::new();
-        f.write_str(self.write_to(&mut s))
+        // No temporary String: ids are formatted for every output and changelog record.
+        self.with_str(|s| f.write_str(s))
     }
 }
 
@@ -239,13 +240,15 @@ impl OsVersion {
         while n > 2 && c[n - 1] == 0 {
             n -= 1;
         }
-        Some(
-            c[..n]
-                .iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join("."),
-        )
+        // One allocation: this runs for every changelog record.
+        let mut text = String::with_capacity(4 * n + 4);
+        for (i, v) in c[..n].iter().enumerate() {
+            if i > 0 {
+                text.push('.');
+            }
+            let _ = write!(text, "{v}");
+        }
+        Some(text)
     }
 
     /// Orders known versions; `None` when either is unknown.

@@ -75,10 +75,12 @@ impl Engine {
         let catalogue = &self.catalogue;
         shard.drain_changes(|tenant, id, device| {
             let name = tenants.name(tenant);
-            f(
-                format!("{name}/{id}"),
-                device.map(|d| to_record(name, id, d, catalogue)),
-            )
+            // Built by hand: `format!` grows the key in steps, and this runs per record.
+            let mut key = String::with_capacity(name.len() + 1 + id.len());
+            key.push_str(name);
+            key.push('/');
+            key.push_str(id);
+            f(key, device.map(|d| to_record(name, id, d, catalogue)))
         });
     }
 

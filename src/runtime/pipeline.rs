@@ -94,9 +94,17 @@ impl ClientContext for GroupContext {
     fn stats(&self, stats: rdkafka::Statistics) {
         for (topic, t) in &stats.topics {
             for (id, p) in &t.partitions {
-                if *id >= 0 && p.consumer_lag >= 0 {
+                if *id < 0 || !p.desired || p.ls_offset < 0 {
+                    continue;
+                }
+                // Offsets are committed by the transactional producer, which librdkafka's own
+                // `consumer_lag` does not see: measure from the application position instead.
+                let position = [p.app_offset, p.committed_offset, p.next_offset]
+                    .into_iter()
+                    .find(|&o| o >= 0);
+                if let Some(pos) = position {
                     metrics::gauge!("mtdgate_consumer_lag_records", "topic" => topic.clone(), "partition" => id.to_string())
-                        .set(p.consumer_lag as f64);
+                        .set((p.ls_offset - pos).max(0) as f64);
                 }
             }
         }

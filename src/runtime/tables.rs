@@ -74,10 +74,22 @@ impl TableReader {
             for e in self.consumer.assignment()?.elements() {
                 tpl.add_partition_offset(e.topic(), e.partition(), at)?;
             }
-            let got = self
-                .consumer
-                .offsets_for_times(tpl, Duration::from_secs(10))
-                .context("list table offsets")?;
+            // Right after topic creation leadership may still be settling: retry briefly.
+            let mut tries = 0;
+            let got = loop {
+                match self
+                    .consumer
+                    .offsets_for_times(tpl.clone(), Duration::from_secs(10))
+                {
+                    Ok(got) => break got,
+                    Err(e) if tries < 20 => {
+                        tries += 1;
+                        tracing::debug!(error = %e, "listing table offsets, retrying");
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(e) => return Err(e).context("list table offsets"),
+                }
+            };
             Ok(got
                 .elements()
                 .iter()

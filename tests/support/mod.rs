@@ -100,7 +100,16 @@ impl Service {
         Self::start_with_clock(cfg, ShiftedClock::new())
     }
 
+    /// Starts with a readiness handle the test already serves over HTTP.
+    pub fn start_with_status(cfg: &Config, status: Arc<Status>) -> Service {
+        Self::start_inner(cfg, ShiftedClock::new(), status)
+    }
+
     pub fn start_with_clock(cfg: &Config, clock: ShiftedClock) -> Service {
+        Self::start_inner(cfg, clock, Arc::new(Status::default()))
+    }
+
+    fn start_inner(cfg: &Config, clock: ShiftedClock, status: Arc<Status>) -> Service {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -109,7 +118,6 @@ impl Service {
             .with_test_writer()
             .try_init();
         let shutdown = Arc::new(AtomicBool::new(false));
-        let status = Arc::new(Status::default());
         let (c, s, st, cl) = (cfg.clone(), shutdown.clone(), status.clone(), clock.clone());
         let thread = std::thread::spawn(move || runtime::run(c, Arc::new(cl), s, st));
         let mut svc = Service {
