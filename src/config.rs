@@ -53,6 +53,14 @@ pub struct TopicsConfig {
     pub rejected: String,
     /// The compacted per-device state changelog.
     pub device_state: String,
+    /// Bind each partner to its own input topics (so Kafka ACLs authenticate the vendor):
+    /// device threats and heartbeats are then read from the two topics below, and a record
+    /// naming another partner than its topic's is rejected as `SPOOFED`.
+    pub bind_partners: bool,
+    /// Per-partner device threat topic; must contain `{partner}`.
+    pub partner_device_threats: String,
+    /// Per-partner heartbeat topic; must contain `{partner}`.
+    pub partner_heartbeats: String,
     /// Partitions for topics created by `mtdgate topics create`.
     pub partitions: i32,
     pub replication_factor: i32,
@@ -115,6 +123,9 @@ impl Default for TopicsConfig {
             partner_app_inventory: "mtd.partner-app-inventory.{partner}.v1".into(),
             rejected: "mtd.rejected.v1".into(),
             device_state: "mtd.device-state.v1".into(),
+            bind_partners: false,
+            partner_device_threats: "mtd.device-threats.{partner}.v1".into(),
+            partner_heartbeats: "mtd.connector-heartbeats.{partner}.v1".into(),
             partitions: 6,
             replication_factor: 1,
             create: false,
@@ -197,6 +208,17 @@ impl Config {
         if self.kafka.group_id.is_empty() || self.kafka.instance_id.is_empty() {
             return bad("kafka.group_id and kafka.instance_id must be non-empty".into());
         }
+        for (name, t) in [
+            (
+                "partner_device_threats",
+                &self.topics.partner_device_threats,
+            ),
+            ("partner_heartbeats", &self.topics.partner_heartbeats),
+        ] {
+            if !t.contains("{partner}") {
+                return bad(format!("topics.{name} {t:?} must contain {{partner}}"));
+            }
+        }
         if !self.topics.partner_app_inventory.contains("{partner}") {
             return bad(format!(
                 "topics.partner_app_inventory {:?} must contain {{partner}}",
@@ -239,6 +261,40 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Device threat topics with the partner each is bound to (`None`: any partner).
+    pub fn threat_topics(&self, partners: &[&str]) -> Vec<(String, Option<String>)> {
+        if self.topics.bind_partners {
+            partners
+                .iter()
+                .map(|p| {
+                    (
+                        self.topics.partner_device_threats.replace("{partner}", p),
+                        Some((*p).to_owned()),
+                    )
+                })
+                .collect()
+        } else {
+            vec![(self.topics.device_threats.clone(), None)]
+        }
+    }
+
+    /// Heartbeat topics with the partner each is bound to (`None`: any partner).
+    pub fn heartbeat_topics(&self, partners: &[&str]) -> Vec<(String, Option<String>)> {
+        if self.topics.bind_partners {
+            partners
+                .iter()
+                .map(|p| {
+                    (
+                        self.topics.partner_heartbeats.replace("{partner}", p),
+                        Some((*p).to_owned()),
+                    )
+                })
+                .collect()
+        } else {
+            vec![(self.topics.connector_heartbeats.clone(), None)]
+        }
     }
 
     /// The partner inventory topic of one partner.

@@ -907,6 +907,23 @@ fn reevaluate(
     }
 }
 
+/// For inputs read from a partner-bound topic: refuses a record that names another partner
+/// (`SPOOFED`), so a vendor can only speak for itself.
+pub fn check_partner_binding(body: &Body, bound: &str) -> Result<(), Rejection> {
+    let named = match body {
+        Body::Threat(r) => &r.partner_id,
+        Body::Heartbeat(h) => &h.partner_id,
+        _ => return Ok(()),
+    };
+    if named != bound {
+        return Err(reject(
+            RejectReason::Spoofed,
+            format!("record names partner {named:?} but arrived on the topic bound to {bound:?}"),
+        ));
+    }
+    Ok(())
+}
+
 fn split(key: Option<&[u8]>) -> Result<(&str, &str), Rejection> {
     key::split_key(key).map_err(|d| reject(RejectReason::InvalidField, format!("key: {d}")))
 }

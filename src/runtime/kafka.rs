@@ -75,9 +75,15 @@ pub fn producer_config(cfg: &Config, transactional_id: Option<&str>) -> ClientCo
 /// Every topic mtdgate reads or writes, with whether it is compacted.
 pub fn all_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<(String, bool)> {
     let t = &cfg.topics;
-    let mut v = vec![
-        (t.device_threats.clone(), false),
-        (t.connector_heartbeats.clone(), false),
+    let partners: Vec<&str> = catalogue.partners().iter().map(|p| p.id.as_str()).collect();
+    let mut v: Vec<(String, bool)> = Vec::new();
+    for (topic, _) in cfg.threat_topics(&partners) {
+        v.push((topic, false));
+    }
+    for (topic, _) in cfg.heartbeat_topics(&partners) {
+        v.push((topic, false));
+    }
+    v.extend([
         (t.connectors.clone(), true),
         (t.policies.clone(), true),
         (t.device_enrollments.clone(), true),
@@ -87,21 +93,27 @@ pub fn all_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<(String, bool)> {
         (t.connector_status.clone(), false),
         (t.rejected.clone(), false),
         (t.device_state.clone(), true),
-    ];
-    for p in catalogue.partners() {
-        v.push((cfg.partner_topic(&p.id), false));
+    ]);
+    for p in &partners {
+        v.push((cfg.partner_topic(p), false));
     }
     v
 }
 
 /// The topics whose partitions own devices; they must be co-partitioned.
-pub fn device_topics(cfg: &Config) -> [&str; 4] {
-    [
-        &cfg.topics.device_threats,
-        &cfg.topics.device_enrollments,
-        &cfg.topics.app_inventory,
-        &cfg.topics.device_state,
-    ]
+pub fn device_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<String> {
+    let partners: Vec<&str> = catalogue.partners().iter().map(|p| p.id.as_str()).collect();
+    let mut v: Vec<String> = cfg
+        .threat_topics(&partners)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    v.extend([
+        cfg.topics.device_enrollments.clone(),
+        cfg.topics.app_inventory.clone(),
+        cfg.topics.device_state.clone(),
+    ]);
+    v
 }
 
 /// Partition counts of the named topics, or a clear error when the broker is unreachable.
@@ -130,9 +142,12 @@ pub fn verify_topics(cfg: &Config, catalogue: &Catalogue) -> Result<i32, KafkaSe
             return Err(KafkaSetupError::MissingTopic(topic));
         }
     }
-    let dev: Vec<(&str, i32)> = device_topics(cfg)
-        .iter()
-        .map(|t| (*t, counts[*t]))
+    let dev: Vec<(String, i32)> = device_topics(cfg, catalogue)
+        .into_iter()
+        .map(|t| {
+            let n = counts[&t];
+            (t, n)
+        })
         .collect();
     if dev.iter().any(|(_, n)| *n != dev[0].1) {
         let list = dev

@@ -52,6 +52,13 @@ impl ProducerContext for DeliveryCounter {
 /// Where an input came from: topic, partition, offset, key and raw value (for rejections).
 type Source<'a> = (&'a str, i32, i64, Option<&'a [u8]>, &'a [u8]);
 
+fn rejection_of(e: codec::DecodeError) -> crate::engine::Rejection {
+    crate::engine::Rejection {
+        reason: e.reason(),
+        detail: e.to_string(),
+    }
+}
+
 /// Which device topic a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DeviceTopic {
@@ -80,6 +87,8 @@ pub struct Processor {
     status: Arc<Status>,
     /// A failure seen inside a callback, surfaced by the loop.
     failure: Option<anyhow::Error>,
+    /// Heartbeat topics and the partner each is bound to.
+    heartbeat_topics: HashMap<String, Option<String>>,
     /// Last status published per connector, as read back from the status topic.
     last_status: HashMap<(String, String), (ConnectorStatus, bool)>,
 }
@@ -352,7 +361,12 @@ impl Processor {
     }
 
     /// Applies one device-topic record.
-    fn handle(&mut self, kind: DeviceTopic, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+    fn handle(
+        &mut self,
+        kind: DeviceTopic,
+        bound: Option<&str>,
+        msg: &BorrowedMessage<'_>,
+    ) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
         let key = msg.key();
         let payload = msg.payload();
@@ -371,6 +385,12 @@ impl Processor {
                 .map(Body::Inventory)
                 .map_err(|e| (e.reason(), e.to_string())),
         };
+        let body = body.and_then(|b| match bound {
+            Some(partner) => crate::engine::check_partner_binding(&b, partner)
+                .map(|()| b)
+                .map_err(|r| (r.reason, r.detail)),
+            None => Ok(b),
+        });
         match body {
             Ok(body) => {
                 let mut out = std::mem::take(&mut self.out);
@@ -433,16 +453,28 @@ impl Processor {
                 .map(codec::decode::<ConnectorConfig>)
                 .transpose()
                 .map(Body::Connector)
+                .map_err(rejection_of)
         } else if topic == t.policies {
             payload
                 .map(codec::decode::<ThreatPolicy>)
                 .transpose()
                 .map(Body::Policy)
-        } else if topic == t.connector_heartbeats {
+                .map_err(rejection_of)
+        } else if let Some(bound) = self.heartbeat_topics.get(topic) {
             match payload {
                 Some(b) => codec::decode::<ConnectorHeartbeat>(b).map(Body::Heartbeat),
                 None => return Ok(()),
             }
+            .map_err(|e| crate::engine::Rejection {
+                reason: e.reason(),
+                detail: e.to_string(),
+            })
+            .and_then(|body| match bound {
+                Some(partner) => {
+                    crate::engine::check_partner_binding(&body, partner).map(|()| body)
+                }
+                None => Ok(body),
+            })
         } else {
             return Ok(());
         };
@@ -460,10 +492,7 @@ impl Processor {
                 );
                 self.out = out;
             }
-            Err(e) => self.out.push(Output::Rejected(crate::engine::Rejection {
-                reason: e.reason(),
-                detail: e.to_string(),
-            })),
+            Err(r) => self.out.push(Output::Rejected(r)),
         }
         if !live {
             // Replaying history at start: the previous run already published all of it.
@@ -583,7 +612,17 @@ pub fn run_pipeline(
                 "init transactions (is the broker reachable and does it allow transactions?)",
             )?;
     }
+    let partner_owned: Vec<String> = engine
+        .catalogue()
+        .partners()
+        .iter()
+        .map(|p| p.id.clone())
+        .collect();
+    let partner_ids: Vec<&str> = partner_owned.iter().map(String::as_str).collect();
+    let heartbeat_topics: HashMap<String, Option<String>> =
+        cfg.heartbeat_topics(&partner_ids).into_iter().collect();
     let processor = Arc::new(Mutex::new(Processor {
+        heartbeat_topics,
         cfg: cfg.clone(),
         clock: clock.clone(),
         engine,
@@ -604,7 +643,7 @@ pub fn run_pipeline(
 
     status.set_processor(Some(processor.clone()));
     // Tables first, in full, before any device traffic.
-    let mut tables = TableReader::new(&cfg)?;
+    let mut tables = TableReader::new(&cfg, &partner_ids)?;
     let started = Instant::now();
     {
         let mut p = lock(&processor);
@@ -631,18 +670,17 @@ pub fn run_pipeline(
         .context("create consumer")?
     };
     let t = &cfg.topics;
-    consumer
-        .subscribe(&[&t.device_threats, &t.device_enrollments, &t.app_inventory])
-        .context("subscribe")?;
-    let kind_of = |topic: &str| {
-        if topic == t.device_threats {
-            DeviceTopic::Threats
-        } else if topic == t.device_enrollments {
-            DeviceTopic::Enrollments
-        } else {
-            DeviceTopic::Inventory
-        }
-    };
+    let mut routes: HashMap<String, (DeviceTopic, Option<String>)> = HashMap::new();
+    for (topic, bound) in cfg.threat_topics(&partner_ids) {
+        routes.insert(topic, (DeviceTopic::Threats, bound));
+    }
+    routes.insert(
+        t.device_enrollments.clone(),
+        (DeviceTopic::Enrollments, None),
+    );
+    routes.insert(t.app_inventory.clone(), (DeviceTopic::Inventory, None));
+    let subscribed: Vec<&str> = routes.keys().map(String::as_str).collect();
+    consumer.subscribe(&subscribed).context("subscribe")?;
 
     let interval = Duration::from_millis(cfg.processing.commit_interval_ms);
     let mut last_commit = Instant::now();
@@ -661,7 +699,10 @@ pub fn run_pipeline(
                         .set((p.now() - ts).max(0) as f64 / 1000.0);
                 }
                 let started = Instant::now();
-                p.handle(kind_of(msg.topic()), &msg)?;
+                match routes.get(msg.topic()) {
+                    Some((kind, bound)) => p.handle(*kind, bound.as_deref(), &msg)?,
+                    None => warn!(topic = msg.topic(), "record from an unexpected topic"),
+                }
                 metrics::histogram!("mtdgate_processing_seconds")
                     .record(started.elapsed().as_secs_f64());
             }

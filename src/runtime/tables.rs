@@ -23,7 +23,7 @@ type Handler<'a> =
     dyn FnMut(&str, i32, i64, Option<&[u8]>, Option<&[u8]>) -> anyhow::Result<()> + 'a;
 
 impl TableReader {
-    pub fn new(cfg: &Config) -> anyhow::Result<Self> {
+    pub fn new(cfg: &Config, partners: &[&str]) -> anyhow::Result<Self> {
         let mut c = consumer_config(cfg);
         c.set(
             "group.id",
@@ -33,16 +33,18 @@ impl TableReader {
         let consumer: BaseConsumer<EofAware> = c
             .create_with_context(EofAware)
             .context("create table consumer")?;
-        let topics = [
-            &cfg.topics.connectors,
-            &cfg.topics.policies,
-            &cfg.topics.connector_heartbeats,
+        // The status topic is followed too, to know what was last published per connector.
+        let mut topics: Vec<String> = vec![
+            cfg.topics.connectors.clone(),
+            cfg.topics.policies.clone(),
+            cfg.topics.connector_status.clone(),
         ];
+        topics.extend(cfg.heartbeat_topics(partners).into_iter().map(|(t, _)| t));
         let md = consumer
             .fetch_metadata(None, Duration::from_secs(10))
             .with_context(|| format!("cannot reach Kafka at {}", cfg.kafka.bootstrap_servers))?;
         let mut tpl = TopicPartitionList::new();
-        for t in topics {
+        for t in &topics {
             let topic = md
                 .topics()
                 .iter()

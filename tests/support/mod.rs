@@ -67,6 +67,8 @@ pub fn test_config(name: &str) -> Config {
         &mut t.partner_app_inventory,
         &mut t.rejected,
         &mut t.device_state,
+        &mut t.partner_device_threats,
+        &mut t.partner_heartbeats,
     ] {
         *topic = format!("{topic}.{suffix}");
     }
