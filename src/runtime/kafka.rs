@@ -43,7 +43,9 @@ pub fn base_config(cfg: &Config) -> ClientConfig {
 /// Settings for consumers (read_committed, manual commits).
 pub fn consumer_config(cfg: &Config) -> ClientConfig {
     let mut c = base_config(cfg);
+    // Bounded prefetch: a burst waits in Kafka, not in memory.
     c.set("isolation.level", "read_committed")
+        .set("queued.max.messages.kbytes", "16384")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
@@ -61,7 +63,8 @@ pub fn producer_config(cfg: &Config, transactional_id: Option<&str>) -> ClientCo
         .set("batch.num.messages", "10000")
         .set("compression.type", "lz4")
         .set("partitioner", "murmur2_random")
-        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.kbytes", "131072")
         .set("transaction.timeout.ms", "60000");
     if let Some(id) = transactional_id {
         c.set("transactional.id", id);
