@@ -297,12 +297,48 @@ impl Config {
         }
     }
 
+    /// A copy safe to print or log: passwords, secrets and tokens replaced by `<redacted>`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for map in [
+            &mut c.kafka.properties,
+            &mut c.kafka.consumer,
+            &mut c.kafka.producer,
+        ] {
+            for (k, v) in map.iter_mut() {
+                if is_secret(k) {
+                    *v = "<redacted>".into();
+                }
+            }
+        }
+        if c.http.explain_token.is_some() {
+            c.http.explain_token = Some("<redacted>".into());
+        }
+        c
+    }
+
     /// The partner inventory topic of one partner.
     pub fn partner_topic(&self, partner: &str) -> String {
         self.topics
             .partner_app_inventory
             .replace("{partner}", partner)
     }
+}
+
+/// Whether a client property holds a secret (`sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, ...).
+fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "ssl.key.pem",
+        "private",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 #[cfg(test)]
@@ -324,6 +360,24 @@ mod tests {
         assert_eq!(c.kafka.bootstrap_servers, "b:9093");
         assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
         assert_eq!(c.processing.output_encoding, OutputEncoding::Avro);
+    }
+
+    #[test]
+    fn secrets_are_redacted_for_display() {
+        let c = Config::from_toml(
+            "[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"sasl.username\" = \"mtdgate\"\n\"ssl.key.password\" = \"k\"\n[http]\nexplain_token = \"t0ken\"\n",
+        )
+        .unwrap();
+        let shown = toml::to_string(&c.redacted()).unwrap();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("t0ken") && !shown.contains("= \"k\""),
+            "{shown}"
+        );
+        assert!(shown.contains("mtdgate"));
+        assert_eq!(
+            c.kafka.properties["sasl.password"], "hunter2",
+            "the original is untouched"
+        );
     }
 
     #[test]

@@ -152,7 +152,7 @@ fn real_main() -> anyhow::Result<()> {
             let cfg = Config::load(config.as_deref())?;
             print!(
                 "{}",
-                toml::to_string_pretty(&cfg).context("render configuration")?
+                toml::to_string_pretty(&cfg.redacted()).context("render configuration")?
             );
             Ok(())
         }

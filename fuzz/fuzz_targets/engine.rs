@@ -36,7 +36,7 @@ fn catalogue() -> Arc<Catalogue> {
         .clone()
 }
 
-fn engine() -> Engine {
+fn new_engine() -> Engine {
     Engine::new(
         catalogue(),
         EngineSettings {
@@ -110,8 +110,8 @@ fn body(topic: u8, value: &[u8]) -> Option<Body> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut engine = engine();
-    let mut replica = engine();
+    let mut engine = new_engine();
+    let mut replica = new_engine();
     let mut now = T0;
     let mut out = Vec::new();
     let mut rest = data;
