@@ -3,6 +3,7 @@
 //! The crate is split into a pure core (`model`, `codec`, `catalogue`, `engine`) with no I/O,
 //! clock or Kafka in it, and the runtime shell that feeds it from Kafka.
 
+pub mod bench;
 pub mod catalogue;
 pub mod codec;
 pub mod config;

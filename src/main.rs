@@ -49,6 +49,8 @@ enum Command {
     Demo(mtdgate::demo::DemoArgs),
     /// Ask a running instance why a device has its verdict, or how a tenant's connectors stand.
     Explain(mtdgate::explain_cli::ExplainArgs),
+    /// Measure the end-to-end bars on a real broker, each against a baseline of the same run.
+    Bench(mtdgate::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -66,6 +68,10 @@ fn main() {
             std::env::args().nth(1).as_deref(),
             Some("demo" | "simulate" | "explain")
         )
+    {
+        std::env::set_var("RUST_LOG", "warn,rdkafka=error");
+    }
+    if std::env::var_os("RUST_LOG").is_none() && std::env::args().nth(1).as_deref() == Some("bench")
     {
         std::env::set_var("RUST_LOG", "warn,rdkafka=error");
     }
@@ -146,6 +152,13 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::Explain(args) => {
             print!("{}", mtdgate::explain_cli::run(&args)?);
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let report = mtdgate::bench::run(&args)?;
+            if !report.failures.is_empty() {
+                anyhow::bail!("{} benchmark part(s) failed", report.failures.len());
+            }
             Ok(())
         }
         Command::Config { config } => {

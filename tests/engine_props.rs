@@ -725,7 +725,7 @@ impl Run {
         log
     }
 
-    fn run(ops: &[Op]) -> (Run, Vec<Step>) {
+    fn play(ops: &[Op]) -> (Run, Vec<Step>) {
         let mut run = Run::new();
         let steps = ops.iter().map(|op| run.step(op)).collect();
         (run, steps)
@@ -798,11 +798,10 @@ proptest! {
     /// changelog records.
     #[test]
     fn replay_is_deterministic(ops in history(60)) {
-        let (a, steps_a) = Run::run(&ops);
-        let (b, steps_b) = Run::run(&ops);
+        let (mut a, steps_a) = Run::play(&ops);
+        let (mut b, steps_b) = Run::play(&ops);
         prop_assert_eq!(steps_a, steps_b);
         prop_assert_eq!(records(a.engine()), records(b.engine()));
-        let (mut a, mut b) = (a, b);
         prop_assert_eq!(a.flush(), b.flush());
     }
 
@@ -817,8 +816,8 @@ proptest! {
             .filter(|op| op.tenant().is_none_or(|t| t == FOCUS))
             .cloned()
             .collect();
-        let (mut mixed_run, mixed) = Run::run(&ops);
-        let (mut alone_run, alone_steps) = Run::run(&alone);
+        let (mut mixed_run, mixed) = Run::play(&ops);
+        let (mut alone_run, alone_steps) = Run::play(&alone);
         let mut alone_steps = alone_steps.into_iter();
         for (op, step) in ops.iter().zip(mixed) {
             match op.tenant() {
@@ -961,7 +960,7 @@ proptest! {
     /// then publish the same for the same further inputs.
     #[test]
     fn restore_gives_identical_state(ops in history(60), more in proptest::collection::vec(op(), 0..20)) {
-        let (mut a, steps) = Run::run(&ops);
+        let (mut a, steps) = Run::play(&ops);
         let mut log: Changelog = Vec::new();
         for step in steps {
             if let Step::Changelog(part) = step {

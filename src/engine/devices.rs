@@ -249,6 +249,12 @@ impl DeviceShard {
         }
     }
 
+    /// Removes a device because the changelog says it is gone: nothing to write back.
+    pub fn remove_restored(&mut self, slot: Slot) {
+        self.remove(slot);
+        self.retired.pop();
+    }
+
     /// Removes a device, remembering a changelog tombstone for it.
     pub fn remove(&mut self, slot: Slot) -> Device {
         self.unlink(slot);

@@ -98,8 +98,7 @@ impl Engine {
                     (self.tenants.get(t), self.shards.get_mut(&partition))
                 {
                     if let Some(slot) = shard.find(tenant, d) {
-                        shard.remove(slot);
-                        shard.drain_changes(|_, _, _| {});
+                        shard.remove_restored(slot);
                     }
                 }
             }

@@ -1,0 +1,435 @@
+//! Kafka plumbing of the benchmark: unique topics, producers, an in-process mtdgate, the
+//! committed-offset watcher and counting readers.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::codec::OutputEncoding;
+use crate::config::Config;
+use crate::runtime::clock::Clock;
+use crate::runtime::{self, Status};
+
+/// The broker, the run's unique prefix and the topics it created.
+pub struct BenchEnv {
+    pub bootstrap: String,
+    pub partitions: i32,
+    pub encoding: OutputEncoding,
+    pub run_id: String,
+    topics: Mutex<BTreeSet<String>>,
+}
+
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
+}
+
+impl BenchEnv {
+    pub fn new(bootstrap: &str, partitions: i32, encoding: OutputEncoding) -> anyhow::Result<Self> {
+        if partitions < 1 {
+            bail!("--partitions must be at least 1");
+        }
+        let run_id = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis()
+                % 0xff_ffff_ffff
+        );
+        let env = BenchEnv {
+            bootstrap: bootstrap.to_owned(),
+            partitions,
+            encoding,
+            run_id,
+            topics: Mutex::new(BTreeSet::new()),
+        };
+        // Fail early and clearly when the broker is not there.
+        let c: BaseConsumer = env.client().create()?;
+        c.fetch_metadata(None, Duration::from_secs(10))
+            .with_context(|| format!("cannot reach Kafka at {bootstrap} (scripts/kafka start)"))?;
+        Ok(env)
+    }
+
+    /// Base client settings.
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        c
+    }
+
+    /// A unique name for one of this run's topics.
+    pub fn topic(&self, label: &str) -> String {
+        format!("bench-{}.{label}", self.run_id)
+    }
+
+    /// mtdgate's configuration for one run: every topic and the group unique to `label`.
+    pub fn config(&self, label: &str, exactly_once: bool) -> Config {
+        let mut c = Config::default();
+        let prefix = format!("bench-{}-{label}", self.run_id);
+        c.kafka.bootstrap_servers = self.bootstrap.clone();
+        c.kafka.group_id = prefix.clone();
+        c.kafka.instance_id = "i1".into();
+        c.kafka.transactional_id_prefix = prefix.clone();
+        let t = &mut c.topics;
+        for topic in [
+            &mut t.device_threats,
+            &mut t.connector_heartbeats,
+            &mut t.connectors,
+            &mut t.policies,
+            &mut t.device_enrollments,
+            &mut t.app_inventory,
+            &mut t.compliance_changes,
+            &mut t.app_protection_actions,
+            &mut t.connector_status,
+            &mut t.partner_app_inventory,
+            &mut t.rejected,
+            &mut t.device_state,
+            &mut t.partner_device_threats,
+            &mut t.partner_heartbeats,
+        ] {
+            *topic = format!("{prefix}.{topic}");
+        }
+        t.partitions = self.partitions;
+        t.create = true;
+        c.processing.exactly_once = exactly_once;
+        c.processing.output_encoding = self.encoding;
+        c
+    }
+
+    /// Creates every topic of `cfg` that is missing, remembering them for deletion.
+    pub fn create_all(&self, cfg: &Config) -> anyhow::Result<()> {
+        let catalogue = runtime::load_catalogue(cfg)?;
+        for (t, _) in runtime::kafka::all_topics(cfg, &catalogue) {
+            self.remember(&t);
+        }
+        block_on(runtime::kafka::create_topics(cfg, &catalogue))??;
+        Ok(())
+    }
+
+    fn remember(&self, topic: &str) {
+        if topic.starts_with(&format!("bench-{}", self.run_id)) {
+            self.topics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(topic.to_owned());
+        }
+    }
+
+    /// Creates one topic.
+    pub fn create_topic(&self, name: &str, partitions: i32, compacted: bool) -> anyhow::Result<()> {
+        self.remember(name);
+        let admin: AdminClient<DefaultClientContext> = self.client().create()?;
+        let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        if compacted {
+            t = t.set("cleanup.policy", "compact");
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for r in block_on(admin.create_topics(&[t], &opts))?? {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => bail!("creating topic {topic}: {code}"),
+            }
+        }
+        // Wait until the metadata shows every partition with a leader.
+        let c: BaseConsumer = self.client().create()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(md) = c.fetch_metadata(Some(name), Duration::from_secs(5)) {
+                if md.topics().iter().any(|t| {
+                    t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                }) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("topic {name} has no leader after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Deletes every topic this run created.
+    pub fn delete_topics(&self) -> anyhow::Result<()> {
+        let topics: Vec<String> = self
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = self.client().create()?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for chunk in names.chunks(50) {
+            block_on(admin.delete_topics(chunk, &opts))??;
+        }
+        Ok(())
+    }
+
+    /// A producer like a vendor gateway's: murmur2 keys, batching, lz4, idempotent.
+    pub fn producer(&self) -> anyhow::Result<BaseProducer> {
+        Ok(self
+            .client()
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("message.timeout.ms", "120000")
+            .create()?)
+    }
+
+    /// End offsets of every partition of `topic`.
+    pub fn end_offsets(&self, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
+        let c: BaseConsumer = self.client().create()?;
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let t = md
+            .topics()
+            .first()
+            .ok_or_else(|| anyhow!("no metadata for {topic}"))?;
+        let mut v = Vec::new();
+        for p in t.partitions() {
+            let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            v.push((p.id(), high));
+        }
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// A read_committed consumer assigned every partition of `topic` from the beginning.
+    pub fn reader(&self, topic: &str, partitions: i32) -> anyhow::Result<BaseConsumer> {
+        let c: BaseConsumer = self
+            .client()
+            .set("group.id", format!("bench-{}-reader", self.run_id))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        c.assign(&tpl)?;
+        Ok(c)
+    }
+}
+
+/// Hands `record` to the producer, waiting while its queue is full.
+pub fn send<'a>(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'a, [u8], [u8]>,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Flushes and fails if anything is still queued.
+pub fn flush(producer: &BaseProducer) -> anyhow::Result<()> {
+    producer
+        .flush(Duration::from_secs(120))
+        .context("flushing the benchmark's producer")?;
+    if producer.in_flight_count() > 0 {
+        bail!("{} records not delivered", producer.in_flight_count());
+    }
+    Ok(())
+}
+
+/// mtdgate running in this process, as `mtdgate run` does (minus the HTTP listener).
+pub struct Instance {
+    pub status: Arc<Status>,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Instance {
+    pub fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Instance {
+        let status = Arc::new(Status::default());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (c, s, st) = (cfg.clone(), shutdown.clone(), status.clone());
+        let thread = std::thread::Builder::new()
+            .name("mtdgate".into())
+            .spawn(move || runtime::run(c, clock, s, st))
+            .expect("spawn mtdgate");
+        Instance {
+            status,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// Fails if the service stopped.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            let r = self.thread.take().expect("thread").join();
+            return match r {
+                Ok(Ok(())) => Err(anyhow!("mtdgate stopped")),
+                Ok(Err(e)) => Err(e.context("mtdgate stopped")),
+                Err(_) => Err(anyhow!("mtdgate panicked")),
+            };
+        }
+        Ok(())
+    }
+
+    /// Waits until tables are loaded and the assigned partitions restored; returns when.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        while !self.status.ready() {
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("mtdgate not ready within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(Instant::now())
+    }
+
+    /// Stops cleanly (commits the open transaction, leaves the group).
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.store(true, Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(anyhow!("mtdgate panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Watches the committed offsets of a consumer group without joining it.
+pub struct CommitWatcher {
+    consumer: BaseConsumer,
+    tpl: TopicPartitionList,
+    ends: Vec<(i32, i64)>,
+}
+
+impl CommitWatcher {
+    pub fn new(env: &BenchEnv, group: &str, topic: &str) -> anyhow::Result<Self> {
+        let ends = env.end_offsets(topic)?;
+        // read_uncommitted: the offset fetch then returns at once, pending transactional
+        // offsets not included (they count once their transaction committed).
+        let consumer: BaseConsumer = env
+            .client()
+            .set("group.id", group)
+            .set("isolation.level", "read_uncommitted")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, _) in &ends {
+            tpl.add_partition(topic, *p);
+        }
+        Ok(CommitWatcher {
+            consumer,
+            tpl,
+            ends,
+        })
+    }
+
+    /// Records the group has committed so far.
+    pub fn committed(&self) -> anyhow::Result<i64> {
+        let got = self
+            .consumer
+            .committed_offsets(self.tpl.clone(), Duration::from_secs(10))?;
+        let mut n = 0;
+        for e in got.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                n += o;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Total records to commit.
+    pub fn total(&self) -> i64 {
+        self.ends.iter().map(|(_, h)| *h).sum()
+    }
+
+    /// Waits until every input record is committed; `alive` is checked between polls.
+    pub fn wait_all(
+        &self,
+        timeout: Duration,
+        mut alive: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        let total = self.total();
+        loop {
+            if self.committed()? >= total {
+                return Ok(Instant::now());
+            }
+            alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {total} input records committed within {timeout:?}",
+                    self.committed()?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Reads from `consumer` until `n` records arrived, calling `f` on each; returns the instants
+/// of the first and the last.
+pub fn read_n(
+    consumer: &BaseConsumer,
+    n: usize,
+    timeout: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> anyhow::Result<(Instant, Instant)> {
+    let deadline = Instant::now() + timeout;
+    let mut got = 0usize;
+    let mut first = None;
+    while got < n {
+        if Instant::now() > deadline {
+            bail!("read {got} of {n} records within {timeout:?}");
+        }
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                got += 1;
+                f(&m);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "benchmark reader"),
+            None => {}
+        }
+    }
+    let last = Instant::now();
+    Ok((first.unwrap_or(last), last))
+}

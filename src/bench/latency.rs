@@ -1,0 +1,292 @@
+//! Produce -> visible latency at a fixed rate: every report flips a MAM device between HIGH and
+//! SECURED under a BLOCK policy, so each one publishes exactly one app protection action; a
+//! read_committed reader measures from the moment the report was handed to the producer (the
+//! time is carried in its `event_id`, and mtdgate copies it into `cause_event_id`) to the
+//! moment the action is delivered to the reader.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::Message;
+use rdkafka::producer::BaseRecord;
+
+use crate::codec::{self, OutputEncoding};
+use crate::model::*;
+use crate::runtime::clock::{Clock, SystemClock};
+use crate::simulate::group;
+
+use super::kafka::{flush, send, BenchEnv, Instance};
+use super::pipe::{PipeOptions, PipeThread};
+use super::state::{latency_tables, LOOKOUT};
+use super::{Bar, Figure, Report, Sizes, Unit};
+
+const TENANT: &str = "latency";
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// What the reader finds in an output record.
+#[derive(Clone, Copy)]
+enum Output {
+    /// The pipe's copy of the report.
+    Report,
+    /// mtdgate's app protection action.
+    Action,
+}
+
+fn sent_at(kind: Output, payload: &[u8]) -> Option<i64> {
+    let id = match kind {
+        Output::Report => codec::decode::<DeviceThreatReport>(payload).ok()?.event_id,
+        Output::Action => {
+            codec::decode::<AppProtectionAction>(payload)
+                .ok()?
+                .cause_event_id
+        }
+    };
+    id.rsplit_once('-')?.1.parse().ok()
+}
+
+/// Latencies in ms, sorted, and the rate achieved.
+struct Measured {
+    ms: Vec<f64>,
+    rate: f64,
+}
+
+impl Measured {
+    fn pct(&self, q: f64) -> f64 {
+        if self.ms.is_empty() {
+            return f64::NAN;
+        }
+        let k = ((self.ms.len() as f64 * q).ceil() as usize).clamp(1, self.ms.len());
+        self.ms[k - 1]
+    }
+}
+
+fn measure(
+    env: &BenchEnv,
+    input: &str,
+    reader: BaseConsumer,
+    kind: Output,
+    rate: f64,
+    secs: f64,
+    devices: usize,
+) -> anyhow::Result<Measured> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let (s, d) = (sent.clone(), done.clone());
+    let deadline = Instant::now() + Duration::from_secs_f64(secs + 90.0);
+    let reading = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+        let mut ms = Vec::new();
+        let mut got = 0u64;
+        loop {
+            if d.load(Ordering::SeqCst) && got >= s.load(Ordering::SeqCst) {
+                return Ok(ms);
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "read {got} of {} outputs before the deadline",
+                    s.load(Ordering::SeqCst)
+                );
+            }
+            match reader.poll(Duration::from_millis(20)) {
+                Some(Ok(m)) => {
+                    let now = now_us();
+                    got += 1;
+                    if let Some(at) = m.payload().and_then(|p| sent_at(kind, p)) {
+                        ms.push((now - at) as f64 / 1000.0);
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "latency reader"),
+                None => {}
+            }
+        }
+    });
+    let producer = env.producer()?;
+    let total = (rate * secs).round().max(1.0) as u64;
+    let devices = devices.max(1) as u64;
+    let mut buf = Vec::with_capacity(256);
+    let started = Instant::now();
+    let mut i = 0u64;
+    while i < total {
+        let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
+        while i < due {
+            let d = i % devices;
+            let round = i / devices;
+            let report = DeviceThreatReport {
+                event_id: format!("lat-{i}-{}", now_us()),
+                tenant_id: TENANT.into(),
+                partner_id: LOOKOUT.into(),
+                device_id: format!("m{d}"),
+                user_id: None,
+                platform: Platform::Ios,
+                management: Management::Mam,
+                ownership: Some(Ownership::Personal),
+                os_version: None,
+                health_state: if round % 2 == 0 {
+                    HealthState::High
+                } else {
+                    HealthState::Secured
+                },
+                threats: Vec::new(),
+                observed_at: SystemClock.now_ms(),
+            };
+            buf.clear();
+            codec::encode(&report, OutputEncoding::Avro, &mut buf)?;
+            let key = format!("{TENANT}/m{d}");
+            send(
+                &producer,
+                BaseRecord::to(input).key(key.as_bytes()).payload(&buf[..]),
+            )?;
+            i += 1;
+            sent.store(i, Ordering::SeqCst);
+        }
+        producer.poll(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let achieved = total as f64 / started.elapsed().as_secs_f64();
+    flush(&producer)?;
+    done.store(true, Ordering::SeqCst);
+    let mut ms = reading
+        .join()
+        .map_err(|_| anyhow::anyhow!("latency reader panicked"))??;
+    if (ms.len() as u64) < total {
+        anyhow::bail!("only {} of {total} outputs carried a send time", ms.len());
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(Measured { ms, rate: achieved })
+}
+
+fn produce_tables(env: &BenchEnv, cfg: &crate::config::Config) -> anyhow::Result<()> {
+    let (c, p, hb) = latency_tables(TENANT, SystemClock.now_ms());
+    let producer = env.producer()?;
+    let mut buf = Vec::new();
+    let t = &cfg.topics;
+    codec::encode(&c, OutputEncoding::Avro, &mut buf)?;
+    let key = format!("{TENANT}/{LOOKOUT}");
+    send(
+        &producer,
+        BaseRecord::to(&t.connectors)
+            .key(key.as_bytes())
+            .payload(&buf[..]),
+    )?;
+    buf.clear();
+    codec::encode(&p, OutputEncoding::Avro, &mut buf)?;
+    let pkey = format!("{TENANT}/{}", p.policy_id);
+    send(
+        &producer,
+        BaseRecord::to(&t.policies)
+            .key(pkey.as_bytes())
+            .payload(&buf[..]),
+    )?;
+    buf.clear();
+    codec::encode(&hb, OutputEncoding::Avro, &mut buf)?;
+    send(
+        &producer,
+        BaseRecord::to(&t.connector_heartbeats)
+            .key(key.as_bytes())
+            .payload(&buf[..]),
+    )?;
+    flush(&producer)
+}
+
+/// Measures the transactional pipe and then mtdgate (exactly-once) at `rate` reports/s.
+pub fn run(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    rate: f64,
+    from_max: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let secs = sizes.latency_seconds;
+    let p = env.partitions;
+    println!(
+        "  rate {} reports/s{} for {secs:.0} s over {} MAM devices; every report publishes one \
+         action",
+        group(rate as u64),
+        if from_max {
+            " (half of mtdgate's exactly-once maximum above)"
+        } else {
+            ""
+        },
+        group(sizes.latency_devices as u64)
+    );
+
+    // Baseline: the transactional pipe, same commit interval, same reader.
+    let pipe_in = env.topic("lat-pipe.in");
+    let pipe_out = env.topic("lat-pipe.out");
+    env.create_topic(&pipe_in, p, false)?;
+    env.create_topic(&pipe_out, p, false)?;
+    let mut pipe = PipeThread::start(PipeOptions {
+        config: env.config("lat-pipe", true),
+        input: pipe_in.clone(),
+        output: pipe_out.clone(),
+    });
+    pipe.wait_assigned(Duration::from_secs(60))?;
+    let reader = env.reader(&pipe_out, p)?;
+    let base = measure(
+        env,
+        &pipe_in,
+        reader,
+        Output::Report,
+        rate,
+        secs,
+        sizes.latency_devices,
+    );
+    pipe.stop()?;
+    let base = base?;
+    println!(
+        "    pipe: {} records at {} /s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        group(base.ms.len() as u64),
+        group(base.rate as u64),
+        base.pct(0.5),
+        base.pct(0.99),
+        base.pct(1.0)
+    );
+
+    let cfg = env.config("lat-mtd", true);
+    env.create_all(&cfg)?;
+    produce_tables(env, &cfg)?;
+    let mut svc = Instance::start(&cfg, Arc::new(SystemClock));
+    svc.wait_ready(Duration::from_secs(120))?;
+    let reader = env.reader(&cfg.topics.app_protection_actions, p)?;
+    let got = measure(
+        env,
+        &cfg.topics.device_threats,
+        reader,
+        Output::Action,
+        rate,
+        secs,
+        sizes.latency_devices,
+    );
+    svc.stop()?;
+    let got = got?;
+    println!(
+        "    mtdgate: {} actions at {} /s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        group(got.ms.len() as u64),
+        group(got.rate as u64),
+        got.pct(0.5),
+        got.pct(0.99),
+        got.pct(1.0)
+    );
+    let r = group(rate as u64);
+    report.push(
+        Figure::new(format!("latency p50 @ {r}/s"), got.pct(0.5), Unit::Millis)
+            .baseline(base.pct(0.5)),
+    );
+    report.push(
+        Figure::new(format!("latency p99 @ {r}/s"), got.pct(0.99), Unit::Millis)
+            .baseline(base.pct(0.99))
+            .bar(Bar::AtMost(250.0)),
+    );
+    report.push(
+        Figure::new(format!("latency max @ {r}/s"), got.pct(1.0), Unit::Millis)
+            .baseline(base.pct(1.0)),
+    );
+    Ok(())
+}

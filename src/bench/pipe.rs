@@ -1,0 +1,222 @@
+//! The baseline: a plain librdkafka consume-and-produce pipe.
+//!
+//! It is mtdgate's loop with the work taken out: the same consumer settings (a consumer group,
+//! read_committed, the same prefetch bounds, the range assignor), the same producer settings
+//! (`runtime::kafka::producer_config`: linger, batch size, lz4, idempotence), one record polled
+//! at a time, and the same commits: with exactly-once a transaction every 100 ms or 10,000
+//! records holding the copies and the input offsets (`send_offsets_to_transaction`); without,
+//! flush then a synchronous offset commit. Each input record is copied to the output topic
+//! unchanged (same key, same payload).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::runtime::kafka::{consumer_config, producer_config};
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the pipe reads and writes.
+#[derive(Debug, Clone)]
+pub struct PipeOptions {
+    /// Client settings, group id, transactional id prefix, commit interval and batch size are
+    /// taken from here, as mtdgate takes them.
+    pub config: Config,
+    pub input: String,
+    pub output: String,
+}
+
+/// Records the moment partitions were first assigned.
+struct PipeContext {
+    assigned: Arc<OnceLock<Instant>>,
+}
+
+impl ClientContext for PipeContext {}
+impl ConsumerContext for PipeContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            let _ = self.assigned.set(Instant::now());
+        }
+    }
+}
+
+/// Runs the pipe until `stop`; sets `assigned` when the group assigned its partitions and
+/// counts copied records in `copied`.
+pub fn run_pipe(
+    opts: &PipeOptions,
+    stop: Arc<AtomicBool>,
+    assigned: Arc<OnceLock<Instant>>,
+    copied: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let cfg = &opts.config;
+    let eos = cfg.processing.exactly_once;
+    let txn_id = format!(
+        "{}-{}",
+        cfg.kafka.transactional_id_prefix, cfg.kafka.instance_id
+    );
+    let producer: BaseProducer = producer_config(cfg, eos.then_some(txn_id.as_str()))
+        .create()
+        .context("create pipe producer")?;
+    if eos {
+        producer
+            .init_transactions(Duration::from_secs(60))
+            .context("init transactions")?;
+    }
+    let consumer: BaseConsumer<PipeContext> = {
+        let mut c = consumer_config(cfg);
+        c.set("group.id", &cfg.kafka.group_id)
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "10000");
+        c.create_with_context(PipeContext { assigned })
+            .context("create pipe consumer")?
+    };
+    consumer.subscribe(&[opts.input.as_str()])?;
+
+    let interval = Duration::from_millis(cfg.processing.commit_interval_ms);
+    let max_batch = cfg.processing.max_batch;
+    let mut offsets: HashMap<i32, i64> = HashMap::new();
+    let mut pending = 0usize;
+    let mut txn_open = false;
+    let mut last_commit = Instant::now();
+    let output = opts.output.as_str();
+    let commit = |offsets: &HashMap<i32, i64>, txn_open: &mut bool| -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(&opts.input, *p, Offset::Offset(*o))?;
+        }
+        if eos {
+            if !*txn_open {
+                return Ok(());
+            }
+            let meta = consumer
+                .group_metadata()
+                .ok_or_else(|| anyhow!("no consumer group metadata"))?;
+            producer
+                .send_offsets_to_transaction(&tpl, &meta, TXN_TIMEOUT)
+                .context("send offsets to transaction")?;
+            producer
+                .commit_transaction(TXN_TIMEOUT)
+                .context("commit transaction")?;
+            *txn_open = false;
+        } else {
+            producer.flush(TXN_TIMEOUT).context("flush")?;
+            if tpl.count() > 0 {
+                consumer
+                    .commit(&tpl, CommitMode::Sync)
+                    .context("commit offsets")?;
+            }
+        }
+        Ok(())
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(m)) => {
+                if eos && !txn_open {
+                    producer.begin_transaction().context("begin transaction")?;
+                    txn_open = true;
+                }
+                let mut r = BaseRecord::<[u8], [u8]>::to(output);
+                if let Some(k) = m.key() {
+                    r = r.key(k);
+                }
+                if let Some(p) = m.payload() {
+                    r = r.payload(p);
+                }
+                super::kafka::send(&producer, r)?;
+                offsets.insert(m.partition(), m.offset() + 1);
+                pending += 1;
+                copied.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "pipe consumer error"),
+            None => {}
+        }
+        if pending >= max_batch || (pending > 0 && last_commit.elapsed() >= interval) {
+            commit(&offsets, &mut txn_open)?;
+            pending = 0;
+            last_commit = Instant::now();
+        }
+        producer.poll(Duration::ZERO);
+    }
+    commit(&offsets, &mut txn_open)?;
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// The pipe running in a background thread.
+pub struct PipeThread {
+    pub assigned: Arc<OnceLock<Instant>>,
+    pub copied: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl PipeThread {
+    pub fn start(opts: PipeOptions) -> PipeThread {
+        let stop = Arc::new(AtomicBool::new(false));
+        let assigned = Arc::new(OnceLock::new());
+        let copied = Arc::new(AtomicU64::new(0));
+        let (s, a, c) = (stop.clone(), assigned.clone(), copied.clone());
+        let thread = std::thread::Builder::new()
+            .name("pipe".into())
+            .spawn(move || run_pipe(&opts, s, a, c))
+            .expect("spawn pipe");
+        PipeThread {
+            assigned,
+            copied,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            return match self.thread.take().expect("thread").join() {
+                Ok(Ok(())) => Err(anyhow!("pipe stopped")),
+                Ok(Err(e)) => Err(e.context("pipe stopped")),
+                Err(_) => Err(anyhow!("pipe panicked")),
+            };
+        }
+        Ok(())
+    }
+
+    /// Waits for the group's first assignment; returns when it happened.
+    pub fn wait_assigned(&mut self, timeout: Duration) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = self.assigned.get() {
+                return Ok(*t);
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                anyhow::bail!("pipe not assigned within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(anyhow!("pipe panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for PipeThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

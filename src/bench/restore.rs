@@ -1,0 +1,154 @@
+//! Device states/s restored from the changelog by `runtime::restore::restore_partition`, against
+//! reading the same partitions the same way (one consumer per partition, same fetch settings)
+//! without decoding or applying.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::BaseRecord;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::catalogue::Catalogue;
+use crate::codec::{self, OutputEncoding};
+use crate::config::Config;
+use crate::engine::{Engine, EngineSettings};
+use crate::runtime::clock::{Clock, SystemClock};
+use crate::runtime::kafka::{consumer_config, EofAware};
+use crate::runtime::partitioner::partition_for;
+use crate::runtime::restore::restore_partition;
+use crate::simulate::group;
+
+use super::kafka::{flush, send, BenchEnv};
+use super::state;
+use super::{Bar, Figure, Report, Sizes, Unit};
+
+/// Writes `n` state records made by `make` to `topic`, each to its key's partition, the way
+/// mtdgate's changelog producer does (lz4, batches). Returns the mean record size.
+pub fn write_changelog(
+    env: &BenchEnv,
+    topic: &str,
+    n: usize,
+    make: impl Fn(usize) -> crate::model::DeviceStateRecord,
+) -> anyhow::Result<usize> {
+    let producer = env.producer()?;
+    let mut buf = Vec::with_capacity(256);
+    let mut bytes = 0usize;
+    for i in 0..n {
+        let r = make(i);
+        buf.clear();
+        codec::encode(&r, OutputEncoding::Avro, &mut buf)?;
+        bytes += buf.len();
+        let key = format!("{}/{}", r.tenant_id, r.device_id);
+        let partition = partition_for(key.as_bytes(), env.partitions);
+        send(
+            &producer,
+            BaseRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(&buf[..])
+                .partition(partition),
+        )?;
+        if i % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    flush(&producer)?;
+    Ok(bytes / n.max(1))
+}
+
+/// Reads one partition to its end as `restore_partition` does, but only counts.
+fn raw_read(cfg: &Config, topic: &str, partition: i32) -> anyhow::Result<usize> {
+    let mut c = consumer_config(cfg);
+    c.set("group.id", format!("{}-raw", cfg.kafka.group_id))
+        .set("enable.partition.eof", "true")
+        .set("fetch.max.bytes", "104857600")
+        .set("max.partition.fetch.bytes", "52428800");
+    let consumer: BaseConsumer<EofAware> = c.create_with_context(EofAware)?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    if high <= low {
+        return Ok(0);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if Instant::now() > deadline {
+            anyhow::bail!("reading {topic}[{partition}] did not finish within 600 s");
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                n += 1;
+                std::hint::black_box((m.key(), m.payload()));
+                if m.offset() + 1 >= high {
+                    break;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(e).context("raw read"),
+            None => {}
+        }
+    }
+    Ok(n)
+}
+
+pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
+    let n = sizes.restore_devices;
+    let mut cfg = env.config("restore", true);
+    cfg.topics.device_state = env.topic("restore.device-state");
+    env.create_topic(&cfg.topics.device_state, env.partitions, true)?;
+    let now = SystemClock.now_ms();
+    let started = Instant::now();
+    let size = write_changelog(env, &cfg.topics.device_state, n, |i| {
+        state::mixed(i, 1_000, now)
+    })?;
+    println!(
+        "  changelog: {} device states ({size} B Avro on average, 1,000 tenants) written in {:.1} s",
+        group(n as u64),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Baseline first, so both read from the broker's page cache.
+    let t = Instant::now();
+    let mut read = 0;
+    for p in 0..env.partitions {
+        read += raw_read(&cfg, &cfg.topics.device_state, p)?;
+    }
+    let raw_secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(read == n, "raw read found {read} of {n} records");
+
+    let mut engine = Engine::new(
+        Arc::new(Catalogue::builtin("public")?),
+        EngineSettings::default(),
+    );
+    let t = Instant::now();
+    let mut restored = 0;
+    for p in 0..env.partitions {
+        restored += restore_partition(&cfg, &mut engine, p)?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        restored == n && engine.device_count() == n,
+        "restored {restored} records, {} devices, of {n}",
+        engine.device_count()
+    );
+    println!(
+        "    raw read {:.2} s, restore {:.2} s for {} partitions",
+        raw_secs, secs, env.partitions
+    );
+    let unit = Unit::PerSecond("states");
+    report.push(
+        Figure::new(
+            format!("restore, {} devices", group(n as u64)),
+            n as f64 / secs,
+            unit,
+        )
+        .baseline(n as f64 / raw_secs)
+        .bar(Bar::AtLeast(1_000_000.0)),
+    );
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Records/s of the plain pipe and of mtdgate over the same pre-loaded input.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::producer::BaseRecord;
+
+use crate::codec::{self, OutputEncoding};
+use crate::config::Config;
+use crate::runtime::clock::{Clock, SystemClock};
+use crate::simulate::{group, Fleet};
+
+use super::kafka::{flush, send, BenchEnv, CommitWatcher, Instance};
+use super::pipe::{PipeOptions, PipeThread};
+use super::{Bar, Figure, Report, Sizes, Unit};
+
+/// The shared input: device threat reports plus the tables they need.
+pub struct Input {
+    pub threats: String,
+    pub connectors: String,
+    pub policies: String,
+    pub heartbeats: String,
+    pub records: u64,
+}
+
+impl Input {
+    /// Points a configuration at the shared input and tables.
+    pub fn apply(&self, cfg: &mut Config) {
+        cfg.topics.device_threats = self.threats.clone();
+        cfg.topics.connectors = self.connectors.clone();
+        cfg.topics.policies = self.policies.clone();
+        cfg.topics.connector_heartbeats = self.heartbeats.clone();
+    }
+}
+
+/// Pre-produces `sizes.records` Avro single-object reports from the simulator's fleet, and the
+/// fleet's connector settings, policies and heartbeats.
+fn preload(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<Input> {
+    let p = env.partitions;
+    let input = Input {
+        threats: env.topic("input.device-threats"),
+        connectors: env.topic("input.connectors"),
+        policies: env.topic("input.policies"),
+        heartbeats: env.topic("input.connector-heartbeats"),
+        records: sizes.records,
+    };
+    env.create_topic(&input.threats, p, false)?;
+    env.create_topic(&input.connectors, p, true)?;
+    env.create_topic(&input.policies, p, true)?;
+    env.create_topic(&input.heartbeats, p, false)?;
+    let producer = env.producer()?;
+    let now = SystemClock.now_ms();
+    let mut rng = SmallRng::seed_from_u64(42);
+    // A day of heartbeat timeout: no connector turns UNRESPONSIVE during the benchmark.
+    let mut fleet = Fleet::new(sizes.tenants, sizes.devices, 86_400, now, &mut rng);
+    let mut buf = Vec::with_capacity(512);
+    for t in &fleet.tenants {
+        for c in &t.connectors {
+            buf.clear();
+            codec::encode(c, OutputEncoding::Avro, &mut buf)?;
+            let key = format!("{}/{}", t.id, c.partner_id);
+            send(
+                &producer,
+                BaseRecord::to(&input.connectors)
+                    .key(key.as_bytes())
+                    .payload(&buf[..]),
+            )?;
+        }
+        for pol in &t.policies {
+            buf.clear();
+            codec::encode(pol, OutputEncoding::Avro, &mut buf)?;
+            let key = format!("{}/{}", t.id, pol.policy_id);
+            send(
+                &producer,
+                BaseRecord::to(&input.policies)
+                    .key(key.as_bytes())
+                    .payload(&buf[..]),
+            )?;
+        }
+        for c in t.live_connectors() {
+            buf.clear();
+            codec::encode(
+                &Fleet::heartbeat(&t.id, &c.partner_id, now, false),
+                OutputEncoding::Avro,
+                &mut buf,
+            )?;
+            let key = format!("{}/{}", t.id, c.partner_id);
+            send(
+                &producer,
+                BaseRecord::to(&input.heartbeats)
+                    .key(key.as_bytes())
+                    .payload(&buf[..]),
+            )?;
+        }
+    }
+    let started = Instant::now();
+    let mut bytes = 0usize;
+    for i in 0..sizes.records {
+        let n = rng.random_range(0..fleet.devices.len());
+        let (report, _) = fleet.report(n, format!("bench-{i}"), now, &mut rng);
+        buf.clear();
+        codec::encode(&report, OutputEncoding::Avro, &mut buf)?;
+        bytes += buf.len();
+        let key = format!("{}/{}", report.tenant_id, report.device_id);
+        send(
+            &producer,
+            BaseRecord::to(&input.threats)
+                .key(key.as_bytes())
+                .payload(&buf[..]),
+        )?;
+        if i % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    flush(&producer)?;
+    println!(
+        "  input: {} Avro single-object reports ({} B on average) over {} devices of {} tenants, \
+         produced in {:.1} s",
+        group(sizes.records),
+        bytes / sizes.records.max(1) as usize,
+        group(sizes.devices as u64),
+        sizes.tenants,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(input)
+}
+
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Linux reports in USER_HZ, 100 on every mainstream configuration.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// One timed run.
+struct Run {
+    rate: f64,
+    secs: f64,
+    cpu_us_per_record: f64,
+}
+
+fn timeout_for(records: u64) -> Duration {
+    Duration::from_secs(120.max(records / 1_000))
+}
+
+fn run_pipe(env: &BenchEnv, input: &Input, label: &str, eos: bool) -> anyhow::Result<Run> {
+    let config = env.config(label, eos);
+    let output = env.topic(&format!("{label}.out"));
+    env.create_topic(&output, env.partitions, false)?;
+    let watcher = CommitWatcher::new(env, &config.kafka.group_id, &input.threats)?;
+    let cpu0 = process_cpu_seconds();
+    let mut pipe = PipeThread::start(PipeOptions {
+        config,
+        input: input.threats.clone(),
+        output,
+    });
+    let t0 = pipe.wait_assigned(Duration::from_secs(60))?;
+    let t1 = watcher.wait_all(timeout_for(input.records), || pipe.check_alive())?;
+    let cpu = process_cpu_seconds() - cpu0;
+    let copied = pipe.copied.load(std::sync::atomic::Ordering::Relaxed);
+    pipe.stop()?;
+    anyhow::ensure!(
+        copied >= input.records,
+        "the pipe copied {copied} of {} records",
+        input.records
+    );
+    let secs = (t1 - t0).as_secs_f64();
+    Ok(Run {
+        rate: input.records as f64 / secs,
+        secs,
+        cpu_us_per_record: cpu * 1e6 / input.records as f64,
+    })
+}
+
+fn run_mtdgate(env: &BenchEnv, input: &Input, label: &str, eos: bool) -> anyhow::Result<Run> {
+    let mut cfg = env.config(label, eos);
+    input.apply(&mut cfg);
+    env.create_all(&cfg)?;
+    let watcher = CommitWatcher::new(env, &cfg.kafka.group_id, &input.threats)?;
+    let cpu0 = process_cpu_seconds();
+    let mut svc = Instance::start(&cfg, Arc::new(SystemClock));
+    let t0 = svc.wait_ready(Duration::from_secs(120))?;
+    let t1 = watcher.wait_all(timeout_for(input.records), || svc.check_alive())?;
+    let cpu = process_cpu_seconds() - cpu0;
+    svc.stop()?;
+    let secs = (t1 - t0).as_secs_f64();
+    let sum = |t: &str| -> i64 {
+        env.end_offsets(t)
+            .map(|v| v.iter().map(|(_, o)| o).sum())
+            .unwrap_or(0)
+    };
+    let t = &cfg.topics;
+    println!(
+        "    wrote {} compliance changes, {} app actions, {} rejections, {} changelog records \
+         (record offsets, transaction markers included)",
+        group(sum(&t.compliance_changes) as u64),
+        group(sum(&t.app_protection_actions) as u64),
+        group(sum(&t.rejected) as u64),
+        group(sum(&t.device_state) as u64),
+    );
+    Ok(Run {
+        rate: input.records as f64 / secs,
+        secs,
+        cpu_us_per_record: cpu * 1e6 / input.records as f64,
+    })
+}
+
+/// Runs the pipe and mtdgate, exactly-once on and off, `repeat` times each; returns mtdgate's
+/// best exactly-once rate.
+pub fn run(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    repeat: usize,
+    report: &mut Report,
+) -> anyhow::Result<f64> {
+    let input = preload(env, sizes)?;
+    let mut best = [0.0f64; 4];
+    let names = [
+        "pipe, exactly-once",
+        "mtdgate, exactly-once",
+        "pipe, at-least-once",
+        "mtdgate, at-least-once",
+    ];
+    for r in 0..repeat {
+        for (k, name) in names.iter().enumerate() {
+            let eos = k < 2;
+            let label = format!("{}-{r}", ["pipe-eos", "mtd-eos", "pipe-alo", "mtd-alo"][k]);
+            let run = if k % 2 == 0 {
+                run_pipe(env, &input, &label, eos)?
+            } else {
+                run_mtdgate(env, &input, &label, eos)?
+            };
+            println!(
+                "    run {}: {name}: {} records/s ({:.2} s; this process used {:.1} CPU-us/record; \
+                 load {})",
+                r + 1,
+                group(run.rate as u64),
+                run.secs,
+                run.cpu_us_per_record,
+                super::load_average()
+            );
+            best[k] = best[k].max(run.rate);
+        }
+    }
+    let unit = Unit::PerSecond("records");
+    report.push(Figure::new(names[0], best[0], unit));
+    report.push(
+        Figure::new(names[1], best[1], unit)
+            .baseline(best[0])
+            .bar(Bar::RatioAtLeast(0.8)),
+    );
+    report.push(Figure::new(names[2], best[2], unit));
+    report.push(Figure::new(names[3], best[3], unit).baseline(best[2]));
+    Ok(best[1])
+}
