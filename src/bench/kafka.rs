@@ -433,3 +433,16 @@ pub fn read_n(
     let last = Instant::now();
     Ok((first.unwrap_or(last), last))
 }
+
+/// Polls `consumer` for `d` before a measurement, so its fetch positions are resolved and its
+/// fetch loop is running when the first measured record arrives; returns records received.
+pub fn warm(consumer: &BaseConsumer, d: Duration) -> usize {
+    let deadline = Instant::now() + d;
+    let mut n = 0;
+    while Instant::now() < deadline {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(20)) {
+            n += 1;
+        }
+    }
+    n
+}

@@ -17,7 +17,7 @@ use crate::model::*;
 use crate::runtime::clock::{Clock, SystemClock};
 use crate::simulate::group;
 
-use super::kafka::{flush, send, BenchEnv, Instance};
+use super::kafka::{flush, send, warm, BenchEnv, Instance};
 use super::pipe::{PipeOptions, PipeThread};
 use super::state::{latency_tables, LOOKOUT};
 use super::{Bar, Figure, Report, Sizes, Unit};
@@ -229,6 +229,7 @@ pub fn run(
     });
     pipe.wait_assigned(Duration::from_secs(60))?;
     let reader = env.reader(&pipe_out, p)?;
+    warm(&reader, Duration::from_secs(1));
     let base = measure(
         env,
         &pipe_in,
@@ -255,6 +256,7 @@ pub fn run(
     let mut svc = Instance::start(&cfg, Arc::new(SystemClock));
     svc.wait_ready(Duration::from_secs(120))?;
     let reader = env.reader(&cfg.topics.app_protection_actions, p)?;
+    warm(&reader, Duration::from_secs(1));
     let got = measure(
         env,
         &cfg.topics.device_threats,
