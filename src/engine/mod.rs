@@ -267,15 +267,7 @@ impl Engine {
                     ));
                 }
                 if let Some(o) = d.observation(partner) {
-                    if r.observed_at < o.observed_at {
-                        return Err(reject(
-                            RejectReason::Stale,
-                            format!(
-                                "observed_at {} is older than the report already held ({})",
-                                r.observed_at, o.observed_at
-                            ),
-                        ));
-                    }
+                    not_older("observed_at", r.observed_at, o.observed_at, "the report")?;
                     if r.observed_at == o.observed_at && o.event_fingerprint == fingerprint {
                         return Err(reject(
                             RejectReason::Duplicate,
@@ -501,15 +493,7 @@ impl Engine {
             .entry(partner)
             .or_default();
         if let Some(last) = conn.last_heartbeat_at {
-            if h.sent_at < last {
-                return Err(reject(
-                    RejectReason::Stale,
-                    format!(
-                        "sent_at {} is older than the last heartbeat ({last})",
-                        h.sent_at
-                    ),
-                ));
-            }
+            not_older("sent_at", h.sent_at, last, "the last heartbeat")?;
         }
         conn.last_heartbeat_at = Some(h.sent_at);
         conn.error_code = h.error_code.unwrap_or(0);
@@ -576,15 +560,7 @@ impl Engine {
         match cfg {
             Some(c) => {
                 if let Some(old) = &conn.config {
-                    if c.updated_at < old.updated_at {
-                        return Err(reject(
-                            RejectReason::Stale,
-                            format!(
-                                "updated_at {} is older than the settings held ({})",
-                                c.updated_at, old.updated_at
-                            ),
-                        ));
-                    }
+                    not_older("updated_at", c.updated_at, old.updated_at, "the settings")?;
                     if old == c {
                         return Ok(());
                     }
@@ -626,15 +602,7 @@ impl Engine {
         let cause = match policy {
             Some(p) => {
                 if let Some(old) = tables.policies.get(kp) {
-                    if p.updated_at < old.updated_at {
-                        return Err(reject(
-                            RejectReason::Stale,
-                            format!(
-                                "updated_at {} is older than the policy held ({})",
-                                p.updated_at, old.updated_at
-                            ),
-                        ));
-                    }
+                    not_older("updated_at", p.updated_at, old.updated_at, "the policy")?;
                 }
                 tables.policies.insert(kp.to_owned(), p.clone());
                 format!("policy:{kt}/{kp}@{}", p.updated_at)
@@ -930,6 +898,17 @@ fn split(key: Option<&[u8]>) -> Result<(&str, &str), Rejection> {
 
 fn device_key(key: Option<&[u8]>) -> Result<(&str, &str), Rejection> {
     split(key)
+}
+
+/// Refuses an input older than the one already held (`STALE`).
+fn not_older(field: &str, at: i64, held: i64, what: &str) -> Applied {
+    if at < held {
+        return Err(reject(
+            RejectReason::Stale,
+            format!("{field} {at} is older than {what} already held ({held})"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_tenant(key_tenant: &str, payload_tenant: &str) -> Applied {
