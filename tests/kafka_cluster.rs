@@ -13,33 +13,8 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn setup_tenant(gw: &Gateway, cfg: &mtdgate::config::Config) {
-    let t = &cfg.topics;
-    let now = now_ms();
-    gw.send(
-        &t.connectors,
-        "acme/lookout",
-        Some(&connector_json(
-            "acme",
-            "lookout",
-            &["provisioned", "setup_complete", "ios_mam_enabled"],
-            now,
-        )),
-    );
-    gw.send(&t.policies, "acme/block", Some(&json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now})));
-    gw.send(
-        &t.connector_heartbeats,
-        "acme/lookout",
-        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
-    );
-    gw.flush();
+    setup_mam_tenant(gw, cfg, now_ms());
 }
 
 fn send_round(gw: &Gateway, cfg: &mtdgate::config::Config, round: usize, devices: usize) {

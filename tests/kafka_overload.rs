@@ -34,22 +34,7 @@ fn a_large_backlog_does_not_grow_memory() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    gw.send(
-        &t.connectors,
-        "acme/lookout",
-        Some(&connector_json(
-            "acme",
-            "lookout",
-            &["provisioned", "setup_complete", "ios_mam_enabled"],
-            now,
-        )),
-    );
-    gw.send(&t.policies, "acme/block", Some(&json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now})));
-    gw.send(
-        &t.connector_heartbeats,
-        "acme/lookout",
-        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
-    );
+    setup_mam_tenant(&gw, &cfg, now);
     // The burst: 150,000 reports (~45 MB of input, padded with threats) for 500 devices, all
     // waiting before the service starts.
     let burst = 150_000;

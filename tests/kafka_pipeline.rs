@@ -271,23 +271,7 @@ fn state_survives_restart() {
     let t = &cfg.topics;
     let svc = Service::start(&cfg);
     let now = svc.now();
-    gw.send(
-        &t.connectors,
-        "acme/lookout",
-        Some(&connector_json(
-            "acme",
-            "lookout",
-            &["provisioned", "setup_complete", "ios_mam_enabled"],
-            now,
-        )),
-    );
-    gw.send(&t.policies, "acme/block", Some(&json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now})));
-    gw.send(
-        &t.connector_heartbeats,
-        "acme/lookout",
-        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
-    );
-    gw.flush();
+    setup_mam_tenant(&gw, &cfg, now);
     std::thread::sleep(Duration::from_millis(500));
     for d in 0..20 {
         gw.send(

@@ -381,3 +381,41 @@ pub fn http_get(url: &str, bearer: Option<&str>) -> std::io::Result<(u16, String
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Wall-clock milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Tenant `acme` with lookout enabled for iOS app protection, a BLOCK policy above LOW and a
+/// fresh heartbeat: every HIGH report blocks a MAM device and every SECURED one unblocks it.
+pub fn setup_mam_tenant(gw: &Gateway, cfg: &Config, now: i64) {
+    let t = &cfg.topics;
+    gw.send(
+        &t.connectors,
+        "acme/lookout",
+        Some(&connector_json(
+            "acme",
+            "lookout",
+            &["provisioned", "setup_complete", "ios_mam_enabled"],
+            now,
+        )),
+    );
+    gw.send(
+        &t.policies,
+        "acme/block",
+        Some(
+            &serde_json::json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION",
+            "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now}),
+        ),
+    );
+    gw.send(
+        &t.connector_heartbeats,
+        "acme/lookout",
+        Some(&serde_json::json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
+    );
+    gw.flush();
+}
