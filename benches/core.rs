@@ -22,6 +22,10 @@ use mtdgate::codec::{self, OutputEncoding};
 use mtdgate::engine::{Body, Engine, EngineSettings, Event, Output};
 use mtdgate::model::*;
 
+/// The allocator the `mtdgate` binary uses, so the figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_700_000_000_000;
 const DAY: i64 = 86_400_000;
 const LOOKOUT: &str = "lookout";
@@ -579,6 +583,8 @@ enum Mode {
 }
 
 /// Times `iters` reports of the stream in `mode`; refilling the stream happens untimed.
+/// Never inlined, so a profiler can single it out (`callgrind --toggle-collect=core::run_stream`).
+#[inline(never)]
 fn run_stream(
     world: &mut World,
     stream: &mut Stream,

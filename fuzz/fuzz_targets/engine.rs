@@ -47,8 +47,9 @@ fn new_engine() -> Engine {
 
 /// Kafka's default partitioner would put a key somewhere; any stable choice will do here.
 fn partition_of(key: &[u8]) -> i32 {
-    (key.iter().fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32)) % PARTITIONS as u32)
-        as i32
+    (key.iter()
+        .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32))
+        % PARTITIONS as u32) as i32
 }
 
 fn check_outputs(out: &mut Vec<Output>) {
@@ -83,9 +84,9 @@ fn check_changelog(engine: &Engine, replica: &mut Engine) {
                 let back: DeviceStateRecord = decode(&buf).expect("changelog record decodes");
                 assert_eq!(&back, r);
             }
-            replica
-                .restore(p, &key, rec.as_ref())
-                .unwrap_or_else(|e| panic!("changelog record {key} {rec:?} cannot be restored: {e}"));
+            replica.restore(p, &key, rec.as_ref()).unwrap_or_else(|e| {
+                panic!("changelog record {key} {rec:?} cannot be restored: {e}")
+            });
         }
     }
 }

@@ -277,7 +277,7 @@ impl Instance {
         let shutdown = Arc::new(AtomicBool::new(false));
         let (c, s, st) = (cfg.clone(), shutdown.clone(), status.clone());
         let thread = std::thread::Builder::new()
-            .name("mtdgate".into())
+            .name("mtdgate-svc".into())
             .spawn(move || runtime::run(c, clock, s, st))
             .expect("spawn mtdgate");
         Instance {

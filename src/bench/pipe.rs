@@ -32,6 +32,27 @@ pub struct PipeOptions {
     pub config: Config,
     pub input: String,
     pub output: String,
+    /// Serve delivery reports until nothing is in flight before committing, instead of
+    /// leaving it to `commit_transaction`/`flush`: rust-rdkafka 0.39's `BaseProducer::flush`
+    /// (which `commit_transaction` calls first) polls in 100 ms steps and `poll` always waits
+    /// its whole timeout, so every commit with a record in flight costs at least 100 ms.
+    /// `false` makes the same calls mtdgate's loop makes today.
+    pub drain: bool,
+}
+
+/// Serves delivery reports in 1 ms steps until nothing is in flight.
+pub fn drain(producer: &BaseProducer, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{} records not delivered within {timeout:?}",
+                producer.in_flight_count()
+            );
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Records the moment partitions were first assigned.
@@ -99,6 +120,9 @@ pub fn run_pipe(
             let meta = consumer
                 .group_metadata()
                 .ok_or_else(|| anyhow!("no consumer group metadata"))?;
+            if opts.drain {
+                drain(&producer, TXN_TIMEOUT)?;
+            }
             producer
                 .send_offsets_to_transaction(&tpl, &meta, TXN_TIMEOUT)
                 .context("send offsets to transaction")?;
@@ -107,7 +131,11 @@ pub fn run_pipe(
                 .context("commit transaction")?;
             *txn_open = false;
         } else {
-            producer.flush(TXN_TIMEOUT).context("flush")?;
+            if opts.drain {
+                drain(&producer, TXN_TIMEOUT)?;
+            } else {
+                producer.flush(TXN_TIMEOUT).context("flush")?;
+            }
             if tpl.count() > 0 {
                 consumer
                     .commit(&tpl, CommitMode::Sync)

@@ -6,10 +6,17 @@
 //! know), enums become their symbol, `["null", T]` unions become options. Strings and bytes are
 //! borrowed from the input. No length read from the input is trusted before it is checked
 //! against the bytes that are left.
+//!
+//! Two shortcuts keep name matching off the hot path when the Rust type mirrors the schema,
+//! which is checked once per type (`compiled::RustNames`): a struct whose field list is the
+//! record's, in order, is fed the fields as a sequence, and an enum whose variant list is the
+//! schema's symbols, in order, is handed the variant index. Serde-derived types accept both.
+//! Types that do not mirror the schema take the by-name path.
 
 use serde::de::{
-    self, value::BorrowedStrDeserializer, value::StrDeserializer, DeserializeSeed, Deserializer,
-    Visitor,
+    self,
+    value::{BorrowedStrDeserializer, StrDeserializer, U32Deserializer},
+    DeserializeSeed, Deserializer, Visitor,
 };
 
 use super::avro_error::AvroError;
@@ -113,8 +120,21 @@ impl<'de> Reader<'de> {
     }
 
     /// A zigzag varint `long` (at most 10 bytes).
-    #[inline]
+    #[inline(always)]
     fn long(&mut self) -> Result<i64> {
+        // Lengths, union branches and enum indexes are nearly always one byte: that case is
+        // inlined, longer varints take a call.
+        match self.data.get(self.pos) {
+            Some(&b) if b & 0x80 == 0 => {
+                self.pos += 1;
+                Ok(zigzag(b as u64))
+            }
+            _ => self.long_multi_byte(),
+        }
+    }
+
+    #[inline(never)]
+    fn long_multi_byte(&mut self) -> Result<i64> {
         let first = self.byte("long")?;
         let raw = if first & 0x80 == 0 {
             first as u64
@@ -137,7 +157,7 @@ impl<'de> Reader<'de> {
             }
             v
         };
-        Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+        Ok(zigzag(raw))
     }
 
     #[inline]
@@ -146,34 +166,51 @@ impl<'de> Reader<'de> {
         i32::try_from(v).map_err(|_| AvroError::malformed(format!("int value {v} out of range")))
     }
 
-    /// A length prefix, checked against the remaining input.
-    #[inline]
-    fn len(&mut self, what: &str) -> Result<usize> {
+    /// A length prefix followed by that many bytes, checked against the remaining input.
+    #[inline(always)]
+    fn sized(&mut self, what: &str) -> Result<&'de [u8]> {
         let n = self.long()?;
+        if n < 0 || n as u64 > self.remaining() as u64 {
+            return Err(self.bad_length(what, n));
+        }
+        let s = &self.data[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bad_length(&self, what: &str, n: i64) -> AvroError {
         if n < 0 {
-            return Err(AvroError::malformed(format!("negative {what} length {n}")));
+            AvroError::malformed(format!("negative {what} length {n}"))
+        } else {
+            self.truncated(what, n as u64)
         }
-        if n as u64 > self.remaining() as u64 {
-            return Err(self.truncated(what, n as u64));
-        }
-        Ok(n as usize)
     }
 
     #[inline]
     fn bytes(&mut self) -> Result<&'de [u8]> {
-        let n = self.len("bytes")?;
-        self.take(n, "bytes")
+        self.sized("bytes")
     }
 
-    #[inline]
+    #[inline(always)]
     fn str(&mut self) -> Result<&'de str> {
-        let n = self.len("string")?;
-        let start = self.pos;
-        let s = self.take(n, "string")?;
+        let s = self.sized("string")?;
+        if is_ascii(s) {
+            // SAFETY: ASCII is valid UTF-8. Ids and symbols are nearly always ASCII, and the
+            // ASCII check is several times cheaper than full validation on short strings.
+            return Ok(unsafe { std::str::from_utf8_unchecked(s) });
+        }
+        self.utf8(s)
+    }
+
+    /// Full UTF-8 validation of a string just read.
+    #[inline(never)]
+    fn utf8(&self, s: &'de [u8]) -> Result<&'de str> {
         std::str::from_utf8(s).map_err(|e| {
             AvroError::malformed(format!(
                 "invalid UTF-8 in string at offset {}",
-                start + e.valid_up_to()
+                self.pos - s.len() + e.valid_up_to()
             ))
         })
     }
@@ -221,6 +258,41 @@ impl<'de> Reader<'de> {
     }
 }
 
+#[cold]
+#[inline(never)]
+fn bad_branch(idx: i64, branches: usize) -> AvroError {
+    AvroError::malformed(format!(
+        "union branch index {idx} out of range ({branches} branches)"
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn bad_symbol(idx: i64, symbols: usize) -> AvroError {
+    AvroError::invalid(format!("enum index {idx} out of range ({symbols} symbols)"))
+}
+
+#[inline(always)]
+fn zigzag(raw: u64) -> i64 {
+    ((raw >> 1) as i64) ^ -((raw & 1) as i64)
+}
+
+/// Whether `s` is all ASCII, eight bytes at a time (the last word may overlap the one before).
+/// Cheaper than `<[u8]>::is_ascii` on the short strings of a record.
+#[inline]
+fn is_ascii(s: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes"));
+    if s.len() < 8 {
+        return s.iter().fold(0u8, |acc, &b| acc | b) < 0x80;
+    }
+    let mut acc = word(&s[s.len() - 8..]);
+    for w in s.chunks_exact(8) {
+        acc |= word(w);
+    }
+    acc & HIGH == 0
+}
+
 /// Deserializer for one value of node `node`.
 pub(crate) struct De<'a, 'de> {
     r: &'a mut Reader<'de>,
@@ -241,24 +313,26 @@ impl<'a, 'de> De<'a, 'de> {
     }
 
     /// The node to decode, after reading the branch index of a union.
-    #[inline]
+    #[inline(always)]
     fn resolve(&mut self) -> Result<&'a Node> {
         let s: &'a Compiled = self.s;
         match s.node(self.node) {
             Node::Union(branches) => {
-                let idx = self.r.long()?;
-                match usize::try_from(idx).ok().and_then(|i| branches.get(i)) {
-                    Some(&b) => {
-                        self.node = b;
-                        Ok(s.node(b))
-                    }
-                    None => Err(AvroError::malformed(format!(
-                        "union branch index {idx} out of range ({} branches)",
-                        branches.len()
-                    ))),
-                }
+                let b = self.branch(branches)?;
+                self.node = b;
+                Ok(s.node(b))
             }
             n => Ok(n),
+        }
+    }
+
+    /// Reads a union branch index and returns the branch's node.
+    #[inline(always)]
+    fn branch(&mut self, branches: &[NodeId]) -> Result<NodeId> {
+        let idx = self.r.long()?;
+        match usize::try_from(idx).ok().and_then(|i| branches.get(i)) {
+            Some(&b) => Ok(b),
+            None => Err(bad_branch(idx, branches.len())),
         }
     }
 
@@ -275,13 +349,17 @@ impl<'a, 'de> De<'a, 'de> {
 
     #[inline]
     fn symbol(&mut self, symbols: &'a [Name]) -> Result<&'a str> {
+        let idx = self.symbol_index(symbols)?;
+        Ok(&symbols[idx as usize])
+    }
+
+    /// An enum index, checked against the symbols.
+    #[inline(always)]
+    fn symbol_index(&mut self, symbols: &[Name]) -> Result<u32> {
         let idx = self.r.long()?;
-        match usize::try_from(idx).ok().and_then(|i| symbols.get(i)) {
-            Some(s) => Ok(s),
-            None => Err(AvroError::invalid(format!(
-                "enum index {idx} out of range ({} symbols)",
-                symbols.len()
-            ))),
+        match u32::try_from(idx) {
+            Ok(i) if (i as usize) < symbols.len() => Ok(i),
+            _ => Err(bad_symbol(idx, symbols.len())),
         }
     }
 
@@ -414,12 +492,43 @@ impl<'a, 'de> Deserializer<'de> for De<'a, 'de> {
     fn deserialize_option<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value> {
         let s: &'a Compiled = self.s;
         match s.node(self.node) {
-            Node::Union(_) => match self.resolve()? {
-                Node::Null => visitor.visit_none(),
-                _ => visitor.visit_some(self),
-            },
+            Node::Union(branches) => {
+                let b = self.branch(branches)?;
+                match s.node(b) {
+                    Node::Null => visitor.visit_none(),
+                    _ => {
+                        self.node = b;
+                        visitor.visit_some(self)
+                    }
+                }
+            }
             Node::Null => visitor.visit_none(),
             _ => visitor.visit_some(self),
+        }
+    }
+
+    #[inline]
+    fn deserialize_struct<V: Visitor<'de>>(
+        mut self,
+        _name: &'static str,
+        rust_fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        let node = self.resolve()?;
+        match node {
+            Node::Record { fields, rust, .. }
+                if rust.same(fields.iter().map(|f| &*f.name), rust_fields) =>
+            {
+                let depth = self.deeper()?;
+                visitor.visit_seq(RecordSeq {
+                    r: self.r,
+                    s: self.s,
+                    fields,
+                    next: 0,
+                    depth,
+                })
+            }
+            _ => self.visit_node(node, visitor),
         }
     }
 
@@ -427,13 +536,18 @@ impl<'a, 'de> Deserializer<'de> for De<'a, 'de> {
     fn deserialize_enum<V: Visitor<'de>>(
         mut self,
         _name: &'static str,
-        _variants: &'static [&'static str],
+        variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value> {
         match self.resolve()? {
-            Node::Enum { symbols, .. } => {
-                let sym = self.symbol(symbols)?;
-                visitor.visit_enum(StrDeserializer::<AvroError>::new(sym))
+            Node::Enum { symbols, rust, .. } => {
+                if rust.same(symbols.iter().map(|s| &**s), variants) {
+                    let idx = self.symbol_index(symbols)?;
+                    visitor.visit_enum(U32Deserializer::<AvroError>::new(idx))
+                } else {
+                    let sym = self.symbol(symbols)?;
+                    visitor.visit_enum(StrDeserializer::<AvroError>::new(sym))
+                }
             }
             Node::String => {
                 let s = self.r.str()?;
@@ -464,7 +578,7 @@ impl<'a, 'de> Deserializer<'de> for De<'a, 'de> {
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct identifier
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier
     }
 }
 
@@ -501,6 +615,40 @@ impl<'a, 'de> de::MapAccess<'de> for RecordAccess<'a, 'de> {
             node: f.node,
             depth: self.depth,
         })
+        .map_err(|e| e.at_field(&f.name))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.fields.len() - self.next)
+    }
+}
+
+/// The fields of a record, in schema order, for a struct whose fields are the same, in the same
+/// order.
+struct RecordSeq<'a, 'de> {
+    r: &'a mut Reader<'de>,
+    s: &'a Compiled,
+    fields: &'a [Field],
+    next: usize,
+    depth: u32,
+}
+
+impl<'a, 'de> de::SeqAccess<'de> for RecordSeq<'a, 'de> {
+    type Error = AvroError;
+
+    #[inline]
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
+        let Some(f) = self.fields.get(self.next) else {
+            return Ok(None);
+        };
+        self.next += 1;
+        seed.deserialize(De {
+            r: self.r,
+            s: self.s,
+            node: f.node,
+            depth: self.depth,
+        })
+        .map(Some)
         .map_err(|e| e.at_field(&f.name))
     }
 
@@ -660,6 +808,95 @@ mod tests {
             write_long(&mut buf, v);
         }
         assert_eq!(buf, [0x00, 0x01, 0x02, 0x7f, 0x80, 0x01]);
+    }
+
+    const SCHEMA: &str = r#"{"type": "record", "name": "R", "fields": [
+        {"name": "a", "type": "string"},
+        {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["X", "Y", "Z"]}},
+        {"name": "o", "type": ["null", "E"]}
+    ]}"#;
+    /// a = "hé", e = Y, o = Z.
+    const DATUM: &[u8] = &[0x06, b'h', 0xC3, 0xA9, 0x02, 0x02, 0x04];
+
+    fn compiled() -> Compiled {
+        Compiled::new(&apache_avro::Schema::parse_str(SCHEMA).unwrap()).unwrap()
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    enum Same {
+        X,
+        Y,
+        Z,
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    enum Reordered {
+        Z,
+        Y,
+        X,
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Mirror {
+        a: String,
+        e: Same,
+        o: Option<Same>,
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Other {
+        o: Option<Reordered>,
+        e: Reordered,
+        #[serde(default)]
+        missing: u8,
+    }
+
+    #[test]
+    fn mirrored_types_and_others_decode_alike() {
+        let c = compiled();
+        for _ in 0..2 {
+            // Twice: the second time the name comparisons are remembered.
+            let m: Mirror = from_slice(&c, DATUM).unwrap();
+            assert_eq!(
+                m,
+                Mirror {
+                    a: "hé".into(),
+                    e: Same::Y,
+                    o: Some(Same::Z)
+                }
+            );
+            let o: Other = from_slice(&c, DATUM).unwrap();
+            assert_eq!(
+                o,
+                Other {
+                    o: Some(Reordered::Z),
+                    e: Reordered::Y,
+                    missing: 0
+                }
+            );
+        }
+        let mut bad = DATUM.to_vec();
+        bad[4] = 0x06;
+        let err = from_slice::<Mirror>(&c, &bad).unwrap_err().to_string();
+        assert!(err.contains("e: enum index 3 out of range"), "{err}");
+        let mut bad = DATUM.to_vec();
+        bad[2] = 0xFF;
+        let err = from_slice::<Mirror>(&c, &bad).unwrap_err().to_string();
+        assert!(err.contains("a: invalid UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn ascii_check_matches_std_at_every_length_and_position() {
+        for len in 0..40 {
+            let ascii = vec![b'a'; len];
+            assert!(is_ascii(&ascii), "{len}");
+            for at in 0..len {
+                let mut s = ascii.clone();
+                s[at] = 0xC3;
+                assert!(!is_ascii(&s), "{len} {at}");
+                assert_eq!(is_ascii(&s), s.is_ascii());
+            }
+        }
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl<'a> Ser<'a> {
             |n| matches!(n, Node::Enum { .. } | Node::String),
             "a symbol",
         )? {
-            Node::Enum { name, symbols } => {
+            Node::Enum { name, symbols, .. } => {
                 // Serde's variant index is the declaration order, which is the schema order.
                 let idx = match variant {
                     Some((i, v)) if symbols.get(i as usize).is_some_and(|s| s.matches(v)) => {
@@ -358,6 +358,7 @@ impl<'a> ser::Serializer for Ser<'a> {
             Node::Record {
                 name: record,
                 fields,
+                ..
             } => Ok(StructSer {
                 out: self.out,
                 s: self.s,

@@ -59,6 +59,53 @@ impl std::fmt::Display for Name {
     }
 }
 
+/// Remembers whether a `&'static [&'static str]` of Rust names (the field list serde passes to
+/// `deserialize_struct`, the variant list it passes to `deserialize_enum`) is exactly the node's
+/// names, in order: then a derived `Deserialize` can be fed fields by position and variants by
+/// index, with no name comparison per value. The answer is kept per list address, like
+/// [`Name::matches`], so it is worked out once per Rust type.
+#[derive(Debug, Default)]
+pub(crate) struct RustNames {
+    same: AtomicUsize,
+    differs: AtomicUsize,
+}
+
+impl RustNames {
+    /// Whether `candidate` lists exactly `names`, in the same order.
+    #[inline]
+    pub fn same<'n>(
+        &self,
+        names: impl ExactSizeIterator<Item = &'n str>,
+        candidate: &'static [&'static str],
+    ) -> bool {
+        let addr = candidate.as_ptr() as usize;
+        // Same address and length as a list already found equal: the same list.
+        if self.same.load(Ordering::Relaxed) == addr && candidate.len() == names.len() {
+            return true;
+        }
+        if self.differs.load(Ordering::Relaxed) == addr {
+            return false;
+        }
+        self.check(names, candidate)
+    }
+
+    #[cold]
+    fn check<'n>(
+        &self,
+        names: impl ExactSizeIterator<Item = &'n str>,
+        candidate: &'static [&'static str],
+    ) -> bool {
+        let addr = candidate.as_ptr() as usize;
+        let same = names.len() == candidate.len() && names.zip(candidate).all(|(a, b)| a == *b);
+        if same {
+            self.same.store(addr, Ordering::Relaxed);
+        } else {
+            self.differs.store(addr, Ordering::Relaxed);
+        }
+        same
+    }
+}
+
 /// One field of a record node.
 #[derive(Debug)]
 pub(crate) struct Field {
@@ -84,10 +131,14 @@ pub(crate) enum Node {
     Record {
         name: Box<str>,
         fields: Box<[Field]>,
+        /// Rust struct field lists found to be `fields`, in order.
+        rust: RustNames,
     },
     Enum {
         name: Box<str>,
         symbols: Box<[Name]>,
+        /// Rust variant lists found to be `symbols`, in order.
+        rust: RustNames,
     },
 }
 
@@ -236,6 +287,7 @@ impl Compiler {
                 self.nodes[id as usize] = Node::Record {
                     name: full.into(),
                     fields: fields.into_boxed_slice(),
+                    rust: RustNames::default(),
                 };
                 id
             }
@@ -244,6 +296,7 @@ impl Compiler {
                 let id = self.push(Node::Enum {
                     name: full.as_str().into(),
                     symbols: e.symbols.iter().map(|s| Name::new(s)).collect(),
+                    rust: RustNames::default(),
                 });
                 self.names.insert(full, id);
                 id

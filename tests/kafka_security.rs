@@ -1,0 +1,426 @@
+//! SASL/SCRAM and TLS against a real, secured broker: a second Kafka started by
+//! `scripts/kafka start --tls` on its own ports and data dir (SASL_PLAINTEXT with SCRAM-SHA-512
+//! on 19092, SASL_SSL on 19095 with a self-signed CA), so the plaintext broker other tests use
+//! is never touched.
+//!
+//! The service runs as a process over SASL_SSL with `kafka.properties`; a gateway produces over
+//! SASL_PLAINTEXT and a read_committed reader sees the verdict. Clients with a wrong password
+//! (on both listeners) and a TLS client that does not trust the CA are refused. The password
+//! appears neither in the service's log nor in what `mtdgate config` prints.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mtdgate::config::Config;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::{json, Value};
+use support::{connector_json, create_topics, Process};
+
+const PORT: u16 = 19092;
+const SSL_PORT: u16 = 19095;
+const DIR: &str = "/tmp/mtdgate-kafka-sasl";
+const USER: &str = "mtdgate";
+/// Distinctive, so that a leak is found by a plain substring search.
+const PASSWORD: &str = "scram-Pw-4f1d9c0b7e";
+const WAIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// The secured broker
+
+fn kafka_script(args: &[&str]) -> std::process::Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    Command::new("bash")
+        .arg(format!("{root}/scripts/kafka"))
+        .args(args)
+        .env("KAFKA_PORT", PORT.to_string())
+        .env("MTDGATE_KAFKA_DIR", DIR)
+        .env("KAFKA_SASL_USER", USER)
+        .env("KAFKA_SASL_PASSWORD", PASSWORD)
+        .output()
+        .expect("run scripts/kafka")
+}
+
+/// Starts the secured broker (idempotent) and stops it when dropped, also on failure.
+struct SecuredBroker;
+
+impl SecuredBroker {
+    fn start() -> SecuredBroker {
+        let t0 = Instant::now();
+        let mut out = kafka_script(&["start", "--tls"]);
+        if !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("run scripts/kafka wipe")
+        {
+            // Formatted earlier with other credentials: it is this test's own data dir.
+            kafka_script(&["wipe"]);
+            out = kafka_script(&["start", "--tls"]);
+        }
+        assert!(
+            out.status.success(),
+            "scripts/kafka start --tls failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "{}secured broker up after {:.1} s",
+            String::from_utf8_lossy(&out.stdout),
+            t0.elapsed().as_secs_f64()
+        );
+        SecuredBroker
+    }
+}
+
+impl Drop for SecuredBroker {
+    fn drop(&mut self) {
+        let out = kafka_script(&["stop"]);
+        eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+fn ca() -> String {
+    format!("{DIR}/tls/ca.pem")
+}
+
+/// librdkafka settings of a client of the secured broker.
+fn sasl_plaintext(password: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("bootstrap.servers", format!("127.0.0.1:{PORT}")),
+        ("security.protocol", "SASL_PLAINTEXT".into()),
+        ("sasl.mechanism", "SCRAM-SHA-512".into()),
+        ("sasl.username", USER.into()),
+        ("sasl.password", password.into()),
+    ]
+}
+
+fn sasl_ssl(password: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("bootstrap.servers", format!("127.0.0.1:{SSL_PORT}")),
+        ("security.protocol", "SASL_SSL".into()),
+        ("sasl.mechanism", "SCRAM-SHA-512".into()),
+        ("sasl.username", USER.into()),
+        ("sasl.password", password.into()),
+        ("ssl.ca.location", ca()),
+    ]
+}
+
+fn client_config(props: &[(&'static str, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in props {
+        c.set(*k, v);
+    }
+    c
+}
+
+/// A configuration with unique topic names, for the secured broker over SASL_SSL.
+fn secured_config(name: &str) -> Config {
+    let suffix = format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+            % 1_000_000_000
+    );
+    let mut c = Config::default();
+    for (k, v) in sasl_ssl(PASSWORD) {
+        if k == "bootstrap.servers" {
+            c.kafka.bootstrap_servers = v;
+        } else {
+            c.kafka.properties.insert(k.to_owned(), v);
+        }
+    }
+    c.kafka.group_id = format!("mtdgate-{suffix}");
+    c.kafka.instance_id = format!("i1-{suffix}");
+    let t = &mut c.topics;
+    for topic in [
+        &mut t.device_threats,
+        &mut t.connector_heartbeats,
+        &mut t.connectors,
+        &mut t.policies,
+        &mut t.device_enrollments,
+        &mut t.app_inventory,
+        &mut t.compliance_changes,
+        &mut t.app_protection_actions,
+        &mut t.connector_status,
+        &mut t.partner_app_inventory,
+        &mut t.rejected,
+        &mut t.device_state,
+    ] {
+        *topic = format!("{topic}.{suffix}");
+    }
+    t.partitions = 2;
+    t.create = true;
+    c.processing.commit_interval_ms = 50;
+    c.http.listen = "127.0.0.1:0".into();
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients that record what librdkafka reports
+
+#[derive(Clone, Default)]
+struct Errors(Arc<Mutex<Vec<String>>>);
+
+impl Errors {
+    fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+impl ClientContext for Errors {
+    fn log(&self, _level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        self.0.lock().unwrap().push(format!("log {fac}: {msg}"));
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("error {error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for Errors {}
+
+/// Connects with `props` and asks for metadata: Ok, or Err with what librdkafka reported
+/// (returns as soon as a connection attempt failed, not after the whole timeout).
+fn try_connect(props: &[(&'static str, String)]) -> Result<(), String> {
+    let errors = Errors::default();
+    let consumer: BaseConsumer<Errors> = client_config(props)
+        .set("group.id", "mtdgate-security-probe")
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create_with_context(errors.clone())
+        .map_err(|e| format!("client creation: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match consumer.fetch_metadata(None, Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                // Serves error events to the context; logs arrive on their own.
+                let _ = consumer.poll(Duration::from_millis(10));
+                let seen = errors.text();
+                if seen.contains("log FAIL") || Instant::now() > deadline {
+                    return Err(format!("{e}\n{seen}"));
+                }
+            }
+        }
+    }
+}
+
+fn produce(producer: &BaseProducer, topic: &str, key: &str, value: &Value) {
+    let payload = serde_json::to_vec(value).unwrap();
+    producer
+        .send(BaseRecord::to(topic).key(key).payload(&payload))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.poll(Duration::ZERO);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn mtdgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mtdgate"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sasl_scram_and_tls_against_a_secured_broker() {
+    let started = Instant::now();
+    let _broker = SecuredBroker::start();
+    let cfg = secured_config("sasl");
+    let t = cfg.topics.clone();
+
+    // ---- credentials are checked, on both listeners; TLS verifies the broker
+    try_connect(&sasl_plaintext(PASSWORD)).expect("SASL_PLAINTEXT with the right password");
+    try_connect(&sasl_ssl(PASSWORD)).expect("SASL_SSL with the right password and the CA");
+    for (listener, props) in [
+        ("SASL_PLAINTEXT", sasl_plaintext("wrong-password")),
+        ("SASL_SSL", sasl_ssl("wrong-password")),
+    ] {
+        let e = try_connect(&props).expect_err(listener);
+        assert!(
+            e.contains("Authentication failed") || e.contains("invalid credentials"),
+            "{listener}, wrong password: not an authentication error:\n{e}"
+        );
+    }
+    let mut untrusted = sasl_ssl(PASSWORD);
+    untrusted.retain(|(k, _)| *k != "ssl.ca.location");
+    // The system's CAs (Debian's bundle), which never signed the broker's certificate.
+    untrusted.push((
+        "ssl.ca.location",
+        "/etc/ssl/certs/ca-certificates.crt".into(),
+    ));
+    let e = try_connect(&untrusted).expect_err("TLS without the CA");
+    assert!(
+        e.to_lowercase().contains("ssl") || e.contains("certificate"),
+        "TLS client without the CA: {e}"
+    );
+    let mut no_sasl = sasl_plaintext(PASSWORD);
+    no_sasl.retain(|(k, _)| k.starts_with("bootstrap"));
+    assert!(
+        try_connect(&no_sasl).is_err(),
+        "a PLAINTEXT client must not get metadata from the SASL listener"
+    );
+
+    let phase = |what: &str| eprintln!("{:5.1} s  {what}", started.elapsed().as_secs_f64());
+    phase("right credentials accepted, wrong ones and an untrusted CA refused");
+
+    // ---- the service over SASL_SSL; inputs and outputs over SASL_PLAINTEXT
+    create_topics(&cfg);
+    let producer: BaseProducer = client_config(&sasl_plaintext(PASSWORD))
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "2")
+        .create()
+        .unwrap();
+    let now = now_ms();
+    produce(
+        &producer,
+        &t.connectors,
+        "acme/lookout",
+        &connector_json(
+            "acme",
+            "lookout",
+            &["provisioned", "setup_complete", "ios_mam_enabled"],
+            now,
+        ),
+    );
+    produce(
+        &producer,
+        &t.policies,
+        "acme/block",
+        &json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now}),
+    );
+    produce(
+        &producer,
+        &t.connector_heartbeats,
+        "acme/lookout",
+        &json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now}),
+    );
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let process = Process::start(&cfg, "sasl");
+    let config_path = process.config_path.clone();
+    let log_path: PathBuf = std::env::temp_dir()
+        .join("mtdgate-tests")
+        .join(format!("sasl-{}.log", std::process::id()));
+    let reader: BaseConsumer = client_config(&sasl_plaintext(PASSWORD))
+        .set("group.id", format!("reader-{}", t.app_protection_actions))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&t.app_protection_actions]).unwrap();
+    produce(
+        &producer,
+        &t.device_threats,
+        "acme/m1",
+        &json!({
+            "event_id": "sasl-1", "tenant_id": "acme", "partner_id": "lookout",
+            "device_id": "m1", "platform": "IOS", "management": "MAM",
+            "health_state": "HIGH", "threats": [], "observed_at": now_ms(),
+        }),
+    );
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let verdict: Value = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no verdict over SASL within {WAIT:?}; service log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        if let Some(m) = reader.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            break serde_json::from_slice(m.payload().unwrap()).unwrap();
+        }
+    };
+    phase("verdict read over SASL");
+    assert_eq!(verdict["action"], "BLOCK", "{verdict}");
+    assert_eq!(verdict["device_id"], "m1");
+    assert!(process.terminate().success(), "clean exit on SIGTERM");
+
+    // ---- the password stays out of the log (which did log the run)
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("topics verified"), "service log:\n{log}");
+    assert!(
+        !log.contains(PASSWORD),
+        "the SASL password is in the service log {}",
+        log_path.display()
+    );
+
+    // ---- a wrong password: the service says so, without printing it
+    let mut wrong = cfg.clone();
+    wrong
+        .kafka
+        .properties
+        .insert("sasl.password".into(), "Wrong-Pw-91ac".into());
+    let wrong_path = std::env::temp_dir()
+        .join("mtdgate-tests")
+        .join(format!("sasl-wrong-{}.toml", std::process::id()));
+    std::fs::write(&wrong_path, toml::to_string(&wrong).unwrap()).unwrap();
+    let (ok, out) = mtdgate(
+        &["topics", "verify", "--config", wrong_path.to_str().unwrap()],
+        &[("RUST_LOG", "trace")],
+    );
+    assert!(!ok, "topics verify with a wrong password succeeded:\n{out}");
+    assert!(
+        !out.contains("Wrong-Pw-91ac"),
+        "the wrong password is printed:\n{out}"
+    );
+
+    phase("service refuses a wrong password");
+
+    // ---- `mtdgate config` does not print the password, from the file or the environment
+    let (ok, printed) = mtdgate(&["config", "--config", config_path.to_str().unwrap()], &[]);
+    assert!(ok, "{printed}");
+    assert!(printed.contains("sasl.username"), "{printed}");
+    let (ok, printed_env) = mtdgate(
+        &["config"],
+        &[(
+            "MTDGATE_KAFKA__PROPERTIES",
+            &format!("{{\"sasl.password\" = \"{PASSWORD}\"}}"),
+        )],
+    );
+    assert!(ok, "{printed_env}");
+    let leaks: Vec<&str> = [("file", &printed), ("environment", &printed_env)]
+        .iter()
+        .filter(|(_, p)| p.contains(PASSWORD))
+        .map(|(from, _)| *from)
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "`mtdgate config` prints the SASL password (given in the {}):\n{printed}",
+        leaks.join(" and the ")
+    );
+    eprintln!(
+        "secured broker test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
