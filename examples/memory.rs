@@ -18,6 +18,10 @@ use mtdgate::engine::devices::Device;
 use mtdgate::engine::{Body, Engine, EngineSettings, Event, Output};
 use mtdgate::model::*;
 
+/// The allocator the `mtdgate` binary uses, so the figure matches it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_700_000_000_000;
 const TENANTS: usize = 1_000;
 const PARTITIONS: i32 = 12;

@@ -135,29 +135,25 @@ impl<'de> Reader<'de> {
 
     #[inline(never)]
     fn long_multi_byte(&mut self) -> Result<i64> {
-        let first = self.byte("long")?;
-        let raw = if first & 0x80 == 0 {
-            first as u64
-        } else {
-            let mut v = (first & 0x7f) as u64;
-            let mut shift = 7u32;
-            loop {
-                let b = self.byte("long")?;
-                if shift == 63 && b > 1 {
-                    return Err(AvroError::malformed(format!(
-                        "varint overflows 64 bits at offset {}",
-                        self.pos - 1
-                    )));
-                }
-                v |= ((b & 0x7f) as u64) << shift;
-                if b & 0x80 == 0 {
-                    break;
-                }
-                shift += 7;
+        let start = self.pos;
+        let mut v = 0u64;
+        for (i, &b) in self.data[start..].iter().take(10).enumerate() {
+            if i == 9 && b > 1 {
+                self.pos = start + 10;
+                return Err(AvroError::malformed(format!(
+                    "varint overflows 64 bits at offset {}",
+                    start + 9
+                )));
             }
-            v
-        };
-        Ok(zigzag(raw))
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                self.pos = start + i + 1;
+                return Ok(zigzag(v));
+            }
+        }
+        // Fewer than ten bytes left, all with the continuation bit.
+        self.pos = self.data.len();
+        Err(self.truncated("long", 1))
     }
 
     #[inline]

@@ -419,7 +419,15 @@ fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        json_error(&path, e.into_inner())
+        let e = e.into_inner();
+        // serde_json reports some type errors (a number where an enum symbol belongs) as syntax
+        // errors: a document that parses as JSON has a bad field, not bad syntax.
+        if e.classify() == serde_json::error::Category::Syntax
+            && serde_json::from_slice::<serde_json::Value>(bytes).is_ok()
+        {
+            return DecodeError::InvalidField(format!("{path}: {e}"));
+        }
+        json_error(&path, e)
     })?;
     de.end().map_err(|e| json_error("", e))?;
     Ok(value)
