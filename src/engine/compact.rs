@@ -350,7 +350,7 @@ mod tests {
                 // Mostly random, sometimes digits only (no letters at all).
                 let r = next() as u8;
                 *b = if round % 5 == 0 {
-                    (r % 10) << 4 | (r / 10) % 10
+                    ((r % 10) << 4) | ((r / 10) % 10)
                 } else {
                     r
                 };
