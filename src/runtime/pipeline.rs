@@ -277,7 +277,7 @@ impl Processor {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(10));
+                    self.producer.poll(Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(anyhow!(e).context(format!("produce to {topic}"))),
             }
@@ -517,6 +517,19 @@ impl Processor {
         Ok(())
     }
 
+    /// Waits until every produced record is acknowledged (or failed).
+    fn await_deliveries(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + TXN_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "outputs not delivered within {TXN_TIMEOUT:?}"
+            );
+            self.producer.poll(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     /// Writes the changelog, then commits outputs, changelog and offsets together.
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
         let mut records: Vec<(i32, String, Option<Vec<u8>>)> = Vec::new();
@@ -540,6 +553,9 @@ impl Processor {
         for ((topic, partition), offset) in &self.offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
+        // Serve delivery reports here in 1 ms steps: rdkafka's own flush (called inside
+        // `commit_transaction`) polls in 100 ms steps and would stall the loop that long.
+        self.await_deliveries()?;
         if self.exactly_once {
             if !self.txn_open && tpl.count() == 0 {
                 return Ok(());
