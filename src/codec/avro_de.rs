@@ -192,9 +192,9 @@ impl<'de> Reader<'de> {
     #[inline(always)]
     fn str(&mut self) -> Result<&'de str> {
         let s = self.sized("string")?;
-        if is_ascii(s) {
+        if s.is_ascii() {
             // SAFETY: ASCII is valid UTF-8. Ids and symbols are nearly always ASCII, and the
-            // ASCII check is several times cheaper than full validation on short strings.
+            // ASCII check is cheaper than full validation.
             return Ok(unsafe { std::str::from_utf8_unchecked(s) });
         }
         self.utf8(s)
@@ -271,22 +271,6 @@ fn bad_symbol(idx: i64, symbols: usize) -> AvroError {
 #[inline(always)]
 fn zigzag(raw: u64) -> i64 {
     ((raw >> 1) as i64) ^ -((raw & 1) as i64)
-}
-
-/// Whether `s` is all ASCII, eight bytes at a time (the last word may overlap the one before).
-/// Cheaper than `<[u8]>::is_ascii` on the short strings of a record.
-#[inline]
-fn is_ascii(s: &[u8]) -> bool {
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let word = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes"));
-    if s.len() < 8 {
-        return s.iter().fold(0u8, |acc, &b| acc | b) < 0x80;
-    }
-    let mut acc = word(&s[s.len() - 8..]);
-    for w in s.chunks_exact(8) {
-        acc |= word(w);
-    }
-    acc & HIGH == 0
 }
 
 /// Deserializer for one value of node `node`.
@@ -879,20 +863,6 @@ mod tests {
         bad[2] = 0xFF;
         let err = from_slice::<Mirror>(&c, &bad).unwrap_err().to_string();
         assert!(err.contains("a: invalid UTF-8"), "{err}");
-    }
-
-    #[test]
-    fn ascii_check_matches_std_at_every_length_and_position() {
-        for len in 0..40 {
-            let ascii = vec![b'a'; len];
-            assert!(is_ascii(&ascii), "{len}");
-            for at in 0..len {
-                let mut s = ascii.clone();
-                s[at] = 0xC3;
-                assert!(!is_ascii(&s), "{len} {at}");
-                assert_eq!(is_ascii(&s), s.is_ascii());
-            }
-        }
     }
 
     #[test]
