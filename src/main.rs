@@ -103,7 +103,7 @@ fn real_main() -> anyhow::Result<()> {
                 let flag = shutdown.clone();
                 ctrlc_like(sig, flag)?;
             }
-            runtime::run(
+            mtdgate::service::run(
                 cfg,
                 Arc::new(SystemClock),
                 shutdown,
