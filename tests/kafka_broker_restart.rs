@@ -13,7 +13,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mtdgate::config::Config;
@@ -22,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
-use support::{connector_json, create_topics, http_get, Process};
+use support::{connector_json, create_topics, free_port, http_get, now_ms, Process, ScriptBroker};
 
 const PORT: u16 = 29092;
 const DIR: &str = "/tmp/mtdgate-kafka-restart";
@@ -33,104 +32,12 @@ fn bootstrap() -> String {
     format!("127.0.0.1:{PORT}")
 }
 
-fn kafka_script(args: &[&str]) -> std::process::Output {
-    let root = env!("CARGO_MANIFEST_DIR");
-    Command::new("bash")
-        .arg(format!("{root}/scripts/kafka"))
-        .args(args)
-        .env("KAFKA_PORT", PORT.to_string())
-        .env("MTDGATE_KAFKA_DIR", DIR)
-        .output()
-        .expect("run scripts/kafka")
-}
-
-fn kafka(args: &[&str]) {
-    let t0 = Instant::now();
-    let out = kafka_script(args);
-    assert!(
-        out.status.success(),
-        "scripts/kafka {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprint!(
-        "[{:.1} s] {}",
-        t0.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-/// This test's own broker: started fresh, stopped and wiped when dropped (also on failure).
-struct OwnBroker;
-
-impl OwnBroker {
-    fn start() -> OwnBroker {
-        // A data dir left by an interrupted run holds nothing this run needs.
-        kafka(&["wipe"]);
-        kafka(&["start"]);
-        OwnBroker
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let out = kafka_script(&["wipe"]);
-        eprint!("{}", String::from_utf8_lossy(&out.stdout));
-    }
-}
-
 /// A configuration with unique topic names on this test's broker.
 fn restart_config(http_port: u16) -> Config {
-    let suffix = format!(
-        "restart-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-            % 1_000_000_000
-    );
-    let mut c = Config::default();
-    c.kafka.bootstrap_servers = bootstrap();
-    c.kafka.group_id = format!("mtdgate-{suffix}");
-    c.kafka.instance_id = format!("i1-{suffix}");
-    let t = &mut c.topics;
-    for topic in [
-        &mut t.device_threats,
-        &mut t.connector_heartbeats,
-        &mut t.connectors,
-        &mut t.policies,
-        &mut t.device_enrollments,
-        &mut t.app_inventory,
-        &mut t.compliance_changes,
-        &mut t.app_protection_actions,
-        &mut t.connector_status,
-        &mut t.partner_app_inventory,
-        &mut t.rejected,
-        &mut t.device_state,
-    ] {
-        *topic = format!("{topic}.{suffix}");
-    }
-    t.partitions = 3;
-    t.create = true;
+    let mut c = support::config_on(&bootstrap(), "restart");
     c.processing.commit_interval_ms = 100;
     c.http.listen = format!("127.0.0.1:{http_port}");
     c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// A vendor gateway: murmur2 partitioning, idempotent (a retry after the outage neither
@@ -249,7 +156,7 @@ fn wait_log(log: &std::path::Path, what: &str, timeout: Duration, done: impl Fn(
 fn broker_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing() {
     let started = Instant::now();
     let phase = |what: &str| eprintln!("{:6.1} s  {what}", started.elapsed().as_secs_f64());
-    let _broker = OwnBroker::start();
+    let broker = ScriptBroker::start(PORT, DIR, Vec::new(), &[]);
     phase("broker up");
     let http_port = free_port();
     let cfg = restart_config(http_port);
@@ -302,12 +209,12 @@ fn broker_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing() {
     // Round 2 is still being processed (or its transaction committed) when the broker goes.
     let log_before = std::fs::read_to_string(&log).unwrap_or_default().len();
     phase("rounds 0-2 sent; stopping the broker");
-    kafka(&["stop"]);
+    broker.run(&["stop"]);
     phase("broker stopped");
     // Produced while the broker is down: waits in the gateway's queue.
     send_round(&gw, &cfg, 3);
     std::thread::sleep(Duration::from_secs(4));
-    kafka(&["start"]);
+    broker.run(&["start"]);
     phase("broker started again");
     for round in 4..ROUNDS {
         send_round(&gw, &cfg, round);

@@ -23,7 +23,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
-use support::{connector_json, create_topics, Process};
+use support::{connector_json, create_topics, now_ms, Process, ScriptBroker};
 
 const PORT: u16 = 19092;
 const SSL_PORT: u16 = 19095;
@@ -36,53 +36,17 @@ const WAIT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------------
 // The secured broker
 
-fn kafka_script(args: &[&str]) -> std::process::Output {
-    let root = env!("CARGO_MANIFEST_DIR");
-    Command::new("bash")
-        .arg(format!("{root}/scripts/kafka"))
-        .args(args)
-        .env("KAFKA_PORT", PORT.to_string())
-        .env("MTDGATE_KAFKA_DIR", DIR)
-        .env("KAFKA_SASL_USER", USER)
-        .env("KAFKA_SASL_PASSWORD", PASSWORD)
-        .output()
-        .expect("run scripts/kafka")
-}
-
-/// Starts the secured broker (idempotent) and stops it when dropped, also on failure.
-struct SecuredBroker;
-
-impl SecuredBroker {
-    fn start() -> SecuredBroker {
-        let t0 = Instant::now();
-        let mut out = kafka_script(&["start", "--tls"]);
-        if !out.status.success()
-            && String::from_utf8_lossy(&out.stderr).contains("run scripts/kafka wipe")
-        {
-            // Formatted earlier with other credentials: it is this test's own data dir.
-            kafka_script(&["wipe"]);
-            out = kafka_script(&["start", "--tls"]);
-        }
-        assert!(
-            out.status.success(),
-            "scripts/kafka start --tls failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!(
-            "{}secured broker up after {:.1} s",
-            String::from_utf8_lossy(&out.stdout),
-            t0.elapsed().as_secs_f64()
-        );
-        SecuredBroker
-    }
-}
-
-impl Drop for SecuredBroker {
-    fn drop(&mut self) {
-        let out = kafka_script(&["stop"]);
-        eprint!("{}", String::from_utf8_lossy(&out.stdout));
-    }
+/// The secured broker (SASL_PLAINTEXT and, with `--tls`, SASL_SSL), fresh for this test.
+fn secured_broker() -> ScriptBroker {
+    ScriptBroker::start(
+        PORT,
+        DIR,
+        vec![
+            ("KAFKA_SASL_USER", USER.to_owned()),
+            ("KAFKA_SASL_PASSWORD", PASSWORD.to_owned()),
+        ],
+        &["--tls"],
+    )
 }
 
 fn ca() -> String {
@@ -121,45 +85,13 @@ fn client_config(props: &[(&'static str, String)]) -> ClientConfig {
 
 /// A configuration with unique topic names, for the secured broker over SASL_SSL.
 fn secured_config(name: &str) -> Config {
-    let suffix = format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-            % 1_000_000_000
-    );
-    let mut c = Config::default();
+    let mut c = support::config_on(&format!("127.0.0.1:{SSL_PORT}"), name);
     for (k, v) in sasl_ssl(PASSWORD) {
-        if k == "bootstrap.servers" {
-            c.kafka.bootstrap_servers = v;
-        } else {
+        if k != "bootstrap.servers" {
             c.kafka.properties.insert(k.to_owned(), v);
         }
     }
-    c.kafka.group_id = format!("mtdgate-{suffix}");
-    c.kafka.instance_id = format!("i1-{suffix}");
-    let t = &mut c.topics;
-    for topic in [
-        &mut t.device_threats,
-        &mut t.connector_heartbeats,
-        &mut t.connectors,
-        &mut t.policies,
-        &mut t.device_enrollments,
-        &mut t.app_inventory,
-        &mut t.compliance_changes,
-        &mut t.app_protection_actions,
-        &mut t.connector_status,
-        &mut t.partner_app_inventory,
-        &mut t.rejected,
-        &mut t.device_state,
-    ] {
-        *topic = format!("{topic}.{suffix}");
-    }
-    t.partitions = 2;
-    t.create = true;
-    c.processing.commit_interval_ms = 50;
+    c.topics.partitions = 2;
     c.http.listen = "127.0.0.1:0".into();
     c
 }
@@ -224,13 +156,6 @@ fn produce(producer: &BaseProducer, topic: &str, key: &str, value: &Value) {
     producer.poll(Duration::ZERO);
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn mtdgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mtdgate"));
     cmd.args(args);
@@ -253,7 +178,7 @@ fn mtdgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 #[test]
 fn sasl_scram_and_tls_against_a_secured_broker() {
     let started = Instant::now();
-    let _broker = SecuredBroker::start();
+    let _broker = secured_broker();
     let cfg = secured_config("sasl");
     let t = cfg.topics.clone();
 

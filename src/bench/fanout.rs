@@ -178,6 +178,8 @@ fn baseline(env: &BenchEnv, n: usize, output: &[u8], state: &[u8]) -> anyhow::Re
     let reader = env.reader(&out_topic, env.partitions)?;
     warm(&reader, Duration::from_secs(1));
     let t0 = Instant::now();
+    // The reader polls from the start, in its own thread, as it does for mtdgate.
+    let reading = std::thread::spawn(move || read_n(&reader, n, Duration::from_secs(600), |_| {}));
     producer.begin_transaction()?;
     for i in 0..n {
         let key = format!("{TENANT}/{}", super::state::uuid(7 * i as u64 + 3));
@@ -195,8 +197,11 @@ fn baseline(env: &BenchEnv, n: usize, output: &[u8], state: &[u8]) -> anyhow::Re
                 .partition(partition_for(key.as_bytes(), env.partitions)),
         )?;
     }
+    super::pipe::drain(&producer, Duration::from_secs(120))?;
     producer.commit_transaction(Duration::from_secs(120))?;
-    let (first, last) = read_n(&reader, n, Duration::from_secs(600), |_| {})?;
+    let (first, last) = reading
+        .join()
+        .map_err(|_| anyhow::anyhow!("baseline reader panicked"))??;
     Ok(((first - t0).as_secs_f64(), (last - t0).as_secs_f64()))
 }
 

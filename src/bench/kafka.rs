@@ -28,6 +28,8 @@ pub struct BenchEnv {
     pub partitions: i32,
     pub encoding: OutputEncoding,
     pub run_id: String,
+    /// Extra librdkafka consumer settings for mtdgate's and the pipes' consumers.
+    pub consumer_properties: Vec<(String, String)>,
     topics: Mutex<BTreeSet<String>>,
 }
 
@@ -55,6 +57,7 @@ impl BenchEnv {
             partitions,
             encoding,
             run_id,
+            consumer_properties: Vec::new(),
             topics: Mutex::new(BTreeSet::new()),
         };
         // Fail early and clearly when the broker is not there.
@@ -107,6 +110,9 @@ impl BenchEnv {
         t.create = true;
         c.processing.exactly_once = exactly_once;
         c.processing.output_encoding = self.encoding;
+        for (k, v) in &self.consumer_properties {
+            c.kafka.consumer.insert(k.clone(), v.clone());
+        }
         c
     }
 
@@ -226,6 +232,12 @@ impl BenchEnv {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", "10")
+            // librdkafka postpones a partition's fetches by 1 s once its local queue holds
+            // queued.min.messages (100,000): a reader that is briefly busy would then measure
+            // its own pauses.
+            .set("queued.min.messages", "10000000")
+            .set("queued.max.messages.kbytes", "2097151")
+            .set("fetch.queue.backoff.ms", "10")
             .create()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {

@@ -195,70 +195,42 @@ fn produce_tables(env: &BenchEnv, cfg: &crate::config::Config) -> anyhow::Result
     flush(&producer)
 }
 
-/// Measures the transactional pipe and then mtdgate (exactly-once) at `rate` reports/s.
-pub fn run(
+/// The pipe's and then mtdgate's latency at one rate.
+fn at_rate(
     env: &BenchEnv,
     sizes: &Sizes,
     rate: f64,
-    from_max: bool,
-    report: &mut Report,
-) -> anyhow::Result<()> {
+    label: &str,
+) -> anyhow::Result<(Measured, Measured)> {
     let secs = sizes.latency_seconds;
     let p = env.partitions;
-    println!(
-        "  rate {} reports/s{} for {secs:.0} s over {} MAM devices; every report publishes one \
-         action",
-        group(rate as u64),
-        if from_max {
-            " (half of mtdgate's exactly-once maximum above)"
-        } else {
-            ""
-        },
-        group(sizes.latency_devices as u64)
+    // Baseline: the transactional pipe, same commit interval, same reader.
+    let pipe_in = env.topic(&format!("{label}-pipe.in"));
+    let pipe_out = env.topic(&format!("{label}-pipe.out"));
+    env.create_topic(&pipe_in, p, false)?;
+    env.create_topic(&pipe_out, p, false)?;
+    let mut pipe = PipeThread::start(PipeOptions {
+        config: env.config(&format!("{label}-pipe"), true),
+        input: pipe_in.clone(),
+        output: pipe_out.clone(),
+        drain: true,
+    });
+    pipe.wait_assigned(Duration::from_secs(60))?;
+    let reader = env.reader(&pipe_out, p)?;
+    warm(&reader, Duration::from_secs(1));
+    let base = measure(
+        env,
+        &pipe_in,
+        reader,
+        Output::Report,
+        rate,
+        secs,
+        sizes.latency_devices,
     );
+    pipe.stop()?;
+    let base = base?;
 
-    // Baselines: the transactional pipe, same commit interval, same reader; with delivery
-    // reports drained before the commit, and with exactly mtdgate's commit calls.
-    let mut pipes = Vec::new();
-    for (label, drain) in [("lat-pipe", true), ("lat-pipe-flush-in-commit", false)] {
-        let pipe_in = env.topic(&format!("{label}.in"));
-        let pipe_out = env.topic(&format!("{label}.out"));
-        env.create_topic(&pipe_in, p, false)?;
-        env.create_topic(&pipe_out, p, false)?;
-        let mut pipe = PipeThread::start(PipeOptions {
-            config: env.config(label, true),
-            input: pipe_in.clone(),
-            output: pipe_out.clone(),
-            drain,
-        });
-        pipe.wait_assigned(Duration::from_secs(60))?;
-        let reader = env.reader(&pipe_out, p)?;
-        warm(&reader, Duration::from_secs(1));
-        let base = measure(
-            env,
-            &pipe_in,
-            reader,
-            Output::Report,
-            rate,
-            secs,
-            sizes.latency_devices,
-        );
-        pipe.stop()?;
-        let base = base?;
-        println!(
-            "    {label}: {} records at {} /s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            group(base.ms.len() as u64),
-            group(base.rate as u64),
-            base.pct(0.5),
-            base.pct(0.99),
-            base.pct(1.0)
-        );
-        pipes.push(base);
-    }
-    let flushing = pipes.pop().expect("two pipes");
-    let base = pipes.pop().expect("two pipes");
-
-    let cfg = env.config("lat-mtd", true);
+    let cfg = env.config(&format!("{label}-mtd"), true);
     env.create_all(&cfg)?;
     produce_tables(env, &cfg)?;
     let mut svc = Instance::start(&cfg, Arc::new(SystemClock));
@@ -276,14 +248,42 @@ pub fn run(
     );
     svc.stop()?;
     let got = got?;
+    for (who, m) in [("pipe", &base), ("mtdgate", &got)] {
+        println!(
+            "    {who} @ {} /s: {} outputs at {} /s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            group(rate as u64),
+            group(m.ms.len() as u64),
+            group(m.rate as u64),
+            m.pct(0.5),
+            m.pct(0.99),
+            m.pct(1.0)
+        );
+    }
+    Ok((base, got))
+}
+
+/// Measures the transactional pipe and then mtdgate (exactly-once) at `rate` reports/s (the
+/// figure the bar judges), then both again at half that rate, to tell saturation from a floor.
+pub fn run(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    rate: f64,
+    from_max: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     println!(
-        "    mtdgate: {} actions at {} /s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        group(got.ms.len() as u64),
-        group(got.rate as u64),
-        got.pct(0.5),
-        got.pct(0.99),
-        got.pct(1.0)
+        "  rate {} reports/s{} for {:.0} s over {} MAM devices; every report publishes one \
+         action (the throughput mix publishes about one output per seven reports)",
+        group(rate as u64),
+        if from_max {
+            " (half of mtdgate's exactly-once maximum above)"
+        } else {
+            ""
+        },
+        sizes.latency_seconds,
+        group(sizes.latency_devices as u64)
     );
+    let (base, got) = at_rate(env, sizes, rate, "lat")?;
     let r = group(rate as u64);
     report.push(
         Figure::new(format!("latency p50 @ {r}/s"), got.pct(0.5), Unit::Millis)
@@ -298,13 +298,16 @@ pub fn run(
         Figure::new(format!("latency max @ {r}/s"), got.pct(1.0), Unit::Millis)
             .baseline(base.pct(1.0)),
     );
+    let half = rate / 2.0;
+    let (base, got) = at_rate(env, sizes, half, "lat-half")?;
+    let h = group(half as u64);
     report.push(
-        Figure::new(
-            format!("latency p99 @ {r}/s, vs pipe flushing in commit"),
-            got.pct(0.99),
-            Unit::Millis,
-        )
-        .baseline(flushing.pct(0.99)),
+        Figure::new(format!("latency p50 @ {h}/s"), got.pct(0.5), Unit::Millis)
+            .baseline(base.pct(0.5)),
+    );
+    report.push(
+        Figure::new(format!("latency p99 @ {h}/s"), got.pct(0.99), Unit::Millis)
+            .baseline(base.pct(0.99)),
     );
     Ok(())
 }

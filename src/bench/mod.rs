@@ -96,7 +96,7 @@ pub struct BenchArgs {
     /// Small sizes everywhere: a smoke test of the benchmark itself, not a measurement.
     #[arg(long)]
     pub quick: bool,
-    /// Throughput runs per configuration; the best of each is kept (noise only slows a run).
+    /// Throughput runs per configuration, interleaved; the table shows the median pair.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
     /// Device states written to the changelog for the restore part.
@@ -117,6 +117,10 @@ pub struct BenchArgs {
     /// Encoding of mtdgate's outputs.
     #[arg(long, value_enum, default_value_t = BenchEncoding::Avro)]
     pub output_encoding: BenchEncoding,
+    /// Extra librdkafka consumer setting for mtdgate's, the pipes' and the restore consumers
+    /// (repeatable), e.g. `--consumer-property fetch.queue.backoff.ms=10`: for experiments.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub consumer_property: Vec<String>,
     /// Keep the benchmark's topics (they are deleted at the end otherwise).
     #[arg(long)]
     pub keep_topics: bool,
@@ -343,7 +347,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let sizes = args.sizes();
     // The service's metrics recorder, as in production: its cost is part of the hot path.
     crate::service::prometheus();
-    let env = kafka::BenchEnv::new(&args.bootstrap_servers, args.partitions, args.encoding())?;
+    let mut env = kafka::BenchEnv::new(&args.bootstrap_servers, args.partitions, args.encoding())?;
+    for p in &args.consumer_property {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--consumer-property {p:?}: expected KEY=VALUE"))?;
+        env.consumer_properties.push((k.to_owned(), v.to_owned()));
+    }
+    if !env.consumer_properties.is_empty() {
+        println!("consumer properties: {:?}", env.consumer_properties);
+    }
     println!(
         "mtdgate bench: run {} on {}, {} partitions, outputs {}{}",
         env.run_id,

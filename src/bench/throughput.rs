@@ -220,13 +220,25 @@ fn run_mtdgate(env: &BenchEnv, input: &Input, label: &str, eos: bool) -> anyhow:
     })
 }
 
-/// Runs the pipes and mtdgate, `repeat` times each (interleaved, so drift in the machine's
-/// load hits every configuration alike); returns mtdgate's best exactly-once rate.
+/// The repetition whose `num / den` ratio is the median (the lower middle for an even count).
+fn median_pair(num: &[f64], den: &[f64]) -> usize {
+    let mut idx: Vec<usize> = (0..num.len()).collect();
+    idx.sort_by(|&a, &b| (num[a] / den[a]).total_cmp(&(num[b] / den[b])));
+    idx[(idx.len() - 1) / 2]
+}
+
+/// Runs the pipes and mtdgate, `repeat` times each, interleaved; returns mtdgate's best
+/// exactly-once rate (the estimate of its maximum, for the latency part).
+///
+/// Each repetition runs every configuration back to back, so a pipe run and the mtdgate run
+/// next to it see about the same load. The table reports the **median pair**: of the
+/// repetitions, the one whose mtdgate / pipe ratio is the median, with both of its rates. (A
+/// best-of-N per configuration was tried first: one lucky quiet pipe run then decides the ratio
+/// alone.) Every run is printed as it finishes.
 ///
 /// The pipe that judges the bar serves its delivery reports before committing (see
-/// [`PipeOptions::drain`]): that is how a plain pipe reaches its throughput with this client.
-/// The pipe making exactly mtdgate's commit calls (`commit_transaction` with its built-in
-/// flush) is measured too, to separate the cost of those calls from mtdgate's own work.
+/// [`PipeOptions::drain`]); the pipe leaving that to `commit_transaction`'s built-in flush is
+/// measured too, to show what that call costs.
 pub fn run(
     env: &BenchEnv,
     sizes: &Sizes,
@@ -248,7 +260,7 @@ pub fn run(
         ("pipe, at-least-once", "pipe-alo", false, false, true),
         ("mtdgate, at-least-once", "mtd-alo", true, false, false),
     ];
-    let mut best = [0.0f64; 5];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     for r in 0..repeat {
         for (k, (name, label, mtd, eos, drain)) in configs.iter().enumerate() {
             let label = format!("{label}-{r}");
@@ -266,26 +278,43 @@ pub fn run(
                 run.cpu_us_per_record,
                 super::load_average()
             );
-            best[k] = best[k].max(run.rate);
+            rates[k].push(run.rate);
         }
+        println!(
+            "    run {}: ratios: exactly-once {:.2}, at-least-once {:.2}",
+            r + 1,
+            rates[1][r] / rates[0][r],
+            rates[4][r] / rates[3][r]
+        );
     }
     let unit = Unit::PerSecond("records");
-    report.push(Figure::new(configs[0].0, best[0], unit));
+    let eos = median_pair(&rates[1], &rates[0]);
+    let flush = median_pair(&rates[1], &rates[2]);
+    let alo = median_pair(&rates[4], &rates[3]);
+    if repeat > 1 {
+        println!(
+            "  median pairs: exactly-once run {}, vs flushing pipe run {}, at-least-once run {}",
+            eos + 1,
+            flush + 1,
+            alo + 1
+        );
+    }
+    report.push(Figure::new(configs[0].0, rates[0][eos], unit));
     report.push(
-        Figure::new(configs[1].0, best[1], unit)
-            .baseline(best[0])
+        Figure::new(configs[1].0, rates[1][eos], unit)
+            .baseline(rates[0][eos])
             .bar(Bar::RatioAtLeast(0.8)),
     );
-    report.push(Figure::new(configs[2].0, best[2], unit));
+    report.push(Figure::new(configs[2].0, rates[2][flush], unit));
     report.push(
         Figure::new(
             "mtdgate, exactly-once, vs pipe flushing in commit",
-            best[1],
+            rates[1][flush],
             unit,
         )
-        .baseline(best[2]),
+        .baseline(rates[2][flush]),
     );
-    report.push(Figure::new(configs[3].0, best[3], unit));
-    report.push(Figure::new(configs[4].0, best[4], unit).baseline(best[3]));
-    Ok(best[1])
+    report.push(Figure::new(configs[3].0, rates[3][alo], unit));
+    report.push(Figure::new(configs[4].0, rates[4][alo], unit).baseline(rates[3][alo]));
+    Ok(rates[1].iter().copied().fold(0.0, f64::max))
 }

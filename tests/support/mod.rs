@@ -40,6 +40,13 @@ pub fn broker() -> &'static str {
 
 /// A configuration with topic names unique to one test, so tests never see each other.
 pub fn test_config(name: &str) -> Config {
+    config_on(broker(), name)
+}
+
+/// A configuration for the broker at `bootstrap`, with group, instance and topic names unique
+/// to one test (`name`, process id and time as suffix), 3 partitions, topics created at start
+/// and a 50 ms commit interval.
+pub fn config_on(bootstrap: &str, name: &str) -> Config {
     let suffix = format!(
         "{name}-{}-{}",
         std::process::id(),
@@ -50,7 +57,7 @@ pub fn test_config(name: &str) -> Config {
             % 1_000_000_000
     );
     let mut c = Config::default();
-    c.kafka.bootstrap_servers = broker().to_owned();
+    c.kafka.bootstrap_servers = bootstrap.to_owned();
     c.kafka.group_id = format!("mtdgate-{suffix}");
     c.kafka.instance_id = format!("i1-{suffix}");
     let t = &mut c.topics;
@@ -76,6 +83,83 @@ pub fn test_config(name: &str) -> Config {
     t.create = true;
     c.processing.commit_interval_ms = 50;
     c
+}
+
+/// A broker of its own for one test (`scripts/kafka` with another port and data dir), for
+/// tests that stop it or secure it without disturbing the shared broker. Started on a fresh
+/// data dir; stopped and wiped when dropped, also when the test fails.
+pub struct ScriptBroker {
+    pub port: u16,
+    pub dir: &'static str,
+    env: Vec<(&'static str, String)>,
+}
+
+impl ScriptBroker {
+    /// Wipes `dir`, then runs `scripts/kafka start START_ARGS` on `port` with `env` added.
+    pub fn start(
+        port: u16,
+        dir: &'static str,
+        env: Vec<(&'static str, String)>,
+        start_args: &[&str],
+    ) -> ScriptBroker {
+        let broker = ScriptBroker { port, dir, env };
+        // A data dir left by an interrupted run holds nothing this run needs.
+        broker.run(&["wipe"]);
+        let mut args = vec!["start"];
+        args.extend_from_slice(start_args);
+        broker.run(&args);
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `scripts/kafka ARGS` for this broker.
+    pub fn script(&self, args: &[&str]) -> std::process::Output {
+        let root = env!("CARGO_MANIFEST_DIR");
+        Command::new("bash")
+            .arg(format!("{root}/scripts/kafka"))
+            .args(args)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("MTDGATE_KAFKA_DIR", self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run scripts/kafka")
+    }
+
+    /// Runs `scripts/kafka ARGS` and asserts it succeeded.
+    pub fn run(&self, args: &[&str]) {
+        let t0 = Instant::now();
+        let out = self.script(args);
+        assert!(
+            out.status.success(),
+            "scripts/kafka {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprint!(
+            "[{:.1} s] {}",
+            t0.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+impl Drop for ScriptBroker {
+    fn drop(&mut self) {
+        let out = self.script(&["wipe"]);
+        eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Creates the configuration's topics.
