@@ -11,7 +11,7 @@
 # Environment:
 #   SKIP_FUZZ=1        skip (prints why)
 #   FUZZ_SECONDS       per target, default 20 (libFuzzer -max_total_time)
-#   FUZZ_TARGET_DIR    build dir, default $MTDGATE_CACHE/fuzz-target (~/.cache/mtdgate): kept
+#   FUZZ_TARGET_DIR    build dir, default ${XDG_CACHE_HOME:-~/.cache}/mtdgate/fuzz-target: kept
 #                      outside the work tree so a fresh clone on the same machine reuses it
 #
 # Installs what it needs, idempotently: the nightly toolchain (if rustup can) and cargo-fuzz
@@ -30,7 +30,7 @@ if [ "${SKIP_FUZZ:-}" = 1 ]; then
 fi
 
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-20}
-CACHE=${MTDGATE_CACHE:-$HOME/.cache/mtdgate}
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/mtdgate
 TARGET_DIR=${FUZZ_TARGET_DIR:-$CACHE/fuzz-target}
 ALL_TARGETS="decode config catalogue engine"
 TARGETS=${*:-$ALL_TARGETS}

@@ -1,5 +1,8 @@
 //! Configuration: a TOML file, then environment overrides (`MTDGATE_SECTION__KEY=value`, e.g.
 //! `MTDGATE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`), with defaults that work against a local broker.
+//! The `MTDGATE_` namespace belongs to the configuration alone: a variable in it that names no
+//! configuration key is an error, so a mistyped override never goes unnoticed (the project's
+//! scripts use `KAFKA_*` and `XDG_CACHE_HOME`).
 
 use std::collections::BTreeMap;
 use std::path::Path;

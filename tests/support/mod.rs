@@ -122,7 +122,7 @@ impl ScriptBroker {
             .arg(format!("{root}/scripts/kafka"))
             .args(args)
             .env("KAFKA_PORT", self.port.to_string())
-            .env("MTDGATE_KAFKA_DIR", self.dir)
+            .env("KAFKA_DATA_DIR", self.dir)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run scripts/kafka")
