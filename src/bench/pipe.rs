@@ -40,31 +40,10 @@ pub struct PipeOptions {
     pub drain: bool,
 }
 
-/// Serves delivery reports until nothing is in flight, sleeping 200 us between zero-timeout
-/// polls. Not `poll(Duration::from_millis(1))`: rust-rdkafka turns the sub-millisecond rest of
-/// a deadline into a 0 ms librdkafka timeout and loops until the deadline, so that call spins
-/// for its whole millisecond (it cost the pipe ~1.5 CPU-us per record).
+/// Serves delivery reports until nothing is in flight: the service's own
+/// [`await_deliveries`](crate::runtime::kafka::await_deliveries).
 pub fn drain(producer: &BaseProducer, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        // One zero-timeout poll serves one event: repeat at once while that helps.
-        let before = producer.in_flight_count();
-        producer.poll(Duration::ZERO);
-        let left = producer.in_flight_count();
-        if left == 0 {
-            return Ok(());
-        }
-        if left < before {
-            continue;
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "{} records not delivered within {timeout:?}",
-                producer.in_flight_count()
-            );
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    crate::runtime::kafka::await_deliveries(producer, timeout)
 }
 
 /// Records the moment partitions were first assigned.

@@ -1,25 +1,19 @@
-//! Device states/s restored from the changelog by `runtime::restore::restore_partition`, against
-//! reading the same partitions the same way (one consumer per partition, same fetch settings)
-//! without decoding or applying.
+//! Device states/s restored from the changelog by `runtime::restore::restore_partitions`,
+//! against reading the same partitions the same way (`read_to_end`: one consumer for all
+//! partitions, same fetch settings) without decoding or applying.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::catalogue::Catalogue;
 use crate::codec::{self, OutputEncoding};
-use crate::config::Config;
 use crate::engine::{Engine, EngineSettings};
 use crate::runtime::clock::{Clock, SystemClock};
-use crate::runtime::kafka::{consumer_config, EofAware};
 use crate::runtime::partitioner::partition_for;
-use crate::runtime::restore::restore_partition;
+use crate::runtime::restore::{read_to_end, restore_partitions};
 use crate::simulate::group;
 
 use super::kafka::{flush, send, BenchEnv};
@@ -59,43 +53,6 @@ pub fn write_changelog(
     Ok(bytes / n.max(1))
 }
 
-/// Reads one partition to its end as `restore_partition` does, but only counts.
-fn raw_read(cfg: &Config, topic: &str, partition: i32) -> anyhow::Result<usize> {
-    let mut c = consumer_config(cfg);
-    c.set("group.id", format!("{}-raw", cfg.kafka.group_id))
-        .set("enable.partition.eof", "true")
-        .set("fetch.max.bytes", "104857600")
-        .set("max.partition.fetch.bytes", "52428800");
-    let consumer: BaseConsumer<EofAware> = c.create_with_context(EofAware)?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-    if high <= low {
-        return Ok(0);
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
-    let mut n = 0;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if Instant::now() > deadline {
-            anyhow::bail!("reading {topic}[{partition}] did not finish within 600 s");
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                n += 1;
-                std::hint::black_box((m.key(), m.payload()));
-                if m.offset() + 1 >= high {
-                    break;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e).context("raw read"),
-            None => {}
-        }
-    }
-    Ok(n)
-}
-
 pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     let n = sizes.restore_devices;
     let mut cfg = env.config("restore", true);
@@ -113,11 +70,14 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
     );
 
     // Baseline first, so both read from the broker's page cache.
+    let all: Vec<i32> = (0..env.partitions).collect();
     let t = Instant::now();
-    let mut read = 0;
-    for p in 0..env.partitions {
-        read += raw_read(&cfg, &cfg.topics.device_state, p)?;
-    }
+    let read: usize = read_to_end(&cfg, &cfg.topics.device_state, &all, "raw", |m| {
+        std::hint::black_box((m.key(), m.payload()));
+        Ok(())
+    })?
+    .values()
+    .sum();
     let raw_secs = t.elapsed().as_secs_f64();
     anyhow::ensure!(read == n, "raw read found {read} of {n} records");
 
@@ -126,10 +86,7 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
         EngineSettings::default(),
     );
     let t = Instant::now();
-    let mut restored = 0;
-    for p in 0..env.partitions {
-        restored += restore_partition(&cfg, &mut engine, p)?;
-    }
+    let restored: usize = restore_partitions(&cfg, &mut engine, &all)?.values().sum();
     let secs = t.elapsed().as_secs_f64();
     anyhow::ensure!(
         restored == n && engine.device_count() == n,

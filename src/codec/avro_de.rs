@@ -46,6 +46,27 @@ pub(crate) fn from_slice<'de, T: de::Deserialize<'de>>(
     Ok(value)
 }
 
+/// Decodes one datum of `schema` from `data` into `place`, reusing its allocations (strings
+/// and vectors keep their buffers); bytes left over are an error. On error `place` holds a
+/// partly overwritten value that must not be used.
+pub(crate) fn from_slice_in_place<'de, T: de::Deserialize<'de>>(
+    schema: &Compiled,
+    data: &'de [u8],
+    place: &mut T,
+) -> Result<()> {
+    let mut reader = Reader { data, pos: 0 };
+    T::deserialize_in_place(
+        De {
+            r: &mut reader,
+            s: schema,
+            node: schema.root,
+            depth: 0,
+        },
+        place,
+    )?;
+    reader.finish()
+}
+
 /// Checks that `data` is exactly one well-formed datum of `schema`, without building anything.
 pub(crate) fn validate(schema: &Compiled, data: &[u8]) -> Result<()> {
     let mut reader = Reader { data, pos: 0 };

@@ -294,6 +294,34 @@ impl Decoder {
         }
     }
 
+    /// [`decode`](Self::decode) into `place`, reusing its strings' and vectors' buffers when
+    /// the input is Avro of the embedded schema (the hot path: a processor decodes every
+    /// report into one scratch value). Other encodings and older writer schemas decode anew
+    /// and replace `place`. On error `place` holds an unspecified value of `T`.
+    pub fn decode_into<T: AvroRecord + DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        place: &mut T,
+    ) -> Result<(), DecodeError> {
+        let encoding = Encoding::detect(bytes)?;
+        let payload = &bytes[encoding.header_len()..];
+        let set = schema_set();
+        let embedded = match encoding {
+            Encoding::SingleObject { fingerprint } => set.by_fingerprint(fingerprint),
+            Encoding::Confluent { schema_id } if self.resolver.is_none() => set.by_id(schema_id),
+            _ => None,
+        };
+        match embedded {
+            Some(entry) if std::ptr::eq(entry, T::schema_entry()) => Ok(
+                avro_de::from_slice_in_place(&entry.compiled, payload, place)?,
+            ),
+            _ => {
+                *place = self.decode(bytes)?;
+                Ok(())
+            }
+        }
+    }
+
     fn writer_by_id(&self, id: u32) -> Result<Option<Arc<WriterSchema>>, DecodeError> {
         let Some(resolver) = &self.resolver else {
             return Ok(None);
@@ -342,8 +370,21 @@ fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// Decodes `bytes` (Confluent, Avro single-object or JSON) as a `T`, with the embedded schemas
 /// and the Confluent ids of `schemas/ids.toml`.
 pub fn decode<T: AvroRecord + DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    embedded_decoder().decode(bytes)
+}
+
+/// The decoder of the embedded schemas, built once.
+fn embedded_decoder() -> &'static Decoder {
     static DECODER: OnceLock<Decoder> = OnceLock::new();
-    DECODER.get_or_init(Decoder::new).decode(bytes)
+    DECODER.get_or_init(Decoder::new)
+}
+
+/// [`Decoder::decode_into`] with the embedded schemas only.
+pub fn decode_into<T: AvroRecord + DeserializeOwned>(
+    bytes: &[u8],
+    place: &mut T,
+) -> Result<(), DecodeError> {
+    embedded_decoder().decode_into(bytes, place)
 }
 
 fn expected_full_name<T: AvroRecord>() -> String {

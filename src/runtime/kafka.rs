@@ -2,13 +2,14 @@
 //! start-up checks (broker reachable, topics present, device topics co-partitioned).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::catalogue::Catalogue;
@@ -230,3 +231,31 @@ impl rdkafka::ClientContext for EofAware {
 }
 
 impl rdkafka::consumer::ConsumerContext for EofAware {}
+
+/// Serves delivery reports until nothing is in flight, sleeping 200 us between zero-timeout
+/// polls; fails after `timeout`. Not `poll(Duration::from_millis(1))`: rust-rdkafka turns the
+/// sub-millisecond rest of a deadline into a 0 ms librdkafka timeout and loops until the
+/// deadline, so that call spins for its whole millisecond, taking a core from the broker.
+pub fn await_deliveries<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // One zero-timeout poll serves one event: repeat at once while that helps.
+        let before = producer.in_flight_count();
+        producer.poll(Duration::ZERO);
+        let left = producer.in_flight_count();
+        if left == 0 {
+            return Ok(());
+        }
+        if left < before {
+            continue;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{left} records not delivered within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}

@@ -26,11 +26,15 @@ use crate::model::*;
 use super::clock::Clock;
 use super::kafka::{consumer_config, producer_config};
 use super::partitioner::partition_for;
-use super::restore::restore_partition;
+use super::restore::restore_partitions;
 use super::tables::TableReader;
 use super::Status;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most records taken from the consumer per loop iteration (one lock, one clock reading, one
+/// table poll and one commit check per iteration).
+const POLL_BATCH: usize = 256;
 
 /// Counts delivery failures so a batch with a lost record is never committed.
 #[derive(Default)]
@@ -74,8 +78,8 @@ pub struct Processor {
     pub engine: Engine,
     producer: BaseProducer<DeliveryCounter>,
     exactly_once: bool,
-    /// Next offset to commit per (topic, partition).
-    offsets: HashMap<(String, i32), i64>,
+    /// Next offset to commit per topic and partition.
+    offsets: HashMap<String, HashMap<i32, i64>>,
     /// Device partitions owned now.
     owned: HashSet<i32>,
     device_partitions: i32,
@@ -91,12 +95,32 @@ pub struct Processor {
     heartbeat_topics: HashMap<String, Option<String>>,
     /// Last status published per connector, as read back from the status topic.
     last_status: HashMap<(String, String), (ConnectorStatus, bool)>,
+    /// The last decoded report, reused as the next one's decoding buffer.
+    spare_report: Option<DeviceThreatReport>,
+    end_to_end: metrics::Histogram,
+}
+
+/// Where records of one device topic go, with that topic's consumed counter.
+struct Route {
+    kind: DeviceTopic,
+    /// The partner a per-partner topic is bound to.
+    bound: Option<String>,
+    consumed: metrics::Counter,
 }
 
 /// The consumer context: commits before partitions are revoked, restores before new ones
 /// are processed.
 pub struct GroupContext {
     processor: Arc<Mutex<Processor>>,
+    /// Counts rebalance callbacks, so the loop can tell records polled before a rebalance
+    /// (to be dropped: the new assignment fetches them again from the committed offsets).
+    rebalances: AtomicU64,
+}
+
+impl GroupContext {
+    fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::SeqCst)
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -122,6 +146,7 @@ impl ClientContext for GroupContext {
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut p = lock(&self.processor);
             info!(partitions = tpl.count(), "partitions revoked");
@@ -135,6 +160,7 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
         if let Rebalance::Assign(tpl) = rebalance {
             let mut p = lock(&self.processor);
             metrics::counter!("mtdgate_rebalances_total", "kind" => "assign").increment(1);
@@ -173,14 +199,17 @@ impl Processor {
         for &p in &new {
             // A partition we did not own may hold stale state from an earlier ownership.
             self.engine.drop_partition(p);
+        }
+        if !new.is_empty() {
             let started = Instant::now();
-            let n = restore_partition(&self.cfg, &mut self.engine, p)?;
+            let counts = restore_partitions(&self.cfg, &mut self.engine, &new)?;
             let secs = started.elapsed().as_secs_f64();
+            let total: usize = counts.values().sum();
             metrics::histogram!("mtdgate_restore_duration_seconds").record(secs);
-            metrics::counter!("mtdgate_restore_records_total").increment(n as u64);
+            metrics::counter!("mtdgate_restore_records_total").increment(total as u64);
             info!(
-                partition = p,
-                records = n,
+                partitions = ?counts.keys().collect::<Vec<_>>(),
+                records = total,
                 seconds = secs,
                 "restored partition state"
             );
@@ -218,7 +247,7 @@ impl Processor {
                     }));
             }
         }
-        self.flush_outputs(None)?;
+        self.flush_outputs(now, None)?;
         Ok(())
     }
 
@@ -285,9 +314,11 @@ impl Processor {
     }
 
     /// Publishes the engine's outputs; `source` describes the input for rejections.
-    fn flush_outputs(&mut self, source: Option<Source<'_>>) -> anyhow::Result<()> {
+    fn flush_outputs(&mut self, now: i64, source: Option<Source<'_>>) -> anyhow::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         let outputs = std::mem::take(&mut self.out);
-        let now = self.clock.now_ms();
         for o in &outputs {
             self.buf.clear();
             let enc = self.encoding;
@@ -360,24 +391,21 @@ impl Processor {
         Ok(())
     }
 
-    /// Applies one device-topic record.
-    fn handle(
-        &mut self,
-        kind: DeviceTopic,
-        bound: Option<&str>,
-        msg: &BorrowedMessage<'_>,
-    ) -> anyhow::Result<()> {
-        let now = self.clock.now_ms();
+    /// Applies one device-topic record, as of `now`.
+    fn handle(&mut self, route: &Route, msg: &BorrowedMessage<'_>, now: i64) -> anyhow::Result<()> {
         let key = msg.key();
         let payload = msg.payload();
-        metrics::counter!("mtdgate_events_consumed_total", "topic" => msg.topic().to_owned())
-            .increment(1);
-        let body = match (kind, payload) {
+        route.consumed.increment(1);
+        let bound = route.bound.as_deref();
+        let body = match (route.kind, payload) {
             (DeviceTopic::Enrollments, None) => Ok(Body::Enrollment(None)),
             (_, None) => Err((RejectReason::Undecodable, "record has no value".to_owned())),
-            (DeviceTopic::Threats, Some(b)) => codec::decode::<DeviceThreatReport>(b)
-                .map(Body::Threat)
-                .map_err(|e| (e.reason(), e.to_string())),
+            // Reports decode into one reused value: its strings keep their buffers.
+            (DeviceTopic::Threats, Some(b)) => match self.spare_report.take() {
+                Some(mut r) => codec::decode_into(b, &mut r).map(|()| Body::Threat(r)),
+                None => codec::decode::<DeviceThreatReport>(b).map(Body::Threat),
+            }
+            .map_err(|e| (e.reason(), e.to_string())),
             (DeviceTopic::Enrollments, Some(b)) => codec::decode::<DeviceEnrollment>(b)
                 .map(|e| Body::Enrollment(Some(e)))
                 .map_err(|e| (e.reason(), e.to_string())),
@@ -394,16 +422,16 @@ impl Processor {
         match body {
             Ok(body) => {
                 let mut out = std::mem::take(&mut self.out);
-                self.engine.apply(
-                    &Event {
-                        partition: msg.partition(),
-                        key,
-                        body,
-                    },
-                    now,
-                    &mut out,
-                );
+                let event = Event {
+                    partition: msg.partition(),
+                    key,
+                    body,
+                };
+                self.engine.apply(&event, now, &mut out);
                 self.out = out;
+                if let Body::Threat(r) = event.body {
+                    self.spare_report = Some(r);
+                }
             }
             Err((reason, detail)) => self.out.push(Output::Rejected(crate::engine::Rejection {
                 reason,
@@ -411,18 +439,27 @@ impl Processor {
             })),
         }
         if let Some(ts) = msg.timestamp().to_millis() {
-            metrics::histogram!("mtdgate_end_to_end_latency_seconds")
-                .record((now - ts).max(0) as f64 / 1000.0);
+            self.end_to_end.record((now - ts).max(0) as f64 / 1000.0);
         }
-        self.flush_outputs(Some((
-            msg.topic(),
-            msg.partition(),
-            msg.offset(),
-            key,
-            payload.unwrap_or_default(),
-        )))?;
-        self.offsets
-            .insert((msg.topic().to_owned(), msg.partition()), msg.offset() + 1);
+        self.flush_outputs(
+            now,
+            Some((
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                key,
+                payload.unwrap_or_default(),
+            )),
+        )?;
+        match self.offsets.get_mut(msg.topic()) {
+            Some(by_partition) => {
+                by_partition.insert(msg.partition(), msg.offset() + 1);
+            }
+            None => {
+                let by_partition = HashMap::from([(msg.partition(), msg.offset() + 1)]);
+                self.offsets.insert(msg.topic().to_owned(), by_partition);
+            }
+        }
         self.pending += 1;
         Ok(())
     }
@@ -506,27 +543,11 @@ impl Processor {
         if !owner {
             self.out.retain(|o| !matches!(o, Output::Rejected(_)));
         }
-        self.flush_outputs(Some((
-            topic,
-            partition,
-            offset,
-            key,
-            payload.unwrap_or_default(),
-        )))?;
+        self.flush_outputs(
+            now,
+            Some((topic, partition, offset, key, payload.unwrap_or_default())),
+        )?;
         self.pending += 1;
-        Ok(())
-    }
-
-    /// Waits until every produced record is acknowledged (or failed).
-    fn await_deliveries(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + TXN_TIMEOUT;
-        while self.producer.in_flight_count() > 0 {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "outputs not delivered within {TXN_TIMEOUT:?}"
-            );
-            self.producer.poll(Duration::from_millis(1));
-        }
         Ok(())
     }
 
@@ -550,12 +571,15 @@ impl Processor {
             self.send(&topic, Some(*p), key.as_bytes(), value.as_deref())?;
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        for (topic, by_partition) in &self.offsets {
+            for (partition, offset) in by_partition {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+            }
         }
-        // Serve delivery reports here in 1 ms steps: rdkafka's own flush (called inside
+        // Serve delivery reports here: rdkafka's own flush (called inside
         // `commit_transaction`) polls in 100 ms steps and would stall the loop that long.
-        self.await_deliveries()?;
+        super::kafka::await_deliveries(&self.producer, TXN_TIMEOUT)
+            .context("outputs not delivered")?;
         if self.exactly_once {
             if !self.txn_open && tpl.count() == 0 {
                 return Ok(());
@@ -655,6 +679,8 @@ pub fn run_pipeline(
         status: status.clone(),
         failure: None,
         last_status: HashMap::new(),
+        spare_report: None,
+        end_to_end: metrics::histogram!("mtdgate_end_to_end_latency_seconds"),
     }));
 
     status.set_processor(Some(processor.clone()));
@@ -682,48 +708,88 @@ pub fn run_pipeline(
             .set("statistics.interval.ms", "5000");
         c.create_with_context(GroupContext {
             processor: processor.clone(),
+            rebalances: AtomicU64::new(0),
         })
         .context("create consumer")?
     };
     let t = &cfg.topics;
-    let mut routes: HashMap<String, (DeviceTopic, Option<String>)> = HashMap::new();
+    let mut routes: HashMap<String, Route> = HashMap::new();
+    let mut route = |topic: String, kind: DeviceTopic, bound: Option<String>| {
+        let consumed = metrics::counter!("mtdgate_events_consumed_total", "topic" => topic.clone());
+        routes.insert(
+            topic,
+            Route {
+                kind,
+                bound,
+                consumed,
+            },
+        );
+    };
     for (topic, bound) in cfg.threat_topics(&partner_ids) {
-        routes.insert(topic, (DeviceTopic::Threats, bound));
+        route(topic, DeviceTopic::Threats, bound);
     }
-    routes.insert(
-        t.device_enrollments.clone(),
-        (DeviceTopic::Enrollments, None),
-    );
-    routes.insert(t.app_inventory.clone(), (DeviceTopic::Inventory, None));
+    route(t.device_enrollments.clone(), DeviceTopic::Enrollments, None);
+    route(t.app_inventory.clone(), DeviceTopic::Inventory, None);
     let subscribed: Vec<&str> = routes.keys().map(String::as_str).collect();
     consumer.subscribe(&subscribed).context("subscribe")?;
 
+    let processing = metrics::histogram!("mtdgate_processing_seconds");
+    let lag_seconds = metrics::gauge!("mtdgate_consumer_lag_seconds");
     let interval = Duration::from_millis(cfg.processing.commit_interval_ms);
     let mut last_commit = Instant::now();
     let mut last_gauges = Instant::now();
+    let mut batch = Vec::with_capacity(POLL_BATCH);
     while !shutdown.load(Ordering::SeqCst) {
-        // Poll without holding the lock: rebalance callbacks take it.
-        let polled = consumer.poll(Duration::from_millis(20));
+        // Poll a batch without holding the lock (rebalance callbacks take it): wait for the
+        // first record, then take what is already fetched. Each record is tagged with the
+        // rebalance count seen right after the poll that returned it.
+        batch.clear();
+        let mut polled = consumer.poll(Duration::from_millis(20));
+        loop {
+            match polled {
+                Some(Ok(msg)) => batch.push((msg, consumer.context().rebalances())),
+                Some(Err(e)) => {
+                    warn!(error = %e, "consumer error");
+                    break;
+                }
+                None => break,
+            }
+            if batch.len() == POLL_BATCH {
+                break;
+            }
+            polled = consumer.poll(Duration::ZERO);
+        }
         let mut p = lock(&processor);
         if let Some(e) = p.failure.take() {
             return Err(e);
         }
-        match polled {
-            Some(Ok(msg)) => {
-                if let Some(ts) = msg.timestamp().to_millis() {
-                    metrics::gauge!("mtdgate_consumer_lag_seconds")
-                        .set((p.now() - ts).max(0) as f64 / 1000.0);
-                }
-                let started = Instant::now();
-                match routes.get(msg.topic()) {
-                    Some((kind, bound)) => p.handle(*kind, bound.as_deref(), &msg)?,
-                    None => warn!(topic = msg.topic(), "record from an unexpected topic"),
-                }
-                metrics::histogram!("mtdgate_processing_seconds")
-                    .record(started.elapsed().as_secs_f64());
+        // One clock reading per batch: a batch is what arrived within a few milliseconds.
+        let now = p.clock.now_ms();
+        let started = Instant::now();
+        let current = consumer.context().rebalances();
+        let mut handled = 0;
+        let mut newest_ts = None;
+        for (msg, seen) in batch.drain(..) {
+            // Polled before a rebalance that ran inside a later poll of this batch: the
+            // partition was revoked (and maybe assigned again, restored from the committed
+            // offsets, from which the consumer fetches this record again).
+            if seen != current {
+                continue;
             }
-            Some(Err(e)) => warn!(error = %e, "consumer error"),
-            None => metrics::gauge!("mtdgate_consumer_lag_seconds").set(0.0),
+            newest_ts = msg.timestamp().to_millis().or(newest_ts);
+            match routes.get(msg.topic()) {
+                Some(route) => p.handle(route, &msg, now)?,
+                None => warn!(topic = msg.topic(), "record from an unexpected topic"),
+            }
+            handled += 1;
+        }
+        if handled > 0 {
+            processing.record_many(started.elapsed().as_secs_f64() / handled as f64, handled);
+        }
+        match newest_ts {
+            Some(ts) => lag_seconds.set((now - ts).max(0) as f64 / 1000.0),
+            None if handled == 0 => lag_seconds.set(0.0),
+            None => {}
         }
         tables.poll_live(&mut |topic, partition, offset, key, payload| {
             p.handle_table(topic, partition, offset, key, payload, true)
@@ -733,7 +799,7 @@ pub fn run_pipeline(
             let mut out = std::mem::take(&mut p.out);
             p.engine.advance(now, &mut out);
             p.out = out;
-            p.flush_outputs(None)?;
+            p.flush_outputs(now, None)?;
         }
         if p.pending >= cfg.processing.max_batch
             || (last_commit.elapsed() >= interval

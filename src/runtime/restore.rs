@@ -1,11 +1,12 @@
-//! Restores one partition's device state from the compacted changelog topic.
+//! Restores device state from the compacted changelog topic.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::codec;
@@ -15,70 +16,123 @@ use crate::model::DeviceStateRecord;
 
 use super::kafka::{consumer_config, EofAware};
 
-/// Reads changelog partition `partition` to its end into the engine; returns records read.
-pub fn restore_partition(
+/// Longest a restore may take before it is given up as stuck.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Reads changelog partitions `partitions` to their end into the engine, all at once with one
+/// consumer; returns the records read per partition.
+pub fn restore_partitions(
     cfg: &Config,
     engine: &mut Engine,
-    partition: i32,
-) -> anyhow::Result<usize> {
+    partitions: &[i32],
+) -> anyhow::Result<BTreeMap<i32, usize>> {
     let topic = &cfg.topics.device_state;
+    // One record decoded in place after another: its strings keep their buffers.
+    let mut spare: Option<DeviceStateRecord> = None;
+    read_to_end(cfg, topic, partitions, "restore", |m| {
+        let key = std::str::from_utf8(m.key().unwrap_or_default()).unwrap_or_default();
+        let record = match m.payload() {
+            None => None,
+            Some(b) => {
+                let decoded = match spare.as_mut() {
+                    Some(r) => codec::decode_into(b, r),
+                    None => codec::decode::<DeviceStateRecord>(b).map(|r| {
+                        spare = Some(r);
+                    }),
+                };
+                decoded.with_context(|| {
+                    format!(
+                        "changelog {topic}[{}]@{} is not a device state record",
+                        m.partition(),
+                        m.offset()
+                    )
+                })?;
+                spare.as_ref()
+            }
+        };
+        engine.restore(m.partition(), key, record)?;
+        Ok(())
+    })
+}
+
+/// Reads `partitions` of `topic` from the beginning to the end they had when the read began
+/// (their high watermarks), with one consumer (group id suffixed `-{purpose}`, never
+/// committed), handing each record to `f`; returns the records read per partition.
+pub fn read_to_end(
+    cfg: &Config,
+    topic: &str,
+    partitions: &[i32],
+    purpose: &str,
+    mut f: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<BTreeMap<i32, usize>> {
+    let mut counts: BTreeMap<i32, usize> = partitions.iter().map(|&p| (p, 0)).collect();
+    if partitions.is_empty() {
+        return Ok(counts);
+    }
     let mut c = consumer_config(cfg);
     c.set(
         "group.id",
-        format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id),
+        format!("{}-{purpose}-{}", cfg.kafka.group_id, cfg.kafka.instance_id),
     )
     .set("enable.partition.eof", "true")
     .set("fetch.max.bytes", "104857600")
     .set("max.partition.fetch.bytes", "52428800");
     let consumer: BaseConsumer<EofAware> = c
         .create_with_context(EofAware)
-        .context("create restore consumer")?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .with_context(|| format!("watermarks of {topic}[{partition}]"))?;
-    if high <= low {
-        return Ok(0);
-    }
+        .with_context(|| format!("create {purpose} consumer"))?;
+    // Partition -> its end when the read began.
+    let mut open: BTreeMap<i32, i64> = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    for &p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .with_context(|| format!("watermarks of {topic}[{p}]"))?;
+        if high > low {
+            open.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+    }
+    if open.is_empty() {
+        return Ok(counts);
+    }
     consumer.assign(&tpl)?;
-    let mut n = 0;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
+    let deadline = Instant::now() + RESTORE_TIMEOUT;
+    while !open.is_empty() {
         if Instant::now() > deadline {
-            anyhow::bail!("restoring {topic}[{partition}] did not finish within 600 s");
+            anyhow::bail!(
+                "reading {topic} partitions {:?} did not finish within {RESTORE_TIMEOUT:?}",
+                open.keys().collect::<Vec<_>>()
+            );
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                n += 1;
-                let key = std::str::from_utf8(m.key().unwrap_or_default()).unwrap_or_default();
-                let record = match m.payload() {
-                    None => None,
-                    Some(b) => Some(codec::decode::<DeviceStateRecord>(b).with_context(|| {
-                        format!(
-                            "changelog {topic}[{partition}]@{} is not a device state record",
-                            m.offset()
-                        )
-                    })?),
+                let p = m.partition();
+                let Some(&high) = open.get(&p) else {
+                    continue;
                 };
-                engine.restore(partition, key, record.as_ref())?;
+                *counts.entry(p).or_default() += 1;
+                f(&m)?;
                 if m.offset() + 1 >= high {
-                    break;
+                    open.remove(&p);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e).context("restore consumer"),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => return Err(e).with_context(|| format!("{purpose} consumer")),
             None => {
-                // Transaction markers may end the log: stop once the position reaches the end.
-                if let Ok(pos) = consumer.position() {
-                    if let Some(Offset::Offset(o)) = pos.elements().first().map(|e| e.offset()) {
-                        if o >= high {
-                            break;
+                // Transaction markers may end a log: a partition whose position reached its
+                // end is done.
+                let positions = consumer.position().context("consumer position")?;
+                for e in positions.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        if open.get(&e.partition()).is_some_and(|&high| o >= high) {
+                            open.remove(&e.partition());
                         }
                     }
                 }
             }
         }
     }
-    Ok(n)
+    Ok(counts)
 }
