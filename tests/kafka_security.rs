@@ -316,6 +316,10 @@ fn sasl_scram_and_tls_against_a_secured_broker() {
     );
     assert!(!ok, "topics verify with a wrong password succeeded:\n{out}");
     assert!(
+        out.contains("refused this client") && out.contains("Authentication failed"),
+        "a wrong password is not reported as refused credentials:\n{out}"
+    );
+    assert!(
         !out.contains("Wrong-Pw-91ac"),
         "the wrong password is printed:\n{out}"
     );

@@ -2,10 +2,11 @@
 //! start-up checks (broker reachable, topics present, device topics co-partitioned).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -20,6 +21,8 @@ use crate::config::Config;
 pub enum KafkaSetupError {
     #[error("cannot reach Kafka at {servers}: {source} (is the broker running and kafka.bootstrap_servers right?)")]
     Unreachable { servers: String, source: KafkaError },
+    #[error("Kafka at {servers} refused this client: {reason} (check the security settings in kafka.properties: security.protocol, sasl.mechanism, sasl.username, sasl.password, ssl.*)")]
+    Refused { servers: String, reason: String },
     #[error("topic {0} is missing; create the topics with `mtdgate topics create` or set topics.create = true")]
     MissingTopic(String),
     #[error("topics keyed by device must have the same partition count: {0}")]
@@ -120,14 +123,52 @@ pub fn device_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<String> {
     v
 }
 
-/// Partition counts of the named topics, or a clear error when the broker is unreachable.
+/// Remembers the last authentication or TLS failure librdkafka reported, so a start-up check
+/// that times out can say the broker refused the client rather than that it is unreachable.
+#[derive(Default)]
+pub struct SecurityFailure(Mutex<Option<String>>);
+
+impl SecurityFailure {
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl ClientContext for SecurityFailure {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let security = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::SSL
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+            )
+        );
+        if security {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        }
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for SecurityFailure {}
+
+/// Partition counts of the named topics, or a clear error when the broker is unreachable or
+/// refuses the client's credentials.
 pub fn partition_counts(cfg: &Config) -> Result<HashMap<String, i32>, KafkaSetupError> {
-    let consumer: BaseConsumer = base_config(cfg).create()?;
+    let consumer: BaseConsumer<SecurityFailure> =
+        base_config(cfg).create_with_context(SecurityFailure::default())?;
     let md = consumer
         .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|source| KafkaSetupError::Unreachable {
-            servers: cfg.kafka.bootstrap_servers.clone(),
-            source,
+        .map_err(|source| match consumer.context().take() {
+            Some(reason) => KafkaSetupError::Refused {
+                servers: cfg.kafka.bootstrap_servers.clone(),
+                reason,
+            },
+            None => KafkaSetupError::Unreachable {
+                servers: cfg.kafka.bootstrap_servers.clone(),
+                source,
+            },
         })?;
     Ok(md
         .topics()

@@ -174,6 +174,14 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// Appends the record key `tenant/id` to `key`.
+fn push_key(key: &mut String, tenant: &str, id: &str) {
+    key.reserve(tenant.len() + 1 + id.len());
+    key.push_str(tenant);
+    key.push('/');
+    key.push_str(id);
+}
+
 fn lock(m: &Mutex<Processor>) -> std::sync::MutexGuard<'_, Processor> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -319,25 +327,24 @@ impl Processor {
             return Ok(());
         }
         let outputs = std::mem::take(&mut self.out);
+        let cfg = Arc::clone(&self.cfg);
+        let mut key = String::new();
         for o in &outputs {
             self.buf.clear();
+            key.clear();
             let enc = self.encoding;
-            let (topic, key): (String, String) = match o {
+            let topic: std::borrow::Cow<'_, str> = match o {
                 Output::Compliance(c) => {
                     codec::encode(c, enc, &mut self.buf)?;
                     metrics::counter!("mtdgate_compliance_changes_total", "state" => c.current.as_str()).increment(1);
-                    (
-                        self.cfg.topics.compliance_changes.clone(),
-                        format!("{}/{}", c.tenant_id, c.device_id),
-                    )
+                    push_key(&mut key, &c.tenant_id, &c.device_id);
+                    (&cfg.topics.compliance_changes).into()
                 }
                 Output::AppAction(a) => {
                     codec::encode(a, enc, &mut self.buf)?;
                     metrics::counter!("mtdgate_app_protection_actions_total", "action" => a.action.as_str()).increment(1);
-                    (
-                        self.cfg.topics.app_protection_actions.clone(),
-                        format!("{}/{}", a.tenant_id, a.device_id),
-                    )
+                    push_key(&mut key, &a.tenant_id, &a.device_id);
+                    (&cfg.topics.app_protection_actions).into()
                 }
                 Output::ConnectorStatus(s) => {
                     if !self.owns_connector(&s.tenant_id, &s.partner_id) {
@@ -345,17 +352,13 @@ impl Processor {
                     }
                     codec::encode(s, enc, &mut self.buf)?;
                     metrics::counter!("mtdgate_connector_status_changes_total", "status" => s.current.as_str()).increment(1);
-                    (
-                        self.cfg.topics.connector_status.clone(),
-                        format!("{}/{}", s.tenant_id, s.partner_id),
-                    )
+                    push_key(&mut key, &s.tenant_id, &s.partner_id);
+                    (&cfg.topics.connector_status).into()
                 }
                 Output::Inventory(i) => {
                     codec::encode(i, enc, &mut self.buf)?;
-                    (
-                        self.cfg.partner_topic(&i.partner_id),
-                        format!("{}/{}", i.tenant_id, i.device_id),
-                    )
+                    push_key(&mut key, &i.tenant_id, &i.device_id);
+                    cfg.partner_topic(&i.partner_id).into()
                 }
                 Output::Rejected(r) => {
                     let Some((topic, partition, offset, key, raw)) = source else {
@@ -375,8 +378,12 @@ impl Processor {
                     };
                     codec::encode(&ev, enc, &mut self.buf)?;
                     let buf = std::mem::take(&mut self.buf);
-                    let topic = self.cfg.topics.rejected.clone();
-                    self.send(&topic, None, key.unwrap_or_default(), Some(&buf))?;
+                    self.send(
+                        &cfg.topics.rejected,
+                        None,
+                        key.unwrap_or_default(),
+                        Some(&buf),
+                    )?;
                     self.buf = buf;
                     continue;
                 }
