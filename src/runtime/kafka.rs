@@ -19,8 +19,8 @@ use crate::config::Config;
 /// What went wrong talking to Kafka, said so an operator can act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
-    #[error("cannot reach Kafka at {servers}: {source} (is the broker running and kafka.bootstrap_servers right?)")]
-    Unreachable { servers: String, source: KafkaError },
+    #[error("cannot reach Kafka at {servers}: {error} (is the broker running and kafka.bootstrap_servers right?)")]
+    Unreachable { servers: String, error: KafkaError },
     #[error("Kafka at {servers} refused this client: {reason} (check the security settings in kafka.properties: security.protocol, sasl.mechanism, sasl.username, sasl.password, ssl.*)")]
     Refused { servers: String, reason: String },
     #[error("topic {0} is missing; create the topics with `mtdgate topics create` or set topics.create = true")]
@@ -160,15 +160,21 @@ pub fn partition_counts(cfg: &Config) -> Result<HashMap<String, i32>, KafkaSetup
         base_config(cfg).create_with_context(SecurityFailure::default())?;
     let md = consumer
         .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|source| match consumer.context().take() {
-            Some(reason) => KafkaSetupError::Refused {
-                servers: cfg.kafka.bootstrap_servers.clone(),
-                reason,
-            },
-            None => KafkaSetupError::Unreachable {
-                servers: cfg.kafka.bootstrap_servers.clone(),
-                source,
-            },
+        .map_err(|error| {
+            // librdkafka reports authentication and TLS failures as events, served by polls.
+            for _ in 0..5 {
+                let _ = consumer.poll(Duration::from_millis(20));
+            }
+            match consumer.context().take() {
+                Some(reason) => KafkaSetupError::Refused {
+                    servers: cfg.kafka.bootstrap_servers.clone(),
+                    reason,
+                },
+                None => KafkaSetupError::Unreachable {
+                    servers: cfg.kafka.bootstrap_servers.clone(),
+                    error,
+                },
+            }
         })?;
     Ok(md
         .topics()
