@@ -174,6 +174,33 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// Produces one record, waiting while the producer's queue is full.
+fn produce(
+    producer: &BaseProducer<DeliveryCounter>,
+    topic: &str,
+    partition: Option<i32>,
+    key: &[u8],
+    payload: Option<&[u8]>,
+) -> anyhow::Result<()> {
+    let mut record = BaseRecord::<[u8], [u8], ()>::to(topic).key(key);
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(anyhow!(e).context(format!("produce to {topic}"))),
+        }
+    }
+}
+
 /// Appends the record key `tenant/id` to `key`.
 fn push_key(key: &mut String, tenant: &str, id: &str) {
     key.reserve(tenant.len() + 1 + id.len());
@@ -302,23 +329,7 @@ impl Processor {
         payload: Option<&[u8]>,
     ) -> anyhow::Result<()> {
         self.begin()?;
-        let mut record = BaseRecord::<[u8], [u8], ()>::to(topic).key(key);
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        if let Some(p) = partition {
-            record = record.partition(p);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(anyhow!(e).context(format!("produce to {topic}"))),
-            }
-        }
+        produce(&self.producer, topic, partition, key, payload)
     }
 
     /// Publishes the engine's outputs; `source` describes the input for rejections.
@@ -560,22 +571,47 @@ impl Processor {
 
     /// Writes the changelog, then commits outputs, changelog and offsets together.
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
-        let mut records: Vec<(i32, String, Option<Vec<u8>>)> = Vec::new();
-        let partitions: Vec<i32> = self.engine.shards().iter().map(|s| *s.key()).collect();
-        for p in partitions {
+        // Changelog records are encoded into one reused buffer and produced while draining.
+        let changed: Vec<i32> = self
+            .engine
+            .shards()
+            .iter()
+            .filter(|s| s.has_changes())
+            .map(|s| *s.key())
+            .collect();
+        let cfg = Arc::clone(&self.cfg);
+        let topic = cfg.topics.device_state.as_str();
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut failed = None;
+        for p in changed {
+            self.begin()?;
+            let producer = &self.producer;
             self.engine.drain_changelog(p, |key, rec| {
-                let value = rec.map(|r| {
-                    let mut b = Vec::with_capacity(128);
-                    // The changelog is always Avro: compact and fast to restore.
-                    let _ = codec::encode(&r, OutputEncoding::Avro, &mut b);
-                    b
-                });
-                records.push((p, key, value));
+                if failed.is_some() {
+                    return;
+                }
+                buf.clear();
+                // The changelog is always Avro: compact and fast to restore.
+                let value = match rec {
+                    Some(r) => match codec::encode(&r, OutputEncoding::Avro, &mut buf) {
+                        Ok(()) => Some(&buf[..]),
+                        Err(e) => {
+                            failed = Some(anyhow!(e).context("encode a changelog record"));
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                if let Err(e) = produce(producer, topic, Some(p), key.as_bytes(), value) {
+                    failed = Some(e);
+                }
             });
         }
-        let topic = self.cfg.topics.device_state.clone();
-        for (p, key, value) in &records {
-            self.send(&topic, Some(*p), key.as_bytes(), value.as_deref())?;
+        self.buf = buf;
+        if let Some(e) = failed {
+            // The drained changes are not in any committed transaction: the rebuilt pipeline
+            // restores from the changelog and reprocesses from the committed offsets.
+            return Err(e);
         }
         let mut tpl = TopicPartitionList::new();
         for (topic, by_partition) in &self.offsets {
