@@ -569,8 +569,11 @@ impl Processor {
         Ok(())
     }
 
-    /// Writes the changelog, then commits outputs, changelog and offsets together.
-    pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+    /// Produces the changelog record of every device changed since the last call, into the
+    /// open transaction. Called after every poll batch, so the records are acknowledged while
+    /// the loop goes on instead of all at the commit; a device changed several times within
+    /// one batch still writes one record.
+    fn produce_changelog(&mut self) -> anyhow::Result<()> {
         // Changelog records are encoded into one reused buffer and produced while draining.
         let changed: Vec<i32> = self
             .engine
@@ -613,6 +616,12 @@ impl Processor {
             // restores from the changelog and reprocesses from the committed offsets.
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Writes the rest of the changelog, then commits outputs, changelog and offsets together.
+    pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+        self.produce_changelog()?;
         let mut tpl = TopicPartitionList::new();
         for (topic, by_partition) in &self.offsets {
             for (partition, offset) in by_partition {
@@ -827,6 +836,7 @@ pub fn run_pipeline(
             handled += 1;
         }
         if handled > 0 {
+            p.produce_changelog()?;
             processing.record_many(started.elapsed().as_secs_f64() / handled as f64, handled);
         }
         match newest_ts {
