@@ -103,8 +103,11 @@ pub fn read_to_end(
     }
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + RESTORE_TIMEOUT;
+    let mut polls = 0u32;
     while !open.is_empty() {
-        if Instant::now() > deadline {
+        // The clock is read every 1,024 polls: a read per record showed in the profile.
+        polls = polls.wrapping_add(1);
+        if polls % 1024 == 0 && Instant::now() > deadline {
             anyhow::bail!(
                 "reading {topic} partitions {:?} did not finish within {RESTORE_TIMEOUT:?}",
                 open.keys().collect::<Vec<_>>()
