@@ -1,7 +1,6 @@
 //! Small fixed-size representations that keep per-device state under 200 bytes.
 
 use std::cmp::Ordering;
-use std::fmt::Write as _;
 
 /// A string stored without a heap allocation when it is short (up to 22 bytes) or a canonical
 /// UUID (36 characters, lower- or upper-case hex), which covers the usual device and user ids.
@@ -103,6 +102,12 @@ impl CompactStr {
 
     pub fn is_empty(&self) -> bool {
         matches!(self, CompactStr::Inline { len: 0, .. })
+    }
+
+    /// The text as an owned `String`: what `to_string()` gives, without the formatting machinery
+    /// (this runs for every changelog record and output).
+    pub fn as_string(&self) -> String {
+        self.with_str(str::to_owned)
     }
 }
 
@@ -278,11 +283,11 @@ impl OsVersion {
         }
         // One allocation: this runs for every changelog record.
         let mut text = String::with_capacity(4 * n + 4);
-        for (i, v) in c[..n].iter().enumerate() {
+        for (i, &v) in c[..n].iter().enumerate() {
             if i > 0 {
                 text.push('.');
             }
-            let _ = write!(text, "{v}");
+            push_decimal(&mut text, v);
         }
         Some(text)
     }
@@ -294,6 +299,24 @@ impl OsVersion {
         } else {
             None
         }
+    }
+}
+
+/// Appends `v` in decimal, without the formatting machinery.
+fn push_decimal(text: &mut String, v: u16) {
+    let mut digits = [0u8; 5];
+    let mut n = digits.len();
+    let mut v = v;
+    loop {
+        n -= 1;
+        digits[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[n..] {
+        text.push(d as char);
     }
 }
 
@@ -322,6 +345,7 @@ mod tests {
         ] {
             let c = CompactStr::new(s);
             assert_eq!(c.to_string(), s);
+            assert_eq!(c.as_string(), s);
             assert!(c.eq_str(s));
             assert!(!c.eq_str("other"));
         }
@@ -390,6 +414,10 @@ mod tests {
         assert!(!v("").is_known());
         assert!(v("0").is_known());
         assert_eq!(v("1.2.3.4").to_text().as_deref(), Some("1.2.3.4"));
+        assert_eq!(
+            v("0.10.65535.100").to_text().as_deref(),
+            Some("0.10.65535.100")
+        );
         assert!(!v("40000.1").is_known());
         assert_eq!(v("x").compare(v("1")), None);
     }

@@ -271,7 +271,7 @@ impl DeviceShard {
             .expect("slot in use");
         self.free.push(slot);
         self.dirty.retain(|&s| s != slot);
-        self.retired.push((device.tenant, device.id.to_string()));
+        self.retired.push((device.tenant, device.id.as_string()));
         self.len -= 1;
         device
     }

@@ -800,7 +800,7 @@ fn reevaluate(
             }
             reasons.clear();
             evaluate_compliance(view, device, Some(reasons));
-            let device_id = device.id.to_string();
+            let device_id = device.id.as_string();
             let change = ComplianceChange {
                 change_id: ids::output_id(
                     "compliance",
@@ -811,7 +811,7 @@ fn reevaluate(
                 ),
                 tenant_id: tenant_name.to_owned(),
                 device_id,
-                user_id: (!device.user.is_empty()).then(|| device.user.to_string()),
+                user_id: (!device.user.is_empty()).then(|| device.user.as_string()),
                 platform: device.platform,
                 previous: device.compliance,
                 current: verdict.state,
@@ -842,8 +842,8 @@ fn reevaluate(
             if decision.actions.is_empty() && before == (decision.blocked, decision.wipe_incident) {
                 return;
             }
-            let device_id = device.id.to_string();
-            let user = (!device.user.is_empty()).then(|| device.user.to_string());
+            let device_id = device.id.as_string();
+            let user = (!device.user.is_empty()).then(|| device.user.as_string());
             let mut seq = device.output_seq;
             for a in &decision.actions {
                 let policy = a.policy.map(|i| &view.app_policies[i]);

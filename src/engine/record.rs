@@ -37,7 +37,7 @@ pub fn to_record(
     DeviceStateRecord {
         tenant_id: tenant.to_owned(),
         device_id: device_id.to_owned(),
-        user_id: (!d.user.is_empty()).then(|| d.user.to_string()),
+        user_id: (!d.user.is_empty()).then(|| d.user.as_string()),
         platform: d.platform,
         management: d.management,
         ownership: d.ownership,
