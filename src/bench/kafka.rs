@@ -30,6 +30,8 @@ pub struct BenchEnv {
     pub run_id: String,
     /// Extra librdkafka consumer settings for mtdgate's and the pipes' consumers.
     pub consumer_properties: Vec<(String, String)>,
+    /// Extra librdkafka producer settings for mtdgate's and the pipes' producers.
+    pub producer_properties: Vec<(String, String)>,
     topics: Mutex<BTreeSet<String>>,
 }
 
@@ -58,6 +60,7 @@ impl BenchEnv {
             encoding,
             run_id,
             consumer_properties: Vec::new(),
+            producer_properties: Vec::new(),
             topics: Mutex::new(BTreeSet::new()),
         };
         // Fail early and clearly when the broker is not there.
@@ -112,6 +115,9 @@ impl BenchEnv {
         c.processing.output_encoding = self.encoding;
         for (k, v) in &self.consumer_properties {
             c.kafka.consumer.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &self.producer_properties {
+            c.kafka.producer.insert(k.clone(), v.clone());
         }
         c
     }

@@ -121,6 +121,9 @@ pub struct BenchArgs {
     /// (repeatable), e.g. `--consumer-property fetch.queue.backoff.ms=10`: for experiments.
     #[arg(long, value_name = "KEY=VALUE")]
     pub consumer_property: Vec<String>,
+    /// Extra librdkafka producer setting for mtdgate's and the pipes' producers (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub producer_property: Vec<String>,
     /// Keep the benchmark's topics (they are deleted at the end otherwise).
     #[arg(long)]
     pub keep_topics: bool,
@@ -353,6 +356,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("--consumer-property {p:?}: expected KEY=VALUE"))?;
         env.consumer_properties.push((k.to_owned(), v.to_owned()));
+    }
+    for p in &args.producer_property {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--producer-property {p:?}: expected KEY=VALUE"))?;
+        env.producer_properties.push((k.to_owned(), v.to_owned()));
+    }
+    if !env.producer_properties.is_empty() {
+        println!("producer properties: {:?}", env.producer_properties);
     }
     if !env.consumer_properties.is_empty() {
         println!("consumer properties: {:?}", env.consumer_properties);
