@@ -21,7 +21,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
-use support::{connector_json, create_topics, free_port, http_get, now_ms, Process, ScriptBroker};
+use support::{
+    create_topics, free_port, http_get, mam_tenant_records, now_ms, Process, ScriptBroker,
+};
 
 const PORT: u16 = 29092;
 const DIR: &str = "/tmp/mtdgate-kafka-restart";
@@ -165,29 +167,9 @@ fn broker_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing() {
     let gw = gateway();
     let now = now_ms();
     let t = &cfg.topics;
-    send(
-        &gw,
-        &t.connectors,
-        "acme/lookout",
-        &connector_json(
-            "acme",
-            "lookout",
-            &["provisioned", "setup_complete", "ios_mam_enabled"],
-            now,
-        ),
-    );
-    send(
-        &gw,
-        &t.policies,
-        "acme/block",
-        &json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now}),
-    );
-    send(
-        &gw,
-        &t.connector_heartbeats,
-        "acme/lookout",
-        &json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now}),
-    );
+    for (topic, key, value) in mam_tenant_records(&cfg, now) {
+        send(&gw, &topic, key, &value);
+    }
     gw.flush(Duration::from_secs(10)).unwrap();
 
     let p = Process::start(&cfg, "broker-restart");

@@ -23,7 +23,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
-use support::{connector_json, create_topics, now_ms, Process, ScriptBroker};
+use support::{create_topics, mam_tenant_records, now_ms, Process, ScriptBroker};
 
 const PORT: u16 = 19092;
 const SSL_PORT: u16 = 19095;
@@ -225,29 +225,9 @@ fn sasl_scram_and_tls_against_a_secured_broker() {
         .create()
         .unwrap();
     let now = now_ms();
-    produce(
-        &producer,
-        &t.connectors,
-        "acme/lookout",
-        &connector_json(
-            "acme",
-            "lookout",
-            &["provisioned", "setup_complete", "ios_mam_enabled"],
-            now,
-        ),
-    );
-    produce(
-        &producer,
-        &t.policies,
-        "acme/block",
-        &json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now}),
-    );
-    produce(
-        &producer,
-        &t.connector_heartbeats,
-        "acme/lookout",
-        &json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now}),
-    );
+    for (topic, key, value) in mam_tenant_records(&cfg, now) {
+        produce(&producer, &topic, key, &value);
+    }
     producer.flush(Duration::from_secs(10)).unwrap();
 
     let process = Process::start(&cfg, "sasl");

@@ -477,29 +477,38 @@ pub fn now_ms() -> i64 {
 /// Tenant `acme` with lookout enabled for iOS app protection, a BLOCK policy above LOW and a
 /// fresh heartbeat: every HIGH report blocks a MAM device and every SECURED one unblocks it.
 pub fn setup_mam_tenant(gw: &Gateway, cfg: &Config, now: i64) {
+    for (topic, key, value) in mam_tenant_records(cfg, now) {
+        gw.send(&topic, key, Some(&value));
+    }
+    gw.flush();
+}
+
+/// The records of the MAM tenant set-up, as (topic, key, value), for tests that send them with
+/// a producer of their own: Lookout with iOS MAM enabled, a BLOCK-over-LOW iOS app protection
+/// policy and a heartbeat.
+pub fn mam_tenant_records(cfg: &Config, now: i64) -> Vec<(String, &'static str, Value)> {
     let t = &cfg.topics;
-    gw.send(
-        &t.connectors,
-        "acme/lookout",
-        Some(&connector_json(
-            "acme",
-            "lookout",
-            &["provisioned", "setup_complete", "ios_mam_enabled"],
-            now,
-        )),
-    );
-    gw.send(
-        &t.policies,
-        "acme/block",
-        Some(
-            &serde_json::json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION",
+    vec![
+        (
+            t.connectors.clone(),
+            "acme/lookout",
+            connector_json(
+                "acme",
+                "lookout",
+                &["provisioned", "setup_complete", "ios_mam_enabled"],
+                now,
+            ),
+        ),
+        (
+            t.policies.clone(),
+            "acme/block",
+            serde_json::json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION",
             "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now}),
         ),
-    );
-    gw.send(
-        &t.connector_heartbeats,
-        "acme/lookout",
-        Some(&serde_json::json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
-    );
-    gw.flush();
+        (
+            t.connector_heartbeats.clone(),
+            "acme/lookout",
+            serde_json::json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now}),
+        ),
+    ]
 }
