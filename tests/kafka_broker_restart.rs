@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use mtdgate::config::Config;
@@ -22,7 +21,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
 use support::{
-    create_topics, free_port, http_get, mam_tenant_records, now_ms, Process, ScriptBroker,
+    assert_exactly_once, create_topics, free_port, http_get, mam_tenant_records, now_ms, Process,
+    ScriptBroker,
 };
 
 const PORT: u16 = 29092;
@@ -77,36 +77,6 @@ fn send_round(gw: &BaseProducer, cfg: &Config, round: usize) {
 
 /// Every device sees exactly BLOCK, UNBLOCK, BLOCK, ... for `rounds` rounds, each action id
 /// once.
-fn assert_exactly_once(records: &[(String, Value)], rounds: usize) {
-    let mut per_device: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut ids = HashSet::new();
-    for (k, v) in records {
-        assert!(
-            ids.insert(v["action_id"].as_str().unwrap().to_owned()),
-            "duplicate action id {v}"
-        );
-        per_device
-            .entry(k.clone())
-            .or_default()
-            .push(v["action"].as_str().unwrap().to_owned());
-    }
-    let expected: Vec<String> = (0..rounds)
-        .map(|r| if r % 2 == 0 { "BLOCK" } else { "UNBLOCK" }.to_owned())
-        .collect();
-    let wrong: Vec<String> = per_device
-        .iter()
-        .filter(|(_, a)| **a != expected)
-        .map(|(k, a)| format!("{k}: {a:?}"))
-        .collect();
-    assert!(
-        wrong.is_empty() && per_device.len() == DEVICES,
-        "{} devices with output, {} with a wrong sequence (expected {expected:?}):\n{}",
-        per_device.len(),
-        wrong.len(),
-        wrong.join("\n")
-    );
-}
-
 fn read_actions(topic: &str, n: usize, timeout: Duration) -> Vec<(String, Value)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -211,7 +181,7 @@ fn broker_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing() {
         Duration::from_secs(120),
     );
     phase(&format!("{} actions read", all.len()));
-    assert_exactly_once(&all, ROUNDS);
+    assert_exactly_once(&all, DEVICES, ROUNDS);
 
     // The outage was noticed and logged; the service recovered by itself (the rounds after
     // the restart were processed above, by the same process).

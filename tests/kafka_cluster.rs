@@ -32,28 +32,6 @@ fn send_round(gw: &Gateway, cfg: &mtdgate::config::Config, round: usize, devices
 
 /// Every device must see exactly BLOCK, UNBLOCK, BLOCK, ... for `rounds` rounds: a lost output
 /// leaves a gap, a duplicate repeats an action, lost state skips an UNBLOCK.
-fn assert_exactly_once(records: &[(String, Value)], devices: usize, rounds: usize) {
-    let mut per_device: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut ids = std::collections::HashSet::new();
-    for (k, v) in records {
-        assert!(
-            ids.insert(v["action_id"].as_str().unwrap().to_owned()),
-            "duplicate action id {v}"
-        );
-        per_device
-            .entry(k.clone())
-            .or_default()
-            .push(v["action"].as_str().unwrap().to_owned());
-    }
-    assert_eq!(per_device.len(), devices);
-    let expected: Vec<String> = (0..rounds)
-        .map(|r| if r % 2 == 0 { "BLOCK" } else { "UNBLOCK" }.to_owned())
-        .collect();
-    for (k, actions) in per_device {
-        assert_eq!(actions, expected, "device {k}");
-    }
-}
-
 /// Two instances in one group: the second joins and later the first leaves while events flow;
 /// a read_committed reader sees every expected output exactly once, and devices that moved keep
 /// their state (an UNBLOCK needs the BLOCK remembered by the previous owner).

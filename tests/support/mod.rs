@@ -512,3 +512,36 @@ pub fn mam_tenant_records(cfg: &Config, now: i64) -> Vec<(String, &'static str, 
         ),
     ]
 }
+
+/// Asserts that `records` (app protection actions as (key, value)) hold each action id once and
+/// give each of exactly `devices` devices the sequence BLOCK, UNBLOCK, ... of `rounds` actions.
+pub fn assert_exactly_once(records: &[(String, Value)], devices: usize, rounds: usize) {
+    let mut per_device: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut ids = std::collections::HashSet::new();
+    for (k, v) in records {
+        assert!(
+            ids.insert(v["action_id"].as_str().unwrap().to_owned()),
+            "duplicate action id {v}"
+        );
+        per_device
+            .entry(k.clone())
+            .or_default()
+            .push(v["action"].as_str().unwrap().to_owned());
+    }
+    let expected: Vec<String> = (0..rounds)
+        .map(|r| if r % 2 == 0 { "BLOCK" } else { "UNBLOCK" }.to_owned())
+        .collect();
+    let wrong: Vec<String> = per_device
+        .iter()
+        .filter(|(_, a)| **a != expected)
+        .map(|(k, a)| format!("{k}: {a:?}"))
+        .collect();
+    assert!(
+        wrong.is_empty() && per_device.len() == devices,
+        "{} devices with output (expected {devices}), {} with a wrong sequence (expected \
+         {expected:?}):\n{}",
+        per_device.len(),
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
