@@ -3,15 +3,11 @@
 //! The crate is split into a pure core (`model`, `codec`, `catalogue`, `engine`) with no I/O,
 //! clock or Kafka in it, and the runtime shell that feeds it from Kafka.
 
-pub mod bench;
 pub mod catalogue;
 pub mod codec;
 pub mod config;
-pub mod demo;
 pub mod engine;
-pub mod explain_cli;
 pub mod http;
 pub mod model;
 pub mod runtime;
 pub mod service;
-pub mod simulate;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod tools;
+
 use mtdgate::config::Config;
 use mtdgate::runtime::{self, clock::SystemClock, Status};
 
@@ -48,14 +50,14 @@ enum Command {
     },
     /// Play the vendor gateways and the admin/MDM side: settings, policies, enrollments,
     /// then a stream of device threat reports, heartbeats and app inventories.
-    Simulate(mtdgate::simulate::SimulateArgs),
+    Simulate(tools::simulate::SimulateArgs),
     /// Run everything in one process with nothing installed: a mock Kafka cluster, the
     /// service and the simulator, with a live summary every second.
-    Demo(mtdgate::demo::DemoArgs),
+    Demo(tools::demo::DemoArgs),
     /// Ask a running instance why a device has its verdict, or how a tenant's connectors stand.
-    Explain(mtdgate::explain_cli::ExplainArgs),
+    Explain(tools::explain_cli::ExplainArgs),
     /// Measure the end-to-end bars on a real broker, each against a baseline of the same run.
-    Bench(mtdgate::bench::BenchArgs),
+    Bench(tools::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -141,7 +143,7 @@ fn real_main() -> anyhow::Result<()> {
             for sig in [signal_hook_consts::SIGTERM, signal_hook_consts::SIGINT] {
                 ctrlc_like(sig, stop.clone())?;
             }
-            let summary = mtdgate::simulate::run(&opts, stop)?;
+            let summary = tools::simulate::run(&opts, stop)?;
             println!("{summary}");
             if summary.delivery_errors > 0 || summary.undelivered > 0 {
                 anyhow::bail!("some records were not delivered");
@@ -153,14 +155,14 @@ fn real_main() -> anyhow::Result<()> {
             for sig in [signal_hook_consts::SIGTERM, signal_hook_consts::SIGINT] {
                 ctrlc_like(sig, stop.clone())?;
             }
-            mtdgate::demo::run(&args, stop)
+            tools::demo::run(&args, stop)
         }
         Command::Explain(args) => {
-            print!("{}", mtdgate::explain_cli::run(&args)?);
+            print!("{}", tools::explain_cli::run(&args)?);
             Ok(())
         }
         Command::Bench(args) => {
-            let report = mtdgate::bench::run(&args)?;
+            let report = tools::bench::run(&args)?;
             if !report.failures.is_empty() {
                 anyhow::bail!("{} benchmark part(s) failed", report.failures.len());
             }

@@ -31,8 +31,8 @@ mod throughput;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::codec::OutputEncoding;
-use crate::simulate::group;
+use mtdgate::codec::OutputEncoding;
+use crate::tools::simulate::group;
 
 pub use pipe::{run_pipe, PipeOptions};
 
@@ -349,7 +349,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let sizes = args.sizes();
     // The service's metrics recorder, as in production: its cost is part of the hot path.
-    crate::service::prometheus();
+    mtdgate::service::prometheus();
     let mut env = kafka::BenchEnv::new(&args.bootstrap_servers, args.partitions, args.encoding())?;
     for p in &args.consumer_property {
         let (k, v) = p

@@ -30,10 +30,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use serde::Serialize;
 
-use crate::codec::{self, AvroRecord, OutputEncoding};
-use crate::config::Config;
-use crate::runtime::clock::{Clock, SystemClock};
-use crate::runtime::kafka::{base_config, partition_counts};
+use mtdgate::codec::{self, AvroRecord, OutputEncoding};
+use mtdgate::config::Config;
+use mtdgate::runtime::clock::{Clock, SystemClock};
+use mtdgate::runtime::kafka::{base_config, partition_counts};
 
 pub use fleet::{device_id, tenant_id, user_id, Fleet};
 
@@ -412,7 +412,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
     let enrolled = fleet
         .devices
         .iter()
-        .filter(|d| d.management == crate::model::Management::Mdm)
+        .filter(|d| d.management == mtdgate::model::Management::Mdm)
         .count();
     let silenced = |partner: &str| opts.silence.iter().any(|s| s == partner);
 
@@ -767,7 +767,7 @@ pub fn sent_by_topic(s: &Summary) -> BTreeMap<String, u64> {
 
 /// Refuses partner ids the catalogue does not know (e.g. a mistyped `--silence`).
 pub fn check_partners(cfg: &Config, partners: &[String]) -> anyhow::Result<()> {
-    let catalogue = crate::runtime::load_catalogue(cfg)?;
+    let catalogue = mtdgate::runtime::load_catalogue(cfg)?;
     for p in partners {
         if catalogue.index(p).is_none() {
             anyhow::bail!(

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
 
-use crate::catalogue::Catalogue;
-use crate::codec::{self, OutputEncoding};
-use crate::engine::{Engine, EngineSettings};
-use crate::runtime::clock::{Clock, SystemClock};
-use crate::runtime::partitioner::partition_for;
-use crate::runtime::restore::{read_to_end, restore_partitions};
-use crate::simulate::group;
+use mtdgate::catalogue::Catalogue;
+use mtdgate::codec::{self, OutputEncoding};
+use mtdgate::engine::{Engine, EngineSettings};
+use mtdgate::runtime::clock::{Clock, SystemClock};
+use mtdgate::runtime::partitioner::partition_for;
+use mtdgate::runtime::restore::{read_to_end, restore_partitions};
+use crate::tools::simulate::group;
 
 use super::kafka::{flush, send, BenchEnv};
 use super::state;
@@ -26,7 +26,7 @@ pub fn write_changelog(
     env: &BenchEnv,
     topic: &str,
     n: usize,
-    make: impl Fn(usize) -> crate::model::DeviceStateRecord,
+    make: impl Fn(usize) -> mtdgate::model::DeviceStateRecord,
 ) -> anyhow::Result<usize> {
     let producer = env.producer()?;
     let mut buf = Vec::with_capacity(256);

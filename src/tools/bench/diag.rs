@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::runtime::kafka::{consumer_config, producer_config};
+use mtdgate::runtime::kafka::{consumer_config, producer_config};
 
 use super::kafka::{flush, warm, BenchEnv};
 

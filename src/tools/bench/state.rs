@@ -1,7 +1,7 @@
 //! Generated device state: changelog records for the restore, fan-out and memory parts, and the
 //! tables that make them consistent.
 
-use crate::model::*;
+use mtdgate::model::*;
 
 pub const LOOKOUT: &str = "lookout";
 pub const DEFENDER: &str = "microsoft-defender-for-endpoint";

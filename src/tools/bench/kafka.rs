@@ -17,10 +17,10 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::codec::OutputEncoding;
-use crate::config::Config;
-use crate::runtime::clock::Clock;
-use crate::runtime::{self, Status};
+use mtdgate::codec::OutputEncoding;
+use mtdgate::config::Config;
+use mtdgate::runtime::clock::Clock;
+use mtdgate::runtime::{self, Status};
 
 /// The broker, the run's unique prefix and the topics it created.
 pub struct BenchEnv {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use crate::model::*;
+use mtdgate::model::*;
 
 pub const LOOKOUT: &str = "lookout";
 pub const DEFENDER: &str = "microsoft-defender-for-endpoint";

@@ -17,11 +17,11 @@ use anyhow::{anyhow, Context as _};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 
-use crate::config::Config;
-use crate::runtime::clock::SystemClock;
-use crate::runtime::{self, Status};
-use crate::service;
-use crate::simulate::{self, group, InputEncoding, Summary};
+use mtdgate::config::Config;
+use mtdgate::runtime::clock::SystemClock;
+use mtdgate::runtime::{self, Status};
+use mtdgate::service;
+use crate::tools::simulate::{self, group, InputEncoding, Summary};
 
 /// `mtdgate demo` options.
 #[derive(Debug, Clone, clap::Args)]

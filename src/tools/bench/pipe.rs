@@ -19,8 +19,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::config::Config;
-use crate::runtime::kafka::{consumer_config, producer_config};
+use mtdgate::config::Config;
+use mtdgate::runtime::kafka::{consumer_config, producer_config};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -41,9 +41,9 @@ pub struct PipeOptions {
 }
 
 /// Serves delivery reports until nothing is in flight: the service's own
-/// [`await_deliveries`](crate::runtime::kafka::await_deliveries).
+/// [`await_deliveries`](mtdgate::runtime::kafka::await_deliveries).
 pub fn drain(producer: &BaseProducer, timeout: Duration) -> anyhow::Result<()> {
-    crate::runtime::kafka::await_deliveries(producer, timeout)
+    mtdgate::runtime::kafka::await_deliveries(producer, timeout)
 }
 
 /// Records the moment partitions were first assigned.

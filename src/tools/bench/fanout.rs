@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::catalogue::Catalogue;
-use crate::codec::{self, OutputEncoding};
-use crate::engine::{Body, Engine, EngineSettings, Event, Output};
-use crate::model::DeviceStateRecord;
-use crate::runtime::clock::{Clock, ShiftedClock, SystemClock};
-use crate::runtime::kafka::producer_config;
-use crate::runtime::partitioner::partition_for;
-use crate::simulate::group;
+use mtdgate::catalogue::Catalogue;
+use mtdgate::codec::{self, OutputEncoding};
+use mtdgate::engine::{Body, Engine, EngineSettings, Event, Output};
+use mtdgate::model::DeviceStateRecord;
+use mtdgate::runtime::clock::{Clock, ShiftedClock, SystemClock};
+use mtdgate::runtime::kafka::producer_config;
+use mtdgate::runtime::partitioner::partition_for;
+use crate::tools::simulate::group;
 
 use super::kafka::{flush, read_n, send, warm, BenchEnv, Instance};
 use super::restore::write_changelog;
@@ -131,7 +131,7 @@ fn engine_only(n: usize, now: i64, encoding: OutputEncoding) -> anyhow::Result<(
     Ok((evaluate, total))
 }
 
-fn produce_tables(env: &BenchEnv, cfg: &crate::config::Config, now: i64) -> anyhow::Result<()> {
+fn produce_tables(env: &BenchEnv, cfg: &mtdgate::config::Config, now: i64) -> anyhow::Result<()> {
     let (c, policies, hb) = fanout_tables(TENANT, now);
     let producer = env.producer()?;
     let t = &cfg.topics;
@@ -260,7 +260,7 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
 
     let mut state = Vec::new();
     let mut r = fanout(0, TENANT, now);
-    r.compliance = crate::model::ComplianceState::NotEvaluated;
+    r.compliance = mtdgate::model::ComplianceState::NotEvaluated;
     codec::encode(&r, OutputEncoding::Avro, &mut state)?;
     let (b_visible, b_all) = baseline(env, n, &sample, &state)?;
     println!(

@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use crate::catalogue::Catalogue;
-use crate::engine::devices::Device;
-use crate::engine::{Engine, EngineSettings};
-use crate::runtime::partitioner::partition_for;
-use crate::simulate::group;
+use mtdgate::catalogue::Catalogue;
+use mtdgate::engine::devices::Device;
+use mtdgate::engine::{Engine, EngineSettings};
+use mtdgate::runtime::partitioner::partition_for;
+use crate::tools::simulate::group;
 
 use super::state::mixed;
 use super::{Bar, Figure, Report, Sizes, Unit};

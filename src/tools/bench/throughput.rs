@@ -7,10 +7,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::BaseRecord;
 
-use crate::codec::{self, OutputEncoding};
-use crate::config::Config;
-use crate::runtime::clock::{Clock, SystemClock};
-use crate::simulate::{group, Fleet};
+use mtdgate::codec::{self, OutputEncoding};
+use mtdgate::config::Config;
+use mtdgate::runtime::clock::{Clock, SystemClock};
+use crate::tools::simulate::{group, Fleet};
 
 use super::kafka::{flush, send, BenchEnv, CommitWatcher, Instance};
 use super::pipe::{PipeOptions, PipeThread};

@@ -12,10 +12,10 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
 
-use crate::codec::{self, OutputEncoding};
-use crate::model::*;
-use crate::runtime::clock::{Clock, SystemClock};
-use crate::simulate::group;
+use mtdgate::codec::{self, OutputEncoding};
+use mtdgate::model::*;
+use mtdgate::runtime::clock::{Clock, SystemClock};
+use crate::tools::simulate::group;
 
 use super::kafka::{flush, send, warm, BenchEnv, Instance};
 use super::pipe::{PipeOptions, PipeThread};
@@ -162,7 +162,7 @@ fn measure(
     Ok(Measured { ms, rate: achieved })
 }
 
-fn produce_tables(env: &BenchEnv, cfg: &crate::config::Config) -> anyhow::Result<()> {
+fn produce_tables(env: &BenchEnv, cfg: &mtdgate::config::Config) -> anyhow::Result<()> {
     let (c, p, hb) = latency_tables(TENANT, SystemClock.now_ms());
     let producer = env.producer()?;
     let mut buf = Vec::new();

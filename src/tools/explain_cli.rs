@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::runtime::clock::{Clock, SystemClock};
+use mtdgate::runtime::clock::{Clock, SystemClock};
 
 /// `mtdgate explain` options.
 #[derive(Debug, Clone, clap::Args)]
