@@ -12,24 +12,26 @@
 //! benchmark thread's CPU time instead, which keeps other processes on a shared machine from
 //! inflating the per-core figures.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
-use mtdgate::catalogue::Catalogue;
 use mtdgate::codec::{self, OutputEncoding};
-use mtdgate::engine::{Body, Engine, EngineSettings, Event, Output};
+use mtdgate::engine::partitioner::partition_for;
+use mtdgate::engine::{Body, Engine, Event, Output};
 use mtdgate::model::*;
+
+/// The world builders the tests and `mtdgate bench` share.
+#[path = "../tests/support/world.rs"]
+mod world;
+
+use world::{apply, Member, Rng, DAY, LOOKOUT, MDE, T0};
 
 /// The allocator the `mtdgate` binary uses, so the figures match it.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const T0: i64 = 1_700_000_000_000;
-const DAY: i64 = 86_400_000;
-const LOOKOUT: &str = "lookout";
-const MDE: &str = "microsoft-defender-for-endpoint";
 const PARTITIONS: i32 = 12;
 
 const TENANTS: usize = 1_000;
@@ -107,171 +109,13 @@ impl Mark {
     }
 }
 
-/// splitmix64: deterministic ids and mixes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A random (version 4) UUID, canonical lower case.
-    fn uuid(&mut self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let (a, b) = (self.next(), self.next());
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&a.to_be_bytes());
-        bytes[8..].copy_from_slice(&b.to_be_bytes());
-        bytes[6] = (bytes[6] & 0x0f) | 0x40;
-        bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        let mut s = String::with_capacity(36);
-        for (i, b) in bytes.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                s.push('-');
-            }
-            s.push(HEX[(b >> 4) as usize] as char);
-            s.push(HEX[(b & 15) as usize] as char);
-        }
-        s
-    }
-}
-
-fn apply(
-    engine: &mut Engine,
-    partition: i32,
-    key: &str,
-    body: Body,
-    now: i64,
-    out: &mut Vec<Output>,
-) {
-    engine.apply(
-        &Event {
-            partition,
-            key: Some(key.as_bytes()),
-            body,
-        },
-        now,
-        out,
-    );
-}
-
-fn connector(tenant: &str, partner: &str) -> ConnectorConfig {
-    let mut c = ConnectorConfig::new(tenant, partner, T0);
-    c.provisioned = true;
-    c.setup_complete = true;
-    c.android_enabled = true;
-    c.ios_enabled = true;
-    c.android_mam_enabled = true;
-    c.ios_mam_enabled = true;
-    c
-}
-
-fn policy(
-    tenant: &str,
-    id: &str,
-    kind: PolicyKind,
-    platform: Platform,
-    max_level: PolicyLevel,
-    action: Option<PolicyAction>,
-) -> ThreatPolicy {
-    ThreatPolicy {
-        tenant_id: tenant.into(),
-        policy_id: id.into(),
-        kind,
-        platform,
-        max_level,
-        action,
-        partner_priority: None,
-        updated_at: T0,
-    }
-}
-
-/// Sets a tenant up with its connectors (heartbeating), MEDIUM compliance policies on iOS and
-/// Android, and app protection: BLOCK over MEDIUM on iOS, WIPE over HIGH on Android.
-fn setup_tenant(engine: &mut Engine, tenant: &str, partners: &[&str], now: i64) {
-    let mut out = Vec::new();
-    for &p in partners {
-        let key = format!("{tenant}/{p}");
-        apply(
-            engine,
-            0,
-            &key,
-            Body::Connector(Some(connector(tenant, p))),
-            now,
-            &mut out,
-        );
-        let hb = ConnectorHeartbeat {
-            tenant_id: tenant.into(),
-            partner_id: p.into(),
-            sent_at: now,
-            error_code: None,
-            min_os_versions: None,
-        };
-        apply(engine, 0, &key, Body::Heartbeat(hb), now, &mut out);
-    }
-    use PolicyKind::*;
-    for p in [
-        policy(
-            tenant,
-            "mtd-ios",
-            Compliance,
-            Platform::Ios,
-            PolicyLevel::Medium,
-            None,
-        ),
-        policy(
-            tenant,
-            "mtd-android",
-            Compliance,
-            Platform::Android,
-            PolicyLevel::Medium,
-            None,
-        ),
-        policy(
-            tenant,
-            "app-ios",
-            AppProtection,
-            Platform::Ios,
-            PolicyLevel::Medium,
-            Some(PolicyAction::Block),
-        ),
-        policy(
-            tenant,
-            "app-android",
-            AppProtection,
-            Platform::Android,
-            PolicyLevel::High,
-            Some(PolicyAction::Wipe),
-        ),
-    ] {
-        let key = format!("{tenant}/{}", p.policy_id);
-        apply(engine, 0, &key, Body::Policy(Some(p)), now, &mut out);
-    }
-    assert!(
-        !out.iter().any(|o| matches!(o, Output::Rejected(_))),
-        "setup rejected: {out:?}"
-    );
-}
-
+/// One device of the population and its current health.
 struct Device {
-    tenant: usize,
-    id: String,
-    user: String,
+    member: Member,
     key: String,
     partition: i32,
-    platform: Platform,
-    management: Management,
-    defender: bool,
-    /// Current health, moved by a small Markov chain: mostly SECURED/LOW, now and then an
-    /// infection that is later remediated.
+    /// Moved by a small Markov chain: mostly SECURED/LOW, now and then an infection that is
+    /// later remediated.
     health: HealthState,
 }
 
@@ -286,23 +130,16 @@ struct World {
 }
 
 impl World {
-    /// `tenants` tenants with Lookout (every third also with Defender), `devices` devices spread
-    /// over them (four in five enrolled, the rest MAM), each with a first report applied.
+    /// `tenants` tenants with Lookout (every third also with Defender), `devices` devices of
+    /// the mixed population spread over them (four in five enrolled, the rest MAM), each with
+    /// a first report from each of its partners applied.
     fn new(tenants: usize, devices: usize) -> World {
         let mut rng = Rng(7);
-        let mut engine = Engine::new(
-            Arc::new(Catalogue::builtin("public").expect("catalogue")),
-            EngineSettings::default(),
-        );
+        let mut engine = world::engine();
         let now = T0;
         let tenant_ids: Vec<String> = (0..tenants).map(|_| rng.uuid()).collect();
         for (i, t) in tenant_ids.iter().enumerate() {
-            let partners: &[&str] = if i % 3 == 0 {
-                &[LOOKOUT, MDE]
-            } else {
-                &[LOOKOUT]
-            };
-            setup_tenant(&mut engine, t, partners, now);
+            world::mixed_tables(t, world::partners_of(i), now).apply_all(&mut engine, now);
         }
         let mut world = World {
             engine,
@@ -313,58 +150,24 @@ impl World {
         };
         let mut out = Vec::new();
         for i in 0..devices {
-            let tenant = i % tenants;
-            let id = world.rng.uuid();
-            let r = world.rng.next();
-            let d = Device {
-                tenant,
-                key: format!("{}/{id}", world.tenants[tenant]),
-                user: world.rng.uuid(),
-                id,
-                partition: (r % PARTITIONS as u64) as i32,
-                platform: if (r >> 8) % 2 == 0 {
-                    Platform::Ios
-                } else {
-                    Platform::Android
-                },
-                management: if (r >> 16) % 5 == 0 {
-                    Management::Mam
-                } else {
-                    Management::Mdm
-                },
-                defender: tenant % 3 == 0,
-                health: HealthState::Secured,
-            };
-            if d.management == Management::Mdm {
-                let e = DeviceEnrollment {
-                    tenant_id: world.tenants[tenant].clone(),
-                    device_id: d.id.clone(),
-                    user_id: d.user.clone(),
-                    platform: d.platform,
-                    management: d.management,
-                    ownership: Ownership::Corporate,
-                    os_version: Some(os_version(d.platform).into()),
-                    enrolled_at: T0,
-                };
-                apply(
-                    &mut world.engine,
-                    d.partition,
-                    &d.key,
-                    Body::Enrollment(Some(e)),
-                    now,
-                    &mut out,
-                );
+            let member = world::member(i, tenants);
+            let tenant = &world.tenants[member.tenant];
+            let key = format!("{tenant}/{}", member.device_id);
+            let partition = partition_for(key.as_bytes(), PARTITIONS);
+            if let Some(e) = member.enrollment(tenant, T0) {
+                let body = Body::Enrollment(Some(e));
+                apply(&mut world.engine, partition, &key, body, now, &mut out);
             }
-            world.devices.push(d);
+            world.devices.push(Device {
+                member,
+                key,
+                partition,
+                health: HealthState::Secured,
+            });
         }
         // A first report from every partner of every device.
         for i in 0..devices {
-            let partners: &[&str] = if world.devices[i].defender {
-                &[LOOKOUT, MDE]
-            } else {
-                &[LOOKOUT]
-            };
-            for &p in partners {
+            for &p in world.devices[i].member.partners {
                 let r = world.report(i, p, T0 - DAY);
                 let d = &world.devices[i];
                 apply(
@@ -411,43 +214,11 @@ impl World {
         } else {
             d.health
         };
-        let threats = match d.health {
-            HealthState::Medium | HealthState::High | HealthState::Compromised => vec![Threat {
-                category: "malware".into(),
-                name: "Trojan.AndroidOS.Agent".into(),
-                severity: ThreatSeverity::High,
-            }],
-            _ => Vec::new(),
-        };
-        let (tenant_id, device_id, user_id, platform, management) = (
-            self.tenants[d.tenant].clone(),
-            d.id.clone(),
-            Some(d.user.clone()),
-            d.platform,
-            d.management,
-        );
-        let health_state = d.health;
-        DeviceThreatReport {
-            event_id: self.rng.uuid(),
-            tenant_id,
-            partner_id: partner.into(),
-            device_id,
-            user_id,
-            platform,
-            management,
-            ownership: Some(Ownership::Corporate),
-            os_version: Some(os_version(platform).into()),
-            health_state,
-            threats,
-            observed_at,
-        }
-    }
-}
-
-fn os_version(p: Platform) -> &'static str {
-    match p {
-        Platform::Ios => "17.4.1",
-        _ => "14",
+        let (health, event_id) = (d.health, self.rng.uuid());
+        let d = &self.devices[i];
+        let tenant = &self.tenants[d.member.tenant];
+        d.member
+            .report(tenant, partner, health, event_id, observed_at)
     }
 }
 
@@ -491,7 +262,8 @@ impl Stream {
             for k in 0..self.order.len() {
                 let i = self.order[k] as usize;
                 // Defender tenants' devices get every other report from Defender.
-                let defender = world.devices[i].defender && self.next_at % 2 == 0;
+                let defender =
+                    world.devices[i].member.partners.contains(&MDE) && self.next_at % 2 == 0;
                 let partner = if defender { MDE } else { LOOKOUT };
                 let r = world.report(i, partner, self.next_at);
                 self.next_at += 1;
@@ -715,70 +487,24 @@ impl Stats {
     }
 }
 
-/// One tenant, Lookout only, `n` enrolled devices all COMPLIANT on Lookout's data.
+/// One tenant, Lookout only, `n` enrolled devices all COMPLIANT on Lookout's data, restored
+/// as after a restart (the fan-out population of `mtdgate bench`).
 fn fanout_world(n: usize) -> (Engine, String, i64) {
-    let mut rng = Rng(11);
-    let mut engine = Engine::new(
-        Arc::new(Catalogue::builtin("public").expect("catalogue")),
-        EngineSettings::default(),
-    );
-    let tenant = rng.uuid();
+    let mut engine = world::engine();
+    let tenant = Rng(11).uuid();
     let now = T0;
-    setup_tenant(&mut engine, &tenant, &[LOOKOUT], now);
-    let mut out = Vec::new();
+    world::fanout_tables(&tenant, now).apply_all(&mut engine, now);
     for i in 0..n {
-        let id = rng.uuid();
-        let user = rng.uuid();
-        let key = format!("{tenant}/{id}");
-        let partition = (i % PARTITIONS as usize) as i32;
-        let platform = if i % 2 == 0 {
-            Platform::Ios
-        } else {
-            Platform::Android
-        };
-        let e = DeviceEnrollment {
-            tenant_id: tenant.clone(),
-            device_id: id.clone(),
-            user_id: user.clone(),
-            platform,
-            management: Management::Mdm,
-            ownership: Ownership::Corporate,
-            os_version: Some(os_version(platform).into()),
-            enrolled_at: T0,
-        };
-        apply(
-            &mut engine,
-            partition,
-            &key,
-            Body::Enrollment(Some(e)),
-            now,
-            &mut out,
-        );
-        let r = DeviceThreatReport {
-            event_id: rng.uuid(),
-            tenant_id: tenant.clone(),
-            partner_id: LOOKOUT.into(),
-            device_id: id,
-            user_id: Some(user),
-            platform,
-            management: Management::Mdm,
-            ownership: Some(Ownership::Corporate),
-            os_version: None,
-            health_state: HealthState::Secured,
-            threats: Vec::new(),
-            observed_at: now,
-        };
-        apply(&mut engine, partition, &key, Body::Threat(r), now, &mut out);
-        out.clear();
-        if i % BATCH == 0 {
-            for p in 0..PARTITIONS {
-                engine.drain_changelog(p, |_, r| drop(black_box(r)));
-            }
-        }
+        let r = world::fanout_device(i, &tenant, now);
+        let key = format!("{tenant}/{}", r.device_id);
+        let partition = partition_for(key.as_bytes(), PARTITIONS);
+        engine.restore(partition, &key, Some(&r)).expect("restore");
     }
+    let mut out = Vec::new();
     for p in 0..PARTITIONS {
-        engine.drain_changelog(p, |_, r| drop(black_box(r)));
+        engine.reconcile(p, now, &mut out);
     }
+    assert!(out.is_empty(), "the restored devices agree with the tables");
     (engine, tenant, now)
 }
 
@@ -843,13 +569,7 @@ fn fanout(c: &mut Criterion) {
                     assert_eq!(changes, n, "every device re-evaluated and changed");
                     out.clear();
                     // Untimed: a heartbeat restores the data (another full fan-out).
-                    let hb = ConnectorHeartbeat {
-                        tenant_id: tenant.clone(),
-                        partner_id: LOOKOUT.into(),
-                        sent_at: *now,
-                        error_code: None,
-                        min_os_versions: None,
-                    };
+                    let hb = world::heartbeat(tenant, LOOKOUT, *now);
                     let key = format!("{tenant}/{LOOKOUT}");
                     apply(engine, 0, &key, Body::Heartbeat(hb), *now, &mut out);
                     assert_eq!(out.len(), n + 1, "status change and every device back");
@@ -866,4 +586,238 @@ fn fanout(c: &mut Criterion) {
 }
 
 criterion_group!(benches, decode_only, decode_evaluate, fanout);
-criterion_main!(benches);
+criterion_main!(benches, codec_choice);
+
+// Issue 9, item 8: the Avro codec decided by a measurement.
+
+/// `serde_avro_fast` as a DeviceThreatReport decoder: its schema compiled once from the same
+/// `.avsc` text mtdgate embeds, the single-object header checked against mtdgate's fingerprint
+/// (as `serde_avro_fast::from_single_object_slice` does against its own), and bytes left over
+/// refused, as `codec::decode` does.
+struct SafDecoder {
+    schema: serde_avro_fast::Schema,
+    header: [u8; codec::SINGLE_OBJECT_HEADER_LEN],
+}
+
+impl SafDecoder {
+    fn new() -> SafDecoder {
+        use mtdgate::codec::AvroRecord;
+        let entry = DeviceThreatReport::schema_entry();
+        let schema: serde_avro_fast::Schema = entry
+            .source()
+            .parse()
+            .expect("serde_avro_fast compiles the DeviceThreatReport schema");
+        let mut header = [0; codec::SINGLE_OBJECT_HEADER_LEN];
+        header[..2].copy_from_slice(&codec::SINGLE_OBJECT_MAGIC);
+        header[2..].copy_from_slice(&entry.fingerprint_bytes());
+        println!(
+            "avro_codec: serde_avro_fast's fingerprint {} mtdgate's",
+            if schema.rabin_fingerprint()[..] == header[2..] {
+                "equals"
+            } else {
+                "differs from"
+            }
+        );
+        SafDecoder { schema, header }
+    }
+
+    #[inline]
+    fn datum<'a>(&self, bytes: &'a [u8]) -> Result<&'a [u8], serde_avro_fast::de::DeError> {
+        match bytes.split_first_chunk::<{ codec::SINGLE_OBJECT_HEADER_LEN }>() {
+            Some((header, datum)) if *header == self.header => Ok(datum),
+            _ => Err(serde::de::Error::custom(
+                "not a DeviceThreatReport single object",
+            )),
+        }
+    }
+
+    #[inline]
+    fn decode(&self, bytes: &[u8]) -> Result<DeviceThreatReport, serde_avro_fast::de::DeError> {
+        let mut state =
+            serde_avro_fast::de::DeserializerState::from_slice(self.datum(bytes)?, &self.schema);
+        let report = serde::Deserialize::deserialize(state.deserializer())?;
+        saf_finish(state)?;
+        Ok(report)
+    }
+
+    #[inline]
+    fn decode_into(
+        &self,
+        bytes: &[u8],
+        place: &mut DeviceThreatReport,
+    ) -> Result<(), serde_avro_fast::de::DeError> {
+        let mut state =
+            serde_avro_fast::de::DeserializerState::from_slice(self.datum(bytes)?, &self.schema);
+        serde::Deserialize::deserialize_in_place(state.deserializer(), place)?;
+        saf_finish(state)
+    }
+}
+
+/// Refuses bytes left over after the datum.
+#[inline]
+fn saf_finish(
+    state: serde_avro_fast::de::DeserializerState<'_, serde_avro_fast::de::read::SliceRead<'_>>,
+) -> Result<(), serde_avro_fast::de::DeError> {
+    let mut rest = state.into_reader();
+    match std::io::BufRead::fill_buf(&mut rest) {
+        Ok([]) => Ok(()),
+        _ => Err(serde::de::Error::custom("bytes left over after the datum")),
+    }
+}
+
+/// What one `avro_codec` variant decodes with: the stream and the value decoded into.
+struct CodecRun<'a> {
+    stream: &'a Stream,
+    saf: &'a SafDecoder,
+    place: DeviceThreatReport,
+    k: usize,
+}
+
+impl<'a> CodecRun<'a> {
+    /// The next report's value bytes, round and round the stream.
+    #[inline(always)]
+    fn next(&mut self) -> &'a [u8] {
+        let (_, _, bytes) = self.stream.report(self.k);
+        self.k = if self.k + 1 == self.stream.len() {
+            0
+        } else {
+            self.k + 1
+        };
+        bytes
+    }
+}
+
+// One never-inlined function per variant, so that callgrind tells them apart
+// (`callgrind_annotate --inclusive=yes`: `core::avro_codec_*`).
+
+#[inline(never)]
+fn avro_codec_mtdgate_fresh(run: &mut CodecRun<'_>, iters: u64) {
+    for _ in 0..iters {
+        let bytes = run.next();
+        black_box(codec::decode::<DeviceThreatReport>(bytes).expect("decodes"));
+    }
+}
+
+#[inline(never)]
+fn avro_codec_mtdgate_in_place(run: &mut CodecRun<'_>, iters: u64) {
+    for _ in 0..iters {
+        let bytes = run.next();
+        codec::decode_into(bytes, &mut run.place).expect("decodes");
+        black_box(&run.place);
+    }
+}
+
+#[inline(never)]
+fn avro_codec_saf_fresh(run: &mut CodecRun<'_>, iters: u64) {
+    for _ in 0..iters {
+        let bytes = run.next();
+        black_box(run.saf.decode(bytes).expect("decodes"));
+    }
+}
+
+#[inline(never)]
+fn avro_codec_saf_in_place(run: &mut CodecRun<'_>, iters: u64) {
+    for _ in 0..iters {
+        let bytes = run.next();
+        run.saf.decode_into(bytes, &mut run.place).expect("decodes");
+        black_box(&run.place);
+    }
+}
+
+type CodecVariant = fn(&mut CodecRun<'_>, u64);
+
+const CODEC_VARIANTS: [(&str, CodecVariant); 4] = [
+    ("mtdgate/fresh", avro_codec_mtdgate_fresh),
+    ("mtdgate/in_place", avro_codec_mtdgate_in_place),
+    ("serde_avro_fast/fresh", avro_codec_saf_fresh),
+    ("serde_avro_fast/in_place", avro_codec_saf_in_place),
+];
+
+/// mtdgate's hand-written decoder against `serde_avro_fast` on the same DeviceThreatReport
+/// single-object bytes (the stream of the `decode` benchmark), each into a fresh value per
+/// report (dropped) and in place (one value decoded into again and again, as the service does).
+///
+/// ```text
+/// MTDGATE_BENCH_CLOCK=thread-cpu cargo bench --bench core -- avro_codec --warm-up-time 1 --measurement-time 3
+/// ```
+///
+/// With `MTDGATE_AVRO_CODEC_ITERS=N` every variant instead decodes N reports outside criterion
+/// (a fixed amount of work, for `valgrind --tool=callgrind`) and prints its time per decode.
+fn avro_codec(c: &mut Criterion) {
+    let fixed: Option<u64> = std::env::var("MTDGATE_AVRO_CODEC_ITERS").ok().map(|n| {
+        n.parse()
+            .expect("MTDGATE_AVRO_CODEC_ITERS: a number of decodes")
+    });
+    // Built on first use, so a filtered run does not pay for it.
+    let setup: std::cell::OnceCell<(Stream, SafDecoder)> = std::cell::OnceCell::new();
+    let setup = || -> &(Stream, SafDecoder) {
+        setup.get_or_init(|| {
+            let mut world = World::new(TENANTS, 20_000);
+            let stream = Stream::new(&mut world, OutputEncoding::Avro);
+            let saf = SafDecoder::new();
+            // Both decoders give the same value for every report, fresh and in place.
+            let first: DeviceThreatReport = codec::decode(stream.report(0).2).expect("decodes");
+            let (mut ours, mut theirs) = (first.clone(), first);
+            for k in 0..stream.len() {
+                let (_, _, bytes) = stream.report(k);
+                let fresh: DeviceThreatReport = codec::decode(bytes).expect("decodes");
+                assert_eq!(saf.decode(bytes).expect("serde_avro_fast decodes"), fresh);
+                codec::decode_into(bytes, &mut ours).expect("decodes");
+                saf.decode_into(bytes, &mut theirs)
+                    .expect("serde_avro_fast decodes in place");
+                assert_eq!(ours, fresh);
+                assert_eq!(theirs, fresh);
+            }
+            println!(
+                "avro_codec: {} reports, mean size {} bytes, identical in both decoders",
+                stream.len(),
+                stream.value_bytes() / stream.len()
+            );
+            (stream, saf)
+        })
+    };
+    if let Some(iters) = fixed {
+        let (stream, saf) = setup();
+        for (name, variant) in CODEC_VARIANTS {
+            let mut run = CodecRun {
+                stream,
+                saf,
+                place: codec::decode(stream.report(0).2).expect("decodes"),
+                k: 0,
+            };
+            let start = Mark::now();
+            variant(&mut run, iters);
+            let took = start.elapsed();
+            println!(
+                "avro_codec/{name}: {iters} decodes, {:.1} ns/decode, {:.0} decodes/s",
+                took.as_nanos() as f64 / iters as f64,
+                iters as f64 / took.as_secs_f64()
+            );
+        }
+        return;
+    }
+    let mut group = c.benchmark_group("avro_codec");
+    group.throughput(Throughput::Elements(1));
+    for (name, variant) in CODEC_VARIANTS {
+        let mut run: Option<CodecRun<'_>> = None;
+        group.bench_function(name, |b| {
+            let run = run.get_or_insert_with(|| {
+                let (stream, saf) = setup();
+                CodecRun {
+                    stream,
+                    saf,
+                    place: codec::decode(stream.report(0).2).expect("decodes"),
+                    k: 0,
+                }
+            });
+            b.iter_custom(|iters| {
+                let start = Mark::now();
+                variant(run, iters);
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(codec_choice, avro_codec);

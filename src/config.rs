@@ -111,6 +111,26 @@ impl Default for KafkaConfig {
     }
 }
 
+impl TopicsConfig {
+    /// With `bind_partners`, `per_partner` for each partner (`{partner}` replaced), bound to it;
+    /// otherwise the one `shared` topic, for any partner.
+    fn bound(
+        &self,
+        partners: &[&str],
+        per_partner: &str,
+        shared: &str,
+    ) -> Vec<(String, Option<String>)> {
+        if self.bind_partners {
+            partners
+                .iter()
+                .map(|p| (per_partner.replace("{partner}", p), Some((*p).to_owned())))
+                .collect()
+        } else {
+            vec![(shared.to_owned(), None)]
+        }
+    }
+}
+
 impl Default for TopicsConfig {
     fn default() -> Self {
         TopicsConfig {
@@ -268,36 +288,14 @@ impl Config {
 
     /// Device threat topics with the partner each is bound to (`None`: any partner).
     pub fn threat_topics(&self, partners: &[&str]) -> Vec<(String, Option<String>)> {
-        if self.topics.bind_partners {
-            partners
-                .iter()
-                .map(|p| {
-                    (
-                        self.topics.partner_device_threats.replace("{partner}", p),
-                        Some((*p).to_owned()),
-                    )
-                })
-                .collect()
-        } else {
-            vec![(self.topics.device_threats.clone(), None)]
-        }
+        let t = &self.topics;
+        t.bound(partners, &t.partner_device_threats, &t.device_threats)
     }
 
     /// Heartbeat topics with the partner each is bound to (`None`: any partner).
     pub fn heartbeat_topics(&self, partners: &[&str]) -> Vec<(String, Option<String>)> {
-        if self.topics.bind_partners {
-            partners
-                .iter()
-                .map(|p| {
-                    (
-                        self.topics.partner_heartbeats.replace("{partner}", p),
-                        Some((*p).to_owned()),
-                    )
-                })
-                .collect()
-        } else {
-            vec![(self.topics.connector_heartbeats.clone(), None)]
-        }
+        let t = &self.topics;
+        t.bound(partners, &t.partner_heartbeats, &t.connector_heartbeats)
     }
 
     /// A copy safe to print or log: passwords, secrets and tokens replaced by `<redacted>`.

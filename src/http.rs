@@ -92,7 +92,7 @@ async fn device(
     if let Err(r) = authorized(&s, &headers) {
         return *r;
     }
-    match s.status.with_engine(|e, now| e.explain_device(&tenant, &device, now)) {
+    match s.status.with_reader(|e, now| e.explain_device(&tenant, &device, now)) {
         Some(Some(x)) => Json(x).into_response(),
         Some(None) => (
             StatusCode::NOT_FOUND,
@@ -111,7 +111,7 @@ async fn connectors(
     if let Err(r) = authorized(&s, &headers) {
         return *r;
     }
-    match s.status.with_engine(|e, _| e.explain_connectors(&tenant)) {
+    match s.status.with_reader(|e, _| e.explain_connectors(&tenant)) {
         Some(x) => Json(x).into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "not started yet\n").into_response(),
     }

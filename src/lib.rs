@@ -11,3 +11,4 @@ pub mod http;
 pub mod model;
 pub mod runtime;
 pub mod service;
+pub mod telemetry;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 mod tools;
 
 use mtdgate::config::Config;
-use mtdgate::runtime::{self, clock::SystemClock, Status};
+use mtdgate::runtime::{self, Status};
 
 /// mimalloc: the decode path allocates and frees a few small strings per record, which costs
 /// markedly fewer instructions than with the system allocator (benches/RESULTS.md).
@@ -69,30 +69,32 @@ enum TopicsAction {
 }
 
 fn main() {
-    // The interactive commands keep the service's info logs out of their own output.
-    if std::env::var_os("RUST_LOG").is_none()
-        && matches!(
-            std::env::args().nth(1).as_deref(),
-            Some("demo" | "simulate" | "explain")
-        )
-    {
-        std::env::set_var("RUST_LOG", "warn,rdkafka=error");
-    }
-    if std::env::var_os("RUST_LOG").is_none() && std::env::args().nth(1).as_deref() == Some("bench")
-    {
-        std::env::set_var("RUST_LOG", "warn,rdkafka=error");
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     if let Err(e) = real_main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`; without it the service logs at info, and the
+/// interactive commands keep the service's info logs out of their own output.
+fn init_logging() {
+    let interactive = matches!(
+        std::env::args().nth(1).as_deref(),
+        Some("demo" | "simulate" | "explain" | "bench")
+    );
+    let default = if interactive {
+        "warn,rdkafka=error"
+    } else {
+        "info,rdkafka=warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn real_main() -> anyhow::Result<()> {
@@ -100,17 +102,8 @@ fn real_main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let cfg = Config::load(config.as_deref())?;
-            let shutdown = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook_consts::SIGTERM, signal_hook_consts::SIGINT] {
-                let flag = shutdown.clone();
-                ctrlc_like(sig, flag)?;
-            }
-            mtdgate::service::run(
-                cfg,
-                Arc::new(SystemClock),
-                shutdown,
-                Arc::new(Status::default()),
-            )
+            let shutdown = shutdown_on_signals()?;
+            mtdgate::service::run(cfg, shutdown, Arc::new(Status::default()))
         }
         Command::Topics { action, config } => {
             let cfg = Config::load(config.as_deref())?;
@@ -139,10 +132,7 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::Simulate(args) => {
             let opts = args.options()?;
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook_consts::SIGTERM, signal_hook_consts::SIGINT] {
-                ctrlc_like(sig, stop.clone())?;
-            }
+            let stop = shutdown_on_signals()?;
             let summary = tools::simulate::run(&opts, stop)?;
             println!("{summary}");
             if summary.delivery_errors > 0 || summary.undelivered > 0 {
@@ -150,13 +140,7 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Demo(args) => {
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook_consts::SIGTERM, signal_hook_consts::SIGINT] {
-                ctrlc_like(sig, stop.clone())?;
-            }
-            tools::demo::run(&args, stop)
-        }
+        Command::Demo(args) => tools::demo::run(&args, shutdown_on_signals()?),
         Command::Explain(args) => {
             print!("{}", tools::explain_cli::run(&args)?);
             Ok(())
@@ -179,29 +163,39 @@ fn real_main() -> anyhow::Result<()> {
     }
 }
 
-mod signal_hook_consts {
-    pub const SIGTERM: i32 = 15;
-    pub const SIGINT: i32 = 2;
-}
+/// A flag set when SIGTERM or SIGINT arrives; a second arrival of the same signal exits at once
+/// (status 130). Fails if a handler cannot be installed, rather than running without one.
+fn shutdown_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
 
-/// Sets `flag` when signal `sig` arrives (a second arrival exits at once).
-fn ctrlc_like(sig: i32, flag: Arc<AtomicBool>) -> anyhow::Result<()> {
+    async fn watch(mut signal: Signal, name: &'static str, flag: Arc<AtomicBool>) {
+        signal.recv().await;
+        tracing::info!(signal = name, "shutdown requested");
+        flag.store(true, Ordering::SeqCst);
+        signal.recv().await;
+        std::process::exit(130);
+    }
+
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    std::thread::spawn(move || {
-        rt.block_on(async move {
-            let kind = tokio::signal::unix::SignalKind::from_raw(sig);
-            let mut s = match tokio::signal::unix::signal(kind) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-            s.recv().await;
-            tracing::info!(signal = sig, "shutdown requested");
-            flag.store(true, Ordering::SeqCst);
-            s.recv().await;
-            std::process::exit(130);
+        .build()
+        .context("cannot start the signal handlers' runtime")?;
+    let (term, int) = {
+        let _in_runtime = rt.enter();
+        (
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        )
+    };
+    let flag = Arc::new(AtomicBool::new(false));
+    let (a, b) = (flag.clone(), flag.clone());
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::join!(watch(term, "SIGTERM", a), watch(int, "SIGINT", b));
+            })
         })
-    });
-    Ok(())
+        .context("cannot start the signal handlers' thread")?;
+    Ok(flag)
 }

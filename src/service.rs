@@ -8,7 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Config;
 use crate::http::{router, HttpState};
-use crate::runtime::{self, clock::Clock, Status};
+use crate::runtime::{self, clock::SystemClock, Status};
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn prometheus() -> Option<PrometheusHandle> {
@@ -24,7 +24,8 @@ pub fn prometheus() -> Option<PrometheusHandle> {
                 .ok()?
                 .install_recorder()
                 .ok()?;
-            metrics::gauge!("mtdgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            crate::telemetry::describe_all();
+            crate::telemetry::build_info();
             Some(handle)
         })
         .clone()
@@ -71,14 +72,10 @@ pub fn start_http(cfg: &Config, status: Arc<Status>) -> anyhow::Result<std::net:
     Ok(addr)
 }
 
-/// Runs the service until `shutdown` is set.
-pub fn run(
-    cfg: Config,
-    clock: Arc<dyn Clock>,
-    shutdown: Arc<AtomicBool>,
-    status: Arc<Status>,
-) -> anyhow::Result<()> {
+/// Runs the product until `shutdown` is set: the metrics recorder, the HTTP server and the
+/// runtime ([`runtime::run`]) on the system clock.
+pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, status: Arc<Status>) -> anyhow::Result<()> {
     prometheus();
     start_http(&cfg, status.clone())?;
-    runtime::run(cfg, clock, shutdown, status)
+    runtime::run(cfg, Arc::new(SystemClock), shutdown, status)
 }

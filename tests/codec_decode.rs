@@ -2,6 +2,8 @@
 //! apache-avro implementation, JSON leniency, each rejection class with its reason and field
 //! path, schema resolution of older writer schemas, and property tests.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Once};
@@ -16,6 +18,7 @@ use mtdgate::model::*;
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use support::wire::*;
 
 fn init() {
     static ONCE: Once = Once::new();
@@ -69,13 +72,7 @@ fn heartbeat() -> ConnectorHeartbeat {
 }
 
 fn connector() -> ConnectorConfig {
-    let mut c = ConnectorConfig::new(
-        "tenant-a",
-        "microsoft-defender-for-endpoint",
-        1_699_999_999_999,
-    );
-    c.provisioned = true;
-    c.setup_complete = true;
+    let mut c = support::world::set_up("tenant-a", support::world::MDE, 1_699_999_999_999);
     c.ios_enabled = true;
     c.windows_mam_enabled = true;
     c.macos_blocked_on_missing_data = true;
@@ -272,32 +269,6 @@ macro_rules! for_every_record {
     }};
 }
 
-fn encoded<T: Record>(v: &T, enc: OutputEncoding) -> Vec<u8> {
-    let mut buf = Vec::new();
-    encode(v, enc, &mut buf).unwrap();
-    buf
-}
-
-fn datum<T: Record>(v: &T) -> Vec<u8> {
-    let mut buf = Vec::new();
-    codec::encode_avro_datum(v, &mut buf).unwrap();
-    buf
-}
-
-fn single_object<T: AvroRecord>(datum: &[u8]) -> Vec<u8> {
-    let mut b = vec![0xC3, 0x01];
-    b.extend_from_slice(&T::schema_entry().fingerprint_bytes());
-    b.extend_from_slice(datum);
-    b
-}
-
-fn confluent(id: u32, datum: &[u8]) -> Vec<u8> {
-    let mut b = vec![0x00];
-    b.extend_from_slice(&id.to_be_bytes());
-    b.extend_from_slice(datum);
-    b
-}
-
 // ---------------------------------------------------------------------------------------------
 // Round trips
 
@@ -406,33 +377,6 @@ fn json_optional_fields_may_be_omitted_or_null() {
 
 // ---------------------------------------------------------------------------------------------
 // Hand-built Avro datums, for inputs no encoder would write
-
-#[derive(Default)]
-struct Datum(Vec<u8>);
-
-impl Datum {
-    fn long(mut self, v: i64) -> Self {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            self.0.push(z as u8 | 0x80);
-            z >>= 7;
-        }
-        self.0.push(z as u8);
-        self
-    }
-    fn bytes(self, b: &[u8]) -> Self {
-        let mut d = self.long(b.len() as i64);
-        d.0.extend_from_slice(b);
-        d
-    }
-    fn str(self, s: &str) -> Self {
-        self.bytes(s.as_bytes())
-    }
-    fn raw(mut self, b: &[u8]) -> Self {
-        self.0.extend_from_slice(b);
-        self
-    }
-}
 
 /// A DeviceThreatReport datum up to (excluding) `threats`, with `device_id` given raw.
 fn report_head(device_id: &[u8]) -> Datum {

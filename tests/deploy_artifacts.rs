@@ -1,5 +1,6 @@
 //! Checks the operator-facing deployment artifacts against each other and against the service:
-//! dashboards and alerts may only query metrics the service exports (`deploy/metrics.txt`),
+//! dashboards and alerts may only query metrics the service declares (`src/telemetry.rs`, listed
+//! in `deploy/metrics.txt` and the README table, which must match it),
 //! alert rules must pass `promtool`, and the compose file, Kubernetes manifests and Dockerfile
 //! must describe the binary and endpoints mtdgate really has. These files are not compiled, so
 //! without this test a renamed metric or probe path would only show up in production.
@@ -10,6 +11,8 @@ use std::process::Command;
 
 use serde::Deserialize;
 use serde_yaml::Value;
+
+use mtdgate::telemetry::{self, MetricDef, MetricKind, RebalanceKind, TransactionResult};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,24 +39,32 @@ fn yaml_docs(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// The metric names the service exports, from `deploy/metrics.txt`.
+/// The metric names the service exports: the declarations in `src/telemetry.rs`
+/// (`deploy/metrics.txt` and the README table are checked against them below).
 fn known_metrics() -> BTreeSet<String> {
-    let names: BTreeSet<String> = read("deploy/metrics.txt")
+    telemetry::ALL.iter().map(|d| d.name.to_owned()).collect()
+}
+
+/// `deploy/metrics.txt` as (name, type, label keys), in file order.
+fn metrics_txt() -> Vec<(String, String, Vec<String>)> {
+    read("deploy/metrics.txt")
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
-    assert!(!names.is_empty(), "deploy/metrics.txt lists no metrics");
-    for n in &names {
-        assert!(
-            n.starts_with("mtdgate_")
-                && n.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
-            "deploy/metrics.txt: {n:?} is not a bare mtdgate_ metric name"
-        );
-    }
-    names
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(
+                cols.len(),
+                3,
+                "deploy/metrics.txt: want `name type labels`: {l:?}"
+            );
+            let labels = match cols[2] {
+                "-" => Vec::new(),
+                ls => ls.split(',').map(str::to_owned).collect(),
+            };
+            (cols[0].to_owned(), cols[1].to_owned(), labels)
+        })
+        .collect()
 }
 
 /// The `mtdgate_...` identifiers a PromQL expression mentions.
@@ -78,7 +89,8 @@ fn metric_refs(expr: &str) -> Vec<String> {
     out
 }
 
-/// The metric a reference resolves to, allowing the histogram series suffixes.
+/// The metric a reference resolves to, allowing the histogram series suffixes on histograms
+/// (per `src/telemetry.rs`; names outside `known` never resolve).
 fn resolve<'a>(name: &'a str, known: &BTreeSet<String>) -> Option<&'a str> {
     if known.contains(name) {
         return Some(name);
@@ -86,7 +98,10 @@ fn resolve<'a>(name: &'a str, known: &BTreeSet<String>) -> Option<&'a str> {
     ["_bucket", "_sum", "_count"]
         .iter()
         .filter_map(|s| name.strip_suffix(s))
-        .find(|base| known.contains(*base))
+        .find(|base| {
+            known.contains(*base)
+                && MetricDef::find(base).is_some_and(|d| d.kind == MetricKind::Histogram)
+        })
 }
 
 /// Asserts every metric in `expr` is exported; returns the metrics used.
@@ -100,7 +115,9 @@ fn check_expr(origin: &str, expr: &str, known: &BTreeSet<String>) -> Vec<String>
         .map(|r| {
             resolve(r, known)
                 .unwrap_or_else(|| {
-                    panic!("{origin}: {r} is not a metric mtdgate exports (deploy/metrics.txt): {expr}")
+                    panic!(
+                        "{origin}: {r} is not a metric mtdgate declares (src/telemetry.rs): {expr}"
+                    )
                 })
                 .to_owned()
         })
@@ -162,6 +179,109 @@ fn metric_reference_scanner() {
         Some("mtdgate_processing_seconds")
     );
     assert_eq!(resolve("mtdgate_ready_total", &known), None);
+    // Series suffixes belong to histograms only: `mtdgate_ready` is a gauge.
+    assert_eq!(resolve("mtdgate_ready_count", &known), None);
+}
+
+/// The declarations as (name, type, label keys), in declaration order.
+fn declared() -> Vec<(String, String, Vec<String>)> {
+    telemetry::ALL
+        .iter()
+        .map(|d| {
+            let labels = d.labels.iter().map(|l| l.to_string()).collect();
+            (d.name.to_owned(), d.kind.as_str().to_owned(), labels)
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_txt_lists_exactly_the_declared_metrics() {
+    assert_eq!(
+        metrics_txt(),
+        declared(),
+        "deploy/metrics.txt must list src/telemetry.rs's ALL: same names, types, labels, order"
+    );
+}
+
+/// The README's metrics table as (name, type, label keys, stated label values), one entry per
+/// metric name (a row may name several metrics, with one type for all or one per name).
+fn readme_metrics_table() -> Vec<(String, String, Vec<String>, Vec<String>)> {
+    let readme = read("README.md");
+    let mut lines = readme
+        .lines()
+        .skip_while(|l| l.trim() != "| metric | type | labels |")
+        .skip(2); // header and separator
+    let mut out = Vec::new();
+    for row in lines
+        .by_ref()
+        .take_while(|l| l.trim_start().starts_with('|'))
+    {
+        let cells: Vec<&str> = row
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(cells.len(), 3, "README metrics table row: {row}");
+        let ticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let names = ticked(cells[0]);
+        let kinds: Vec<&str> = cells[1].split(',').map(str::trim).collect();
+        assert!(
+            !names.is_empty() && (kinds.len() == 1 || kinds.len() == names.len()),
+            "README metrics table row: {row}"
+        );
+        // Label keys are the ticked words outside parentheses; `key` = a / b states the values.
+        let outside: String = cells[2].split('(').next().unwrap_or_default().to_owned();
+        let labels = ticked(&outside);
+        let values: Vec<String> = match outside.split_once('=') {
+            Some((_, v)) => v.split('/').map(|v| v.trim().to_owned()).collect(),
+            None => Vec::new(),
+        };
+        for (i, n) in names.into_iter().enumerate() {
+            let kind = kinds[if kinds.len() == 1 { 0 } else { i }].to_owned();
+            out.push((n, kind, labels.clone(), values.clone()));
+        }
+    }
+    assert!(
+        !out.is_empty(),
+        "README.md has no `| metric | type | labels |` table"
+    );
+    out
+}
+
+#[test]
+fn readme_metrics_table_matches_the_declarations() {
+    let table = readme_metrics_table();
+    let got: Vec<_> = table
+        .iter()
+        .map(|(n, k, l, _)| (n.clone(), k.clone(), l.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        declared(),
+        "README.md metrics table must list src/telemetry.rs's ALL: same names, types, labels, order"
+    );
+    // Where the table spells out a label's values, they are the typed label's values.
+    let typed: [(&str, Vec<&str>); 2] = [
+        (
+            telemetry::TRANSACTIONS.name,
+            TransactionResult::ALL.iter().map(|r| r.as_str()).collect(),
+        ),
+        (
+            telemetry::REBALANCES.name,
+            RebalanceKind::ALL.iter().map(|k| k.as_str()).collect(),
+        ),
+    ];
+    for (name, want) in typed {
+        let (_, _, _, values) = table.iter().find(|(n, ..)| n == name).unwrap();
+        assert_eq!(values, &want, "README.md: label values of {name}");
+    }
 }
 
 #[test]

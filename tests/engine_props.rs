@@ -2,15 +2,15 @@
 //! partners and devices, checked for determinism, tenant isolation, idempotence, "outputs only
 //! on real change" and changelog restore.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 
-use common::*;
 use mtdgate::engine::{Body, Engine, Output, Rejection};
 use mtdgate::model::*;
 use proptest::prelude::*;
 use proptest::sample::select;
+use support::engine::*;
 
 const TENANTS: [&str; 3] = ["t0", "t1", "t2"];
 /// The focus tenant of the isolation property.

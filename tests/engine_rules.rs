@@ -1,10 +1,10 @@
 //! Table-driven tests of the rule engine against the contract and the seed document.
 
-mod common;
+mod support;
 
-use common::*;
 use mtdgate::engine::Body;
 use mtdgate::model::*;
+use support::engine::*;
 
 use HealthState as H;
 use Management::{Mam, Mdm};
@@ -824,7 +824,7 @@ fn restore_from_changelog() {
     for h in [&mut a, &mut b] {
         h.now += 5;
     }
-    let ra = common::report("t", LOOKOUT, "m", Ios, Mam, H::Low, a.now, "fix");
+    let ra = support::engine::report("t", LOOKOUT, "m", Ios, Mam, H::Low, a.now, "fix");
     let oa = a.report(ra.clone());
     let ob = b.report(ra);
     assert_eq!(oa, ob);

@@ -15,14 +15,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mtdgate::config::Config;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use serde_json::{json, Value};
 use support::{
-    assert_exactly_once, create_topics, free_port, http_get, mam_tenant_records, now_ms, Process,
-    ScriptBroker,
+    assert_exactly_once, client, create_topics, free_port, http_get, mam_round, mam_tenant_records,
+    now_ms, Gateway, Process, Reader, ScriptBroker,
 };
 
 const PORT: u16 = 29092;
@@ -44,68 +39,20 @@ fn restart_config(http_port: u16) -> Config {
 
 /// A vendor gateway: murmur2 partitioning, idempotent (a retry after the outage neither
 /// duplicates nor reorders), and patient (records wait in its queue while the broker is down).
-fn gateway() -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("partitioner", "murmur2_random")
-        .set("enable.idempotence", "true")
+fn gateway() -> Gateway {
+    let mut c = client(&bootstrap());
+    c.set("enable.idempotence", "true")
         .set("message.timeout.ms", "300000")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap()
-}
-
-fn send(gw: &BaseProducer, topic: &str, key: &str, v: &Value) {
-    let payload = serde_json::to_vec(v).unwrap();
-    gw.send(BaseRecord::to(topic).key(key).payload(&payload))
-        .map_err(|(e, _)| e)
-        .unwrap();
-    gw.poll(Duration::ZERO);
-}
-
-fn send_round(gw: &BaseProducer, cfg: &Config, round: usize) {
-    let state = if round % 2 == 0 { "HIGH" } else { "SECURED" };
-    for d in 0..DEVICES {
-        let r = json!({
-            "event_id": format!("r{round}-m{d}"), "tenant_id": "acme", "partner_id": "lookout",
-            "device_id": format!("m{d}"), "platform": "IOS", "management": "MAM",
-            "health_state": state, "threats": [], "observed_at": now_ms(),
-        });
-        send(gw, &cfg.topics.device_threats, &format!("acme/m{d}"), &r);
-    }
+        .set("linger.ms", "5");
+    Gateway::on(c)
 }
 
 /// Every device sees exactly BLOCK, UNBLOCK, BLOCK, ... for `rounds` rounds, each action id
-/// once.
-fn read_actions(topic: &str, n: usize, timeout: Duration) -> Vec<(String, Value)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", format!("reader-{topic}"))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
-    let mut quiet_until = None;
-    loop {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
-            out.push((
-                String::from_utf8_lossy(m.key().unwrap()).into_owned(),
-                serde_json::from_slice(m.payload().unwrap()).unwrap(),
-            ));
-        }
-        // Once `n` arrived, read 3 s more: a duplicate would come now.
-        if out.len() >= n && quiet_until.is_none() {
-            quiet_until = Some(Instant::now() + Duration::from_secs(3));
-        }
-        if quiet_until.is_some_and(|q| Instant::now() > q) || Instant::now() > deadline {
-            return out;
-        }
-    }
+/// once: the actions once `n` arrived, and 3 s more (a duplicate would come now).
+fn read_actions(topic: &str, n: usize, timeout: Duration) -> Vec<(String, serde_json::Value)> {
+    let mut reader = Reader::on(client(&bootstrap()), topic);
+    reader.wait_for(n, timeout);
+    reader.drain(Duration::from_secs(3)).to_vec()
 }
 
 /// Waits until the service's log satisfies `done`.
@@ -137,10 +84,8 @@ fn broker_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing() {
     let gw = gateway();
     let now = now_ms();
     let t = &cfg.topics;
-    for (topic, key, value) in mam_tenant_records(&cfg, now) {
-        send(&gw, &topic, key, &value);
-    }
-    gw.flush(Duration::from_secs(10)).unwrap();
+    gw.send_all(&mam_tenant_records(&cfg, now));
+    gw.flush();
 
     let p = Process::start(&cfg, "broker-restart");
     let log = std::env::temp_dir()
@@ -154,8 +99,8 @@ fn broker_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing() {
     );
     phase("service ready");
     for round in 0..3 {
-        send_round(&gw, &cfg, round);
-        gw.flush(Duration::from_secs(10)).unwrap();
+        gw.send_all(&mam_round(&cfg, round, DEVICES));
+        gw.flush();
         std::thread::sleep(Duration::from_millis(300));
     }
     // Round 2 is still being processed (or its transaction committed) when the broker goes.
@@ -164,13 +109,13 @@ fn broker_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing() {
     broker.run(&["stop"]);
     phase("broker stopped");
     // Produced while the broker is down: waits in the gateway's queue.
-    send_round(&gw, &cfg, 3);
+    gw.send_all(&mam_round(&cfg, 3, DEVICES));
     std::thread::sleep(Duration::from_secs(4));
     broker.run(&["start"]);
     phase("broker started again");
     for round in 4..ROUNDS {
-        send_round(&gw, &cfg, round);
-        gw.flush(Duration::from_secs(120)).unwrap();
+        gw.send_all(&mam_round(&cfg, round, DEVICES));
+        gw.flush_within(Duration::from_secs(120));
         std::thread::sleep(Duration::from_millis(200));
     }
     phase("rounds 3-5 delivered");

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use support::world;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -18,15 +19,7 @@ fn setup_tenant(gw: &Gateway, cfg: &mtdgate::config::Config) {
 }
 
 fn send_round(gw: &Gateway, cfg: &mtdgate::config::Config, round: usize, devices: usize) {
-    let state = if round % 2 == 0 { "HIGH" } else { "SECURED" };
-    for d in 0..devices {
-        let r = json!({
-            "event_id": format!("r{round}-m{d}"), "tenant_id": "acme", "partner_id": "lookout",
-            "device_id": format!("m{d}"), "platform": "IOS", "management": "MAM",
-            "health_state": state, "threats": [], "observed_at": now_ms(),
-        });
-        gw.send(&cfg.topics.device_threats, &format!("acme/m{d}"), Some(&r));
-    }
+    gw.send_all(&mam_round(cfg, round, devices));
     gw.flush();
 }
 
@@ -267,7 +260,7 @@ fn fenced_producer_is_rebuilt_without_loss() {
 /// through the pure engine.
 #[test]
 fn chaos_random_sigkills_two_instances() {
-    use mtdgate::engine::{Body, Engine, Event};
+    use mtdgate::engine::{Body, Engine};
     use mtdgate::model::{DeviceStateRecord, DeviceThreatReport};
     let mut cfg = test_config("chaos");
     cfg.topics.partitions = 4;
@@ -292,19 +285,11 @@ fn chaos_random_sigkills_two_instances() {
     };
     let mut sent: Vec<(String, DeviceThreatReport)> = Vec::new();
     for round in 0..rounds {
-        let state = if round % 2 == 0 { "HIGH" } else { "SECURED" };
-        for d in 0..devices {
-            let r = json!({
-                "event_id": format!("r{round}-m{d}"), "tenant_id": "acme", "partner_id": "lookout",
-                "device_id": format!("m{d}"), "platform": "IOS", "management": "MAM",
-                "health_state": state, "threats": [], "observed_at": now_ms(),
-            });
-            sent.push((
-                format!("acme/m{d}"),
-                serde_json::from_value(r.clone()).unwrap(),
-            ));
-            gw.send(&cfg.topics.device_threats, &format!("acme/m{d}"), Some(&r));
+        let records = mam_round(&cfg, round, devices);
+        for (_, key, r) in &records {
+            sent.push((key.clone(), serde_json::from_value(r.clone()).unwrap()));
         }
+        gw.send_all(&records);
         gw.flush();
         std::thread::sleep(Duration::from_millis(next() % 400));
         match next() % 3 {
@@ -358,42 +343,15 @@ fn chaos_random_sigkills_two_instances() {
     let catalogue = std::sync::Arc::new(mtdgate::runtime::load_catalogue(&cfg).unwrap());
     let mut engine = Engine::new(catalogue, Default::default());
     let now = now_ms();
-    let mut out = Vec::new();
-    let cfg_json = connector_json(
-        "acme",
-        "lookout",
-        &["provisioned", "setup_complete", "ios_mam_enabled"],
-        now - 60_000,
-    );
-    engine.apply(
-        &Event {
-            partition: 0,
-            key: Some(b"acme/lookout"),
-            body: Body::Connector(Some(serde_json::from_value(cfg_json).unwrap())),
-        },
-        now,
-        &mut out,
-    );
-    let policy = json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now - 60_000});
-    engine.apply(
-        &Event {
-            partition: 0,
-            key: Some(b"acme/block"),
-            body: Body::Policy(Some(serde_json::from_value(policy).unwrap())),
-        },
-        now,
-        &mut out,
-    );
+    // The MAM tenant's connector settings and policy (the replay needs no heartbeat).
+    let tables = world::Tables {
+        heartbeats: vec![],
+        ..world::mam_tables("acme", now - 60_000, now)
+    };
+    let mut out = tables.apply(&mut engine, now);
     for (key, r) in &sent {
-        engine.apply(
-            &Event {
-                partition: 0,
-                key: Some(key.as_bytes()),
-                body: Body::Threat(r.clone()),
-            },
-            now,
-            &mut out,
-        );
+        let body = Body::Threat(r.clone());
+        world::apply(&mut engine, 0, key, body, now, &mut out);
     }
     assert_eq!(state.len(), devices);
     for d in 0..devices {

@@ -3,13 +3,15 @@
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
 
 use mtdgate::runtime::Status;
+use mtdgate::telemetry::{self, MetricDef, MetricKind};
 
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
@@ -39,35 +41,19 @@ fn metrics_and_readiness_reflect_the_traffic() {
     let gw = Gateway::new();
     let t = &cfg.topics;
     let now = svc.now();
-    gw.send(
-        &t.connectors,
-        "acme/lookout",
-        Some(&connector_json(
-            "acme",
-            "lookout",
-            &[
-                "provisioned",
-                "setup_complete",
-                "ios_enabled",
-                "ios_mam_enabled",
-            ],
-            now,
-        )),
-    );
-    gw.send(
-        &t.connectors,
-        "acme/pradeo",
-        Some(&connector_json("acme", "pradeo", &["provisioned"], now)),
-    );
-    gw.send(&t.policies, "acme/cp", Some(&json!({"tenant_id": "acme", "policy_id": "cp", "kind": "COMPLIANCE", "platform": "IOS", "max_level": "LOW", "updated_at": now})));
-    gw.send(&t.policies, "acme/ap", Some(&json!({"tenant_id": "acme", "policy_id": "ap", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now})));
-    gw.send(
-        &t.connector_heartbeats,
-        "acme/lookout",
-        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
-    );
-    gw.flush();
-    std::thread::sleep(Duration::from_millis(500));
+    let policies = [
+        policy_json("cp", "IOS", "LOW", None, now),
+        policy_json("ap", "IOS", "LOW", Some("BLOCK"), now),
+    ];
+    let mut tables = acme_tables(&cfg, &["ios_enabled", "ios_mam_enabled"], &policies, now);
+    tables.push(connector_record(
+        &cfg,
+        "acme",
+        "pradeo",
+        &["provisioned"],
+        now,
+    ));
+    gw.setup_tables(&tables);
     // 10 MDM devices go noncompliant, 4 MAM devices get blocked, 3 reports are rejected.
     for d in 0..10 {
         gw.send(&t.device_threats, &format!("acme/d{d}"), Some(&json!({"event_id": format!("d{d}"), "tenant_id": "acme", "partner_id": "lookout", "device_id": format!("d{d}"), "platform": "IOS", "management": "MDM", "health_state": "HIGH", "observed_at": now})));
@@ -167,4 +153,209 @@ fn metrics_and_readiness_reflect_the_traffic() {
     );
     assert!(!text.contains("device=\""), "no per-device labels");
     svc.stop();
+}
+
+/// One `/metrics` scrape, parsed: `# TYPE` and `# HELP` per family, label keys per sample.
+#[derive(Default)]
+struct Scrape {
+    types: BTreeMap<String, String>,
+    helps: BTreeMap<String, String>,
+    /// (sample name, sorted label keys, value)
+    samples: Vec<(String, Vec<String>, f64)>,
+}
+
+impl Scrape {
+    fn parse(text: &str) -> Scrape {
+        let mut s = Scrape::default();
+        for line in text.lines().filter(|l| l.contains(telemetry::PREFIX)) {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+                assert!(
+                    s.types.insert(name.into(), kind.into()).is_none(),
+                    "{name} typed twice"
+                );
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("# HELP name text");
+                s.helps.insert(name.into(), help.into());
+            } else if !line.starts_with('#') {
+                let (series, value) = line.rsplit_once(' ').expect("sample value");
+                let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+                let mut keys: Vec<String> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_owned()))
+                    .collect();
+                keys.sort();
+                let value = value.parse().unwrap_or_else(|_| panic!("sample {line}"));
+                s.samples.push((name.into(), keys, value));
+            }
+        }
+        s
+    }
+
+    fn value(&self, name: &str) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|(n, k, _)| n == name && k.is_empty())
+            .map(|s| s.2)
+    }
+}
+
+/// The scrape of the shipped binary (`mtdgate run`, in a process of its own) carries exactly the
+/// families `src/telemetry.rs` declares, with their `# TYPE`, help text and label keys: the
+/// check that `deploy/metrics.txt`, the README, the dashboard and the alerts (all checked
+/// against the declarations) describe what Prometheus really receives.
+#[test]
+fn scrape_of_the_running_binary_matches_the_declarations() {
+    let mut cfg = test_config("metrics-decl");
+    cfg.http.listen = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{}", cfg.http.listen);
+    let process = Process::start(&cfg, "metrics-decl");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(&format!("{base}/readyz"), None).is_ok_and(|(c, _)| c == 200) {
+        assert!(Instant::now() < deadline, "mtdgate never became ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Traffic that reaches every event family: a connector set up for MDM and MAM, policies
+    // that turn a HIGH report noncompliant / blocked, and one undecodable report.
+    let gw = Gateway::new();
+    let t = &cfg.topics;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let setup = [
+        "provisioned",
+        "setup_complete",
+        "ios_enabled",
+        "ios_mam_enabled",
+    ];
+    gw.send(
+        &t.connectors,
+        "acme/lookout",
+        Some(&connector_json("acme", "lookout", &setup, now)),
+    );
+    gw.send(&t.policies, "acme/cp", Some(&json!({"tenant_id": "acme", "policy_id": "cp", "kind": "COMPLIANCE", "platform": "IOS", "max_level": "LOW", "updated_at": now})));
+    gw.send(&t.policies, "acme/ap", Some(&json!({"tenant_id": "acme", "policy_id": "ap", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now})));
+    gw.send(
+        &t.connector_heartbeats,
+        "acme/lookout",
+        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
+    );
+    gw.flush();
+    std::thread::sleep(Duration::from_millis(500));
+    gw.send(&t.device_threats, "acme/d1", Some(&json!({"event_id": "d1", "tenant_id": "acme", "partner_id": "lookout", "device_id": "d1", "platform": "IOS", "management": "MDM", "health_state": "HIGH", "observed_at": now})));
+    gw.send(&t.device_threats, "acme/m1", Some(&json!({"event_id": "m1", "tenant_id": "acme", "partner_id": "lookout", "device_id": "m1", "platform": "IOS", "management": "MAM", "health_state": "HIGH", "observed_at": now})));
+    gw.send_raw(
+        &t.device_threats,
+        b"acme/x1",
+        Some(b"\x00\x00\x00\x00\x07garbage"),
+    );
+    gw.flush();
+
+    // Poll until every declared family is in (consumer lag comes with librdkafka's statistics,
+    // every 5 s), then compare the last scrape.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (text, scrape) = loop {
+        let (code, text) = http_get(&format!("{base}/metrics"), None).unwrap();
+        assert_eq!(code, 200, "{text}");
+        let scrape = Scrape::parse(&text);
+        let complete = telemetry::ALL
+            .iter()
+            .all(|d| scrape.types.contains_key(d.name));
+        if complete || Instant::now() > deadline {
+            break (text, scrape);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+
+    let declared: BTreeMap<String, String> = telemetry::ALL
+        .iter()
+        .map(|d| (d.name.to_owned(), d.kind.as_str().to_owned()))
+        .collect();
+    assert_eq!(
+        scrape.types, declared,
+        "# TYPE lines vs src/telemetry.rs\n{text}"
+    );
+    for d in telemetry::ALL {
+        assert_eq!(
+            scrape.helps.get(d.name).map(String::as_str),
+            Some(d.help),
+            "# HELP {}\n{text}",
+            d.name
+        );
+    }
+    // Every sample belongs to a declared family and carries exactly its label keys.
+    let mut with_samples = BTreeSet::new();
+    for (name, keys, _) in &scrape.samples {
+        let (def, extra) = match MetricDef::find(name) {
+            Some(d) => (d, None),
+            None => {
+                let (base, suffix) = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).map(|b| (b, *s)))
+                    .unwrap_or_else(|| panic!("undeclared sample {name}\n{text}"));
+                let d = MetricDef::find(base)
+                    .filter(|d| d.kind == MetricKind::Histogram)
+                    .unwrap_or_else(|| panic!("undeclared sample {name}\n{text}"));
+                (d, (suffix == "_bucket").then_some("le"))
+            }
+        };
+        let mut want: Vec<String> = def.labels.iter().map(|l| l.to_string()).collect();
+        want.extend(extra.map(String::from));
+        want.sort();
+        assert_eq!(keys, &want, "label keys of {name}\n{text}");
+        with_samples.insert(def.name);
+    }
+    let declared_names: BTreeSet<&str> = telemetry::ALL.iter().map(|d| d.name).collect();
+    assert_eq!(
+        with_samples, declared_names,
+        "families without samples\n{text}"
+    );
+
+    // The traffic shows up under the declared names; the event-only counters start at zero
+    // (a healthy run neither restarts nor aborts).
+    assert_eq!(
+        scrape.value(telemetry::PIPELINE_RESTARTS.name),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(scrape.value(telemetry::READY.name), Some(1.0), "{text}");
+    let series = |name: &str, labels: &str| {
+        let key = format!("{name}{{{labels}}}");
+        text.lines()
+            .find_map(|l| l.rsplit_once(' ').filter(|(k, _)| *k == key))
+            .map(|(_, v)| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(
+        series(telemetry::TRANSACTIONS.name, "result=\"abort\""),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(series(telemetry::TRANSACTIONS.name, "result=\"commit\"").unwrap() >= 1.0);
+    assert_eq!(
+        series(
+            telemetry::EVENTS_CONSUMED.name,
+            &format!("topic=\"{}\"", t.device_threats)
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(telemetry::COMPLIANCE_CHANGES.name, "state=\"NONCOMPLIANT\""),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(telemetry::APP_PROTECTION_ACTIONS.name, "action=\"BLOCK\""),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(telemetry::REJECTED.name, "reason=\"UNKNOWN_SCHEMA\""),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(process.terminate().code(), Some(0), "clean exit on SIGTERM");
 }

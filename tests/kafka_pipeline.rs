@@ -14,57 +14,35 @@ const DAY_MS: i64 = 86_400_000;
 fn report(
     svc: &Service,
     event: &str,
-    tenant: &str,
     partner: &str,
     device: &str,
     mgmt: &str,
     state: &str,
 ) -> serde_json::Value {
-    json!({
-        "event_id": event, "tenant_id": tenant, "partner_id": partner, "device_id": device,
-        "platform": "IOS", "management": mgmt, "health_state": state, "threats": [],
-        "observed_at": svc.now(),
-    })
+    report_json(event, partner, device, mgmt, state, svc.now())
 }
 
 /// Seed scenario, enrolled device: infected -> NONCOMPLIANT; remediated -> COMPLIANT. Reports of
 /// a NOT_SET_UP connector are rejected with a reason and never applied.
 #[test]
 fn enrolled_device_scenario_and_blocked_connector() {
-    let cfg = test_config("mdm");
-    let svc = Service::start(&cfg);
-    let gw = Gateway::new();
+    let (cfg, svc, gw, now) = scenario("mdm");
     let t = &cfg.topics;
-    let now = svc.now();
+    let mut tables = compliance_tables(&cfg, "MEDIUM", now);
+    let not_set_up = ["provisioned", "ios_enabled"];
+    tables.push(connector_record(
+        &cfg,
+        "acme",
+        "zimperium",
+        &not_set_up,
+        now,
+    ));
+    gw.setup_tables(&tables);
     gw.send(
-        &t.connectors,
-        "acme/lookout",
-        Some(&connector_json(
-            "acme",
-            "lookout",
-            &["provisioned", "setup_complete", "ios_enabled"],
-            now,
-        )),
+        &t.device_enrollments,
+        "acme/d1",
+        Some(&enrollment_json("d1", now)),
     );
-    gw.send(
-        &t.connectors,
-        "acme/zimperium",
-        Some(&connector_json(
-            "acme",
-            "zimperium",
-            &["provisioned", "ios_enabled"],
-            now,
-        )),
-    );
-    gw.send(&t.policies, "acme/cp", Some(&json!({"tenant_id": "acme", "policy_id": "cp", "kind": "COMPLIANCE", "platform": "IOS", "max_level": "MEDIUM", "updated_at": now})));
-    gw.send(
-        &t.connector_heartbeats,
-        "acme/lookout",
-        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
-    );
-    gw.flush();
-    std::thread::sleep(Duration::from_millis(500));
-    gw.send(&t.device_enrollments, "acme/d1", Some(&json!({"tenant_id": "acme", "device_id": "d1", "user_id": "alice", "platform": "IOS", "management": "MDM", "ownership": "CORPORATE", "os_version": "17.4", "enrolled_at": now})));
     gw.flush();
     // Kafka orders records within a partition of one topic only: let the enrollment land first.
     let mut changes = Reader::new(&t.compliance_changes);
@@ -72,29 +50,19 @@ fn enrolled_device_scenario_and_blocked_connector() {
     gw.send(
         &t.device_threats,
         "acme/d1",
-        Some(&report(&svc, "e1", "acme", "lookout", "d1", "MDM", "HIGH")),
+        Some(&report(&svc, "e1", "lookout", "d1", "MDM", "HIGH")),
     );
     gw.send(
         &t.device_threats,
         "acme/d1",
-        Some(&report(
-            &svc,
-            "z1",
-            "acme",
-            "zimperium",
-            "d1",
-            "MDM",
-            "COMPROMISED",
-        )),
+        Some(&report(&svc, "z1", "zimperium", "d1", "MDM", "COMPROMISED")),
     );
     gw.flush();
     std::thread::sleep(Duration::from_millis(20));
     gw.send(
         &t.device_threats,
         "acme/d1",
-        Some(&report(
-            &svc, "e2", "acme", "lookout", "d1", "MDM", "SECURED",
-        )),
+        Some(&report(&svc, "e2", "lookout", "d1", "MDM", "SECURED")),
     );
     gw.flush();
 
@@ -135,31 +103,14 @@ fn enrolled_device_scenario_and_blocked_connector() {
 /// Seed scenario, unenrolled device: BLOCK -> UNBLOCK, and WIPE once per incident.
 #[test]
 fn unenrolled_device_block_unblock_and_wipe() {
-    let cfg = test_config("mam");
-    let svc = Service::start(&cfg);
-    let gw = Gateway::new();
+    let (cfg, svc, gw, now) = scenario("mam");
     let t = &cfg.topics;
-    let now = svc.now();
-    gw.send(
-        &t.connectors,
-        "acme/lookout",
-        Some(&connector_json(
-            "acme",
-            "lookout",
-            &["provisioned", "setup_complete", "ios_mam_enabled"],
-            now,
-        )),
-    );
-    gw.send(&t.policies, "acme/block", Some(&json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "MEDIUM", "action": "BLOCK", "updated_at": now})));
-    gw.send(&t.policies, "acme/wipe", Some(&json!({"tenant_id": "acme", "policy_id": "wipe", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "HIGH", "action": "WIPE", "updated_at": now})));
-    gw.send(&t.policies, "acme/warn", Some(&json!({"tenant_id": "acme", "policy_id": "warn", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "HIGH", "action": "WARN", "updated_at": now})));
-    gw.send(
-        &t.connector_heartbeats,
-        "acme/lookout",
-        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
-    );
-    gw.flush();
-    std::thread::sleep(Duration::from_millis(500));
+    let policies = [
+        policy_json("block", "IOS", "MEDIUM", Some("BLOCK"), now),
+        policy_json("wipe", "IOS", "HIGH", Some("WIPE"), now),
+        policy_json("warn", "IOS", "HIGH", Some("WARN"), now),
+    ];
+    gw.setup_tables(&acme_tables(&cfg, &["ios_mam_enabled"], &policies, now));
     for (i, state) in ["HIGH", "COMPROMISED", "COMPROMISED", "LOW", "COMPROMISED"]
         .iter()
         .enumerate()
@@ -170,7 +121,6 @@ fn unenrolled_device_block_unblock_and_wipe() {
             Some(&report(
                 &svc,
                 &format!("m{i}"),
-                "acme",
                 "lookout",
                 "m1",
                 "MAM",
@@ -202,33 +152,13 @@ fn unenrolled_device_block_unblock_and_wipe() {
 /// a heartbeat restores it. The wall clock is moved, not waited for.
 #[test]
 fn silent_connector_becomes_unresponsive_then_ignored_then_restored() {
-    let cfg = test_config("silent");
-    let svc = Service::start(&cfg);
-    let gw = Gateway::new();
+    let (cfg, svc, gw, now) = scenario("silent");
     let t = &cfg.topics;
-    let now = svc.now();
-    gw.send(
-        &t.connectors,
-        "acme/lookout",
-        Some(&connector_json(
-            "acme",
-            "lookout",
-            &["provisioned", "setup_complete", "ios_enabled"],
-            now,
-        )),
-    );
-    gw.send(&t.policies, "acme/cp", Some(&json!({"tenant_id": "acme", "policy_id": "cp", "kind": "COMPLIANCE", "platform": "IOS", "max_level": "LOW", "updated_at": now})));
-    gw.send(
-        &t.connector_heartbeats,
-        "acme/lookout",
-        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
-    );
-    gw.flush();
-    std::thread::sleep(Duration::from_millis(500));
+    gw.setup_tables(&compliance_tables(&cfg, "LOW", now));
     gw.send(
         &t.device_threats,
         "acme/d1",
-        Some(&report(&svc, "e1", "acme", "lookout", "d1", "MDM", "HIGH")),
+        Some(&report(&svc, "e1", "lookout", "d1", "MDM", "HIGH")),
     );
     gw.flush();
     let mut changes = Reader::new(&t.compliance_changes);
@@ -272,44 +202,22 @@ fn state_survives_restart() {
     let svc = Service::start(&cfg);
     let now = svc.now();
     setup_mam_tenant(&gw, &cfg, now);
-    std::thread::sleep(Duration::from_millis(500));
-    for d in 0..20 {
-        gw.send(
-            &t.device_threats,
-            &format!("acme/m{d}"),
-            Some(&report(
-                &svc,
-                &format!("a{d}"),
-                "acme",
-                "lookout",
-                &format!("m{d}"),
-                "MAM",
-                "HIGH",
-            )),
-        );
-    }
-    gw.flush();
+    // Each of 20 MAM devices reports `state(d)`, event ids `{prefix}{d}`.
+    let reports = |svc: &Service, prefix: &str, state: &dyn Fn(usize) -> &'static str| {
+        for d in 0..20 {
+            let (event, device) = (format!("{prefix}{d}"), format!("m{d}"));
+            let r = report(svc, &event, "lookout", &device, "MAM", state(d));
+            gw.send(&t.device_threats, &format!("acme/{device}"), Some(&r));
+        }
+        gw.flush();
+    };
+    reports(&svc, "a", &|_| "HIGH");
     let mut actions = Reader::new(&t.app_protection_actions);
     actions.wait_for(20, WAIT);
     svc.stop();
 
     let svc = Service::start(&cfg);
-    for d in 0..20 {
-        gw.send(
-            &t.device_threats,
-            &format!("acme/m{d}"),
-            Some(&report(
-                &svc,
-                &format!("b{d}"),
-                "acme",
-                "lookout",
-                &format!("m{d}"),
-                "MAM",
-                if d % 2 == 0 { "SECURED" } else { "HIGH" },
-            )),
-        );
-    }
-    gw.flush();
+    reports(&svc, "b", &|d| if d % 2 == 0 { "SECURED" } else { "HIGH" });
     let got = actions.wait_for(30, WAIT).to_vec();
     assert_eq!(
         actions.drain(Duration::from_secs(1)).len(),

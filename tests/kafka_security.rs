@@ -21,9 +21,11 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use serde_json::{json, Value};
-use support::{create_topics, mam_tenant_records, now_ms, Process, ScriptBroker};
+use serde_json::Value;
+use support::{
+    committed_reader, config_file, create_topics, mam_tenant_records, now_ms, report_json, Gateway,
+    Process, ScriptBroker,
+};
 
 const PORT: u16 = 19092;
 const SSL_PORT: u16 = 19095;
@@ -64,15 +66,13 @@ fn sasl_plaintext(password: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The same over TLS (SASL_SSL), trusting the test CA.
 fn sasl_ssl(password: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("bootstrap.servers", format!("127.0.0.1:{SSL_PORT}")),
-        ("security.protocol", "SASL_SSL".into()),
-        ("sasl.mechanism", "SCRAM-SHA-512".into()),
-        ("sasl.username", USER.into()),
-        ("sasl.password", password.into()),
-        ("ssl.ca.location", ca()),
-    ]
+    let mut props = sasl_plaintext(password);
+    props[0].1 = format!("127.0.0.1:{SSL_PORT}");
+    props[1].1 = "SASL_SSL".into();
+    props.push(("ssl.ca.location", ca()));
+    props
 }
 
 fn client_config(props: &[(&'static str, String)]) -> ClientConfig {
@@ -147,15 +147,6 @@ fn try_connect(props: &[(&'static str, String)]) -> Result<(), String> {
     }
 }
 
-fn produce(producer: &BaseProducer, topic: &str, key: &str, value: &Value) {
-    let payload = serde_json::to_vec(value).unwrap();
-    producer
-        .send(BaseRecord::to(topic).key(key).payload(&payload))
-        .map_err(|(e, _)| e)
-        .unwrap();
-    producer.poll(Duration::ZERO);
-}
-
 fn mtdgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mtdgate"));
     cmd.args(args);
@@ -219,41 +210,23 @@ fn sasl_scram_and_tls_against_a_secured_broker() {
 
     // ---- the service over SASL_SSL; inputs and outputs over SASL_PLAINTEXT
     create_topics(&cfg);
-    let producer: BaseProducer = client_config(&sasl_plaintext(PASSWORD))
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "2")
-        .create()
-        .unwrap();
-    let now = now_ms();
-    for (topic, key, value) in mam_tenant_records(&cfg, now) {
-        produce(&producer, &topic, key, &value);
-    }
-    producer.flush(Duration::from_secs(10)).unwrap();
+    let gw = Gateway::on(client_config(&sasl_plaintext(PASSWORD)));
+    gw.send_all(&mam_tenant_records(&cfg, now_ms()));
+    gw.flush();
 
     let process = Process::start(&cfg, "sasl");
     let config_path = process.config_path.clone();
     let log_path: PathBuf = std::env::temp_dir()
         .join("mtdgate-tests")
         .join(format!("sasl-{}.log", std::process::id()));
-    let reader: BaseConsumer = client_config(&sasl_plaintext(PASSWORD))
-        .set("group.id", format!("reader-{}", t.app_protection_actions))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    reader.subscribe(&[&t.app_protection_actions]).unwrap();
-    produce(
-        &producer,
-        &t.device_threats,
-        "acme/m1",
-        &json!({
-            "event_id": "sasl-1", "tenant_id": "acme", "partner_id": "lookout",
-            "device_id": "m1", "platform": "IOS", "management": "MAM",
-            "health_state": "HIGH", "threats": [], "observed_at": now_ms(),
-        }),
+    let reader = committed_reader(
+        client_config(&sasl_plaintext(PASSWORD)),
+        &format!("reader-{}", t.app_protection_actions),
+        &[&t.app_protection_actions],
     );
-    producer.flush(Duration::from_secs(10)).unwrap();
+    let report = report_json("sasl-1", "lookout", "m1", "MAM", "HIGH", now_ms());
+    gw.send(&t.device_threats, "acme/m1", Some(&report));
+    gw.flush();
     let deadline = Instant::now() + WAIT;
     let verdict: Value = loop {
         assert!(
@@ -286,10 +259,7 @@ fn sasl_scram_and_tls_against_a_secured_broker() {
         .kafka
         .properties
         .insert("sasl.password".into(), "Wrong-Pw-91ac".into());
-    let wrong_path = std::env::temp_dir()
-        .join("mtdgate-tests")
-        .join(format!("sasl-wrong-{}.toml", std::process::id()));
-    std::fs::write(&wrong_path, toml::to_string(&wrong).unwrap()).unwrap();
+    let wrong_path = config_file(&wrong, "sasl-wrong");
     let (ok, out) = mtdgate(
         &["topics", "verify", "--config", wrong_path.to_str().unwrap()],
         &[("RUST_LOG", "trace")],

@@ -15,14 +15,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use mtdgate::codec::{self, decode, encode, AvroRecord, OutputEncoding};
+use mtdgate::codec::{self, decode, OutputEncoding};
 use mtdgate::config::Config;
 use mtdgate::model::*;
 use mtdgate::runtime::clock::{Clock, ShiftedClock};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use serde_json::{json, Value};
+use support::wire::*;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -30,53 +30,6 @@ const DAY_MS: i64 = 86_400_000;
 
 // ---------------------------------------------------------------------------------------------
 // Building values
-
-/// A hand-built Avro datum, for inputs no encoder would write.
-#[derive(Default, Clone)]
-struct Datum(Vec<u8>);
-
-impl Datum {
-    fn long(mut self, v: i64) -> Self {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            self.0.push(z as u8 | 0x80);
-            z >>= 7;
-        }
-        self.0.push(z as u8);
-        self
-    }
-    fn str(self, s: &str) -> Self {
-        let mut d = self.long(s.len() as i64);
-        d.0.extend_from_slice(s.as_bytes());
-        d
-    }
-}
-
-fn single_object<T: AvroRecord>(datum: &[u8]) -> Vec<u8> {
-    let mut b = vec![0xC3, 0x01];
-    b.extend_from_slice(&T::schema_entry().fingerprint_bytes());
-    b.extend_from_slice(datum);
-    b
-}
-
-fn confluent(id: u32, datum: &[u8]) -> Vec<u8> {
-    let mut b = vec![0x00];
-    b.extend_from_slice(&id.to_be_bytes());
-    b.extend_from_slice(datum);
-    b
-}
-
-fn avro<T: AvroRecord + serde::Serialize>(v: &T, enc: OutputEncoding) -> Vec<u8> {
-    let mut b = Vec::new();
-    encode(v, enc, &mut b).unwrap();
-    b
-}
-
-fn datum<T: AvroRecord + serde::Serialize>(v: &T) -> Vec<u8> {
-    let mut b = Vec::new();
-    codec::encode_avro_datum(v, &mut b).unwrap();
-    b
-}
 
 fn report(event: &str, device: &str, state: HealthState, at: i64) -> DeviceThreatReport {
     DeviceThreatReport {
@@ -119,15 +72,8 @@ struct RawReader {
 
 impl RawReader {
     fn new(topic: &str) -> RawReader {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", broker())
-            .set("group.id", format!("malformed-reader-{topic}"))
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
+        let group = format!("malformed-reader-{topic}");
+        let consumer = committed_reader(client(broker()), &group, &[topic]);
         RawReader {
             consumer,
             records: Vec::new(),
@@ -205,30 +151,12 @@ fn bad(
 }
 
 fn setup_tables(gw: &Gateway, cfg: &Config, now: i64) {
-    let t = &cfg.topics;
-    gw.send(
-        &t.connectors,
-        "acme/lookout",
-        Some(&connector_json(
-            "acme",
-            "lookout",
-            &[
-                "provisioned",
-                "setup_complete",
-                "ios_enabled",
-                "ios_mam_enabled",
-                "ios_app_sync",
-            ],
-            now,
-        )),
-    );
-    gw.send(&t.policies, "acme/block", Some(&json!({"tenant_id": "acme", "policy_id": "block", "kind": "APP_PROTECTION", "platform": "IOS", "max_level": "LOW", "action": "BLOCK", "updated_at": now})));
-    gw.send(&t.policies, "acme/cp", Some(&json!({"tenant_id": "acme", "policy_id": "cp", "kind": "COMPLIANCE", "platform": "IOS", "max_level": "MEDIUM", "updated_at": now})));
-    gw.send(
-        &t.connector_heartbeats,
-        "acme/lookout",
-        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
-    );
+    let lookout = ["ios_enabled", "ios_mam_enabled", "ios_app_sync"];
+    let policies = [
+        policy_json("block", "IOS", "LOW", Some("BLOCK"), now),
+        policy_json("cp", "IOS", "MEDIUM", None, now),
+    ];
+    gw.send_all(&acme_tables(cfg, &lookout, &policies, now));
     gw.flush();
 }
 
@@ -236,7 +164,7 @@ fn setup_tables(gw: &Gateway, cfg: &Config, now: i64) {
 fn bad_reports(cfg: &Config, now: i64) -> Vec<Bad> {
     let t = &cfg.topics.device_threats;
     let ok = |dev: &str| report(&format!("bad-{dev}"), dev, HealthState::High, now);
-    let so = |r: &DeviceThreatReport| avro(r, OutputEncoding::Avro);
+    let so = |r: &DeviceThreatReport| encoded(r, OutputEncoding::Avro);
     let k = |dev: &str| format!("acme/{dev}").into_bytes();
     let full = so(&ok("b-trunc"));
     let mut trailing = so(&ok("b-trail"));
@@ -335,7 +263,7 @@ fn bad_reports(cfg: &Config, now: i64) -> Vec<Bad> {
             "fingerprint of another record type",
             t,
             Some(&k("b-fp")),
-            Some(avro(
+            Some(encoded(
                 &ConnectorHeartbeat {
                     tenant_id: "acme".into(),
                     partner_id: "lookout".into(),
@@ -513,7 +441,7 @@ fn bad_others(cfg: &Config, now: i64) -> Vec<Bad> {
         os_version: Some("17.1".into()),
         enrolled_at: now,
     };
-    let cf = avro(&enrollment, OutputEncoding::AvroConfluent);
+    let cf = encoded(&enrollment, OutputEncoding::AvroConfluent);
     let inventory_huge = Datum::default()
         .str("acme")
         .str("i-huge")
@@ -645,10 +573,7 @@ fn send_bad(gw: &Gateway, b: &Bad) {
     match &b.key {
         Some(k) => gw.send_raw(&b.topic, k, b.value.as_deref()),
         None => {
-            let p: BaseProducer = ClientConfig::new()
-                .set("bootstrap.servers", broker())
-                .create()
-                .unwrap();
+            let p: BaseProducer = client(broker()).create().unwrap();
             let mut r = BaseRecord::<[u8], [u8]>::to(&b.topic);
             if let Some(v) = &b.value {
                 r = r.payload(v);
@@ -676,7 +601,7 @@ fn malformed_records_are_rejected_with_reason_and_raw_bytes_and_the_pipeline_goe
     let svc = Service::start_with_clock(&cfg, clock);
     let t = cfg.topics.clone();
 
-    let so = |r: &DeviceThreatReport| avro(r, OutputEncoding::Avro);
+    let so = |r: &DeviceThreatReport| encoded(r, OutputEncoding::Avro);
     // Good records before the bad ones, in each encoding.
     gw.send_raw(
         &t.device_threats,
@@ -688,7 +613,7 @@ fn malformed_records_are_rejected_with_reason_and_raw_bytes_and_the_pipeline_goe
     gw.send_raw(
         &t.device_enrollments,
         b"acme/e1",
-        Some(&avro(
+        Some(&encoded(
             &DeviceEnrollment {
                 tenant_id: "acme".into(),
                 device_id: "e1".into(),
@@ -719,7 +644,7 @@ fn malformed_records_are_rejected_with_reason_and_raw_bytes_and_the_pipeline_goe
     gw.send_raw(
         &t.device_threats,
         b"acme/g3",
-        Some(&avro(
+        Some(&encoded(
             &report("g3-high", "g3", HealthState::High, now),
             OutputEncoding::AvroConfluent,
         )),

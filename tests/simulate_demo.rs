@@ -1,22 +1,18 @@
-//! The operator tools: `simulate` against the real broker (what it says it sent is what a
-//! read_committed reader finds), `demo` end to end on the mock cluster, and `explain` against
-//! a running instance.
+//! The operator tools, through the `mtdgate` binary: `simulate` against the real broker (what
+//! it says it sent is what a read_committed reader finds), `demo` end to end on the mock
+//! cluster, and `explain` against a running instance. (The simulator's pure parts are unit
+//! tests in `src/tools/simulate`.)
 
 mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use serde_json::json;
 
+use mtdgate::config::Config;
 use mtdgate::model::DeviceThreatReport;
-use mtdgate::simulate::{self, Input, InputEncoding, Options};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mtdgate");
@@ -27,16 +23,9 @@ fn read_all(
     topics: &[String],
     want: &HashMap<String, u64>,
 ) -> HashMap<String, Vec<(String, Vec<u8>)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .set("group.id", format!("sim-count-{}", std::process::id()))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&names).unwrap();
+    let group = format!("sim-count-{}", std::process::id());
+    let consumer = committed_reader(client(broker()), &group, &names);
     let mut got: HashMap<String, Vec<(String, Vec<u8>)>> = HashMap::new();
     let done = |got: &HashMap<String, Vec<(String, Vec<u8>)>>| {
         want.iter()
@@ -61,46 +50,104 @@ fn read_all(
     }
 }
 
+/// `mtdgate simulate --quiet ARGS --config FILE` (`args` separated by spaces) with a
+/// configuration of fresh topics named after `name` in FILE; asserts it exits 0 and returns
+/// the configuration and the summary (stdout).
+fn simulate(name: &str, args: &str) -> (Config, String) {
+    let cfg = test_config(name);
+    create_topics(&cfg);
+    let path = config_file(&cfg, &format!("simulate-{}", cfg.kafka.group_id));
+    let out = Command::new(BIN)
+        .args(["simulate", "--quiet"])
+        .args(args.split_whitespace())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cfg, stdout)
+}
+
+/// `1,234` -> 1234.
+fn number(s: &str) -> u64 {
+    s.replace(',', "")
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number: {s:?}"))
+}
+
+/// The summary's table of records sent (delivered), by topic: the rows between the `sent`
+/// header and the `reports:` line, `COUNT  LABEL  TOPIC` each.
+fn sent_by_topic(summary: &str) -> HashMap<String, u64> {
+    let rows: Vec<&str> = summary
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("sent "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("reports:"))
+        .collect();
+    assert_eq!(rows.len(), 6, "one row per input topic:\n{summary}");
+    rows.iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[f.len() - 1].to_owned(), number(f[0]))
+        })
+        .collect()
+}
+
 /// (a) The simulator against the real broker: every count in its summary is what a
 /// read_committed consumer finds on the input topics; the reports decode, are keyed
 /// `tenant/device` and have unique event ids.
 #[test]
 fn simulate_sends_what_it_reports_to_the_real_broker() {
-    let cfg = test_config("simulate");
-    create_topics(&cfg);
-    let mut opts = Options::new(cfg.clone());
-    opts.tenants = 6;
-    opts.devices = 1_500;
-    opts.rate = 0.0;
-    opts.reports = Some(4_000);
-    opts.encoding = InputEncoding::Avro;
-    opts.seed = 7;
-    opts.settle = Duration::ZERO;
-    opts.inventory_rate = 0.05;
-    let summary = simulate::run(&opts, Arc::new(AtomicBool::new(false))).unwrap();
-    assert_eq!(summary.delivery_errors, 0, "{summary}");
-    assert_eq!(summary.undelivered, 0, "{summary}");
-    assert_eq!(summary.reports, 4_000);
-    assert_eq!(summary.sent(Input::DeviceThreats), 4_000);
-    assert!(summary.sent(Input::DeviceEnrollments) > 0, "{summary}");
-    assert!(summary.sent(Input::Policies) == 6 * 6, "{summary}");
-    assert!(summary.sent(Input::AppInventory) > 0, "{summary}");
+    let (cfg, summary) = simulate(
+        "simulate",
+        "--tenants 6 --devices 1500 --rate 0 --reports 4000 --encoding avro --seed 7 \
+         --inventory-rate 0.05",
+    );
+    // Exit 0 means no delivery error and nothing unconfirmed; the summary says so too.
+    assert!(summary.contains("delivery errors: 0"), "{summary}");
+    assert!(!summary.contains("not confirmed"), "{summary}");
+    let reports = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("reports: "))
+        .unwrap_or_else(|| panic!("no reports line:\n{summary}"));
+    assert_eq!(
+        number(reports.split(' ').next().unwrap()),
+        4_000,
+        "{summary}"
+    );
+    let sent = sent_by_topic(&summary);
+    let t = &cfg.topics;
+    assert_eq!(sent[&t.device_threats], 4_000, "{summary}");
+    assert!(sent[&t.device_enrollments] > 0, "{summary}");
+    assert!(sent[&t.policies] == 6 * 6, "{summary}");
+    assert!(sent[&t.app_inventory] > 0, "{summary}");
 
-    let topics: Vec<String> = Input::ALL
+    let topics: Vec<String> = [
+        &t.device_threats,
+        &t.connector_heartbeats,
+        &t.connectors,
+        &t.policies,
+        &t.device_enrollments,
+        &t.app_inventory,
+    ]
+    .map(String::clone)
+    .to_vec();
+    let want: HashMap<String, u64> = topics
         .iter()
-        .map(|i| i.topic(&cfg).to_owned())
-        .collect();
-    let want: HashMap<String, u64> = Input::ALL
-        .iter()
-        .map(|i| (i.topic(&cfg).to_owned(), summary.sent(*i)))
+        .map(|topic| (topic.clone(), sent[topic]))
         .collect();
     let got = read_all(&topics, &want);
-    for i in Input::ALL {
-        let t = i.topic(&cfg);
+    for topic in &topics {
         assert_eq!(
-            got.get(t).map_or(0, |v| v.len() as u64),
-            summary.sent(i),
-            "records on {t}\n{summary}"
+            got.get(topic).map_or(0, |v| v.len() as u64),
+            sent[topic],
+            "records on {topic}\n{summary}"
         );
     }
     let mut ids = HashSet::new();
@@ -126,34 +173,9 @@ fn simulate_sends_what_it_reports_to_the_real_broker() {
 /// The `simulate` command with a configuration file: exits 0 and prints its summary.
 #[test]
 fn simulate_command_uses_the_configuration_file() {
-    let cfg = test_config("simcli");
-    create_topics(&cfg);
-    let path = std::env::temp_dir().join(format!(
-        "mtdgate-simulate-{}-{}.toml",
-        std::process::id(),
-        cfg.kafka.group_id
-    ));
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    let out = Command::new(BIN)
-        .args(["simulate", "--quiet", "--rate", "0", "--reports", "500"])
-        .args([
-            "--tenants",
-            "2",
-            "--devices",
-            "100",
-            "--seed",
-            "3",
-            "--config",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (cfg, stdout) = simulate(
+        "simcli",
+        "--rate 0 --reports 500 --tenants 2 --devices 100 --seed 3",
     );
     assert!(stdout.contains(&cfg.topics.device_threats), "{stdout}");
     assert!(
@@ -294,34 +316,14 @@ fn explain_prints_device_and_connectors_of_a_running_instance() {
     let gw = Gateway::new();
     let t = &cfg.topics;
     let now = svc.now();
+    gw.setup_tables(&compliance_tables(&cfg, "MEDIUM", now));
     gw.send(
-        &t.connectors,
-        "acme/lookout",
-        Some(&connector_json(
-            "acme",
-            "lookout",
-            &["provisioned", "setup_complete", "ios_enabled"],
-            now,
-        )),
-    );
-    gw.send(&t.policies, "acme/cp", Some(&json!({"tenant_id": "acme", "policy_id": "cp", "kind": "COMPLIANCE", "platform": "IOS", "max_level": "MEDIUM", "updated_at": now})));
-    gw.send(
-        &t.connector_heartbeats,
-        "acme/lookout",
-        Some(&json!({"tenant_id": "acme", "partner_id": "lookout", "sent_at": now})),
-    );
-    gw.flush();
-    std::thread::sleep(Duration::from_millis(500));
-    gw.send(&t.device_enrollments, "acme/d1", Some(&json!({"tenant_id": "acme", "device_id": "d1", "user_id": "alice", "platform": "IOS", "management": "MDM", "ownership": "CORPORATE", "os_version": "17.4", "enrolled_at": now})));
-    gw.send(
-        &t.device_threats,
+        &t.device_enrollments,
         "acme/d1",
-        Some(&json!({
-            "event_id": "e1", "tenant_id": "acme", "partner_id": "lookout", "device_id": "d1",
-            "platform": "IOS", "management": "MDM", "health_state": "HIGH", "threats": [],
-            "observed_at": now,
-        })),
+        Some(&enrollment_json("d1", now)),
     );
+    let report = report_json("e1", "lookout", "d1", "MDM", "HIGH", now);
+    gw.send(&t.device_threats, "acme/d1", Some(&report));
     gw.flush();
 
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -36,12 +36,7 @@ pub(crate) fn from_slice<'de, T: de::Deserialize<'de>>(
     data: &'de [u8],
 ) -> Result<T> {
     let mut reader = Reader { data, pos: 0 };
-    let value = T::deserialize(De {
-        r: &mut reader,
-        s: schema,
-        node: schema.root,
-        depth: 0,
-    })?;
+    let value = T::deserialize(De::root(&mut reader, schema))?;
     reader.finish()?;
     Ok(value)
 }
@@ -55,28 +50,14 @@ pub(crate) fn from_slice_in_place<'de, T: de::Deserialize<'de>>(
     place: &mut T,
 ) -> Result<()> {
     let mut reader = Reader { data, pos: 0 };
-    T::deserialize_in_place(
-        De {
-            r: &mut reader,
-            s: schema,
-            node: schema.root,
-            depth: 0,
-        },
-        place,
-    )?;
+    T::deserialize_in_place(De::root(&mut reader, schema), place)?;
     reader.finish()
 }
 
 /// Checks that `data` is exactly one well-formed datum of `schema`, without building anything.
 pub(crate) fn validate(schema: &Compiled, data: &[u8]) -> Result<()> {
     let mut reader = Reader { data, pos: 0 };
-    De {
-        r: &mut reader,
-        s: schema,
-        node: schema.root,
-        depth: 0,
-    }
-    .skip()?;
+    De::root(&mut reader, schema).skip()?;
     reader.finish()
 }
 
@@ -304,12 +285,12 @@ pub(crate) struct De<'a, 'de> {
 
 impl<'a, 'de> De<'a, 'de> {
     #[inline]
-    fn child(&mut self, node: NodeId) -> De<'_, 'de> {
+    fn root(r: &'a mut Reader<'de>, s: &'a Compiled) -> Self {
         De {
-            r: self.r,
-            s: self.s,
-            node,
-            depth: self.depth,
+            r,
+            s,
+            node: s.root,
+            depth: 0,
         }
     }
 
@@ -348,6 +329,34 @@ impl<'a, 'de> De<'a, 'de> {
         }
     }
 
+    /// The fields of a record one level down.
+    #[inline]
+    fn record(self, fields: &'a [Field]) -> Result<RecordAccess<'a, 'de>> {
+        Ok(RecordAccess {
+            depth: self.deeper()?,
+            r: self.r,
+            s: self.s,
+            fields,
+            next: 0,
+        })
+    }
+
+    /// The items (or values) of node `item` of an array or map one level down, before the
+    /// first block header.
+    #[inline]
+    fn items<At>(self, item: NodeId, min_size: u32, at: At) -> Result<Items<'a, 'de, At>> {
+        Ok(Items {
+            depth: self.deeper()?,
+            r: self.r,
+            s: self.s,
+            item,
+            min_size,
+            left: 0,
+            done: false,
+            at,
+        })
+    }
+
     #[inline]
     fn symbol(&mut self, symbols: &'a [Name]) -> Result<&'a str> {
         let idx = self.symbol_index(symbols)?;
@@ -376,45 +385,18 @@ impl<'a, 'de> De<'a, 'de> {
             Node::String => visitor.visit_borrowed_str(self.r.str()?),
             Node::Fixed(n) => visitor.visit_borrowed_bytes(self.r.take(*n, "fixed")?),
             Node::Enum { symbols, .. } => visitor.visit_str(self.symbol(symbols)?),
-            Node::Record { fields, .. } => {
-                let depth = self.deeper()?;
-                visitor.visit_map(RecordAccess {
-                    r: self.r,
-                    s: self.s,
-                    fields,
-                    next: 0,
-                    depth,
-                })
-            }
+            Node::Record { fields, .. } => visitor.visit_map(self.record(fields)?),
             Node::Array(item) => {
-                let depth = self.deeper()?;
-                let mut access = ArrayAccess {
-                    r: self.r,
-                    s: self.s,
-                    item: *item,
-                    min_size: self.s.min_size[*item as usize],
-                    left: 0,
-                    index: 0,
-                    done: false,
-                    depth,
-                };
-                access.next_block()?;
-                visitor.visit_seq(access)
+                let min_size = self.s.min_size[*item as usize];
+                let mut items = self.items(*item, min_size, 0u64)?;
+                items.next_block("array").map_err(|e| e.at_index(0))?;
+                visitor.visit_seq(items)
             }
             Node::Map(value) => {
-                let depth = self.deeper()?;
-                let mut access = MapAccess {
-                    r: self.r,
-                    s: self.s,
-                    value: *value,
-                    min_size: self.s.min_size[*value as usize].saturating_add(1),
-                    left: 0,
-                    key: "",
-                    done: false,
-                    depth,
-                };
-                access.next_block()?;
-                visitor.visit_map(access)
+                let min_size = self.s.min_size[*value as usize].saturating_add(1);
+                let mut entries = self.items(*value, min_size, "")?;
+                entries.next_block("map")?;
+                visitor.visit_map(entries)
             }
             Node::Union(_) => Err(AvroError::malformed("union directly inside a union")),
         }
@@ -434,46 +416,30 @@ impl<'a, 'de> De<'a, 'de> {
             Node::Fixed(n) => self.r.take(*n, "fixed").map(drop),
             Node::Enum { symbols, .. } => self.symbol(symbols).map(drop),
             Node::Record { fields, .. } => {
-                let depth = self.deeper()?;
+                let mut record = self.record(fields)?;
                 for f in fields.iter() {
-                    let mut child = self.child(f.node);
-                    child.depth = depth;
-                    child.skip().map_err(|e| e.at_field(&f.name))?;
+                    record.de(f.node).skip().map_err(|e| e.at_field(&f.name))?;
                 }
                 Ok(())
             }
             Node::Array(item) => {
-                let depth = self.deeper()?;
-                let min = self.s.min_size[*item as usize];
-                let mut index = 0u64;
-                loop {
-                    let count = self.r.block(min, "array")?;
-                    if count == 0 {
-                        return Ok(());
-                    }
-                    for _ in 0..count {
-                        let mut child = self.child(*item);
-                        child.depth = depth;
-                        child.skip().map_err(|e| e.at_index(index))?;
-                        index += 1;
-                    }
+                let min_size = self.s.min_size[*item as usize];
+                let mut items = self.items(*item, min_size, 0u64)?;
+                while items.more("array")? {
+                    let index = items.at;
+                    items.de().skip().map_err(|e| e.at_index(index))?;
+                    items.at += 1;
                 }
+                Ok(())
             }
             Node::Map(value) => {
-                let depth = self.deeper()?;
-                let min = self.s.min_size[*value as usize].saturating_add(1);
-                loop {
-                    let count = self.r.block(min, "map")?;
-                    if count == 0 {
-                        return Ok(());
-                    }
-                    for _ in 0..count {
-                        let key = self.r.str()?;
-                        let mut child = self.child(*value);
-                        child.depth = depth;
-                        child.skip().map_err(|e| e.at_key(key))?;
-                    }
+                let min_size = self.s.min_size[*value as usize].saturating_add(1);
+                let mut entries = self.items(*value, min_size, "")?;
+                while entries.more("map")? {
+                    let key = entries.r.str()?;
+                    entries.de().skip().map_err(|e| e.at_key(key))?;
                 }
+                Ok(())
             }
             Node::Union(_) => Err(AvroError::malformed("union directly inside a union")),
         }
@@ -520,14 +486,7 @@ impl<'a, 'de> Deserializer<'de> for De<'a, 'de> {
             Node::Record { fields, rust, .. }
                 if rust.same(fields.iter().map(|f| &*f.name), rust_fields) =>
             {
-                let depth = self.deeper()?;
-                visitor.visit_seq(RecordSeq {
-                    r: self.r,
-                    s: self.s,
-                    fields,
-                    next: 0,
-                    depth,
-                })
+                visitor.visit_seq(self.record(fields)?)
             }
             _ => self.visit_node(node, visitor),
         }
@@ -583,12 +542,34 @@ impl<'a, 'de> Deserializer<'de> for De<'a, 'de> {
     }
 }
 
+/// The fields of a record, in schema order: keyed by field name as a map, or, for a struct whose
+/// fields are the record's in the same order, as a sequence.
 struct RecordAccess<'a, 'de> {
     r: &'a mut Reader<'de>,
     s: &'a Compiled,
     fields: &'a [Field],
     next: usize,
     depth: u32,
+}
+
+impl<'de> RecordAccess<'_, 'de> {
+    #[inline(always)]
+    fn de(&mut self, node: NodeId) -> De<'_, 'de> {
+        De {
+            r: self.r,
+            s: self.s,
+            node,
+            depth: self.depth,
+        }
+    }
+
+    /// Decodes the value of the next field, `f`.
+    #[inline(always)]
+    fn value<T: DeserializeSeed<'de>>(&mut self, f: &Field, seed: T) -> Result<T::Value> {
+        self.next += 1;
+        seed.deserialize(self.de(f.node))
+            .map_err(|e| e.at_field(&f.name))
+    }
 }
 
 impl<'a, 'de> de::MapAccess<'de> for RecordAccess<'a, 'de> {
@@ -609,14 +590,7 @@ impl<'a, 'de> de::MapAccess<'de> for RecordAccess<'a, 'de> {
         let Some(f) = self.fields.get(self.next) else {
             return Err(AvroError::invalid("value requested past the last field"));
         };
-        self.next += 1;
-        seed.deserialize(De {
-            r: self.r,
-            s: self.s,
-            node: f.node,
-            depth: self.depth,
-        })
-        .map_err(|e| e.at_field(&f.name))
+        self.value(f, seed)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -624,17 +598,7 @@ impl<'a, 'de> de::MapAccess<'de> for RecordAccess<'a, 'de> {
     }
 }
 
-/// The fields of a record, in schema order, for a struct whose fields are the same, in the same
-/// order.
-struct RecordSeq<'a, 'de> {
-    r: &'a mut Reader<'de>,
-    s: &'a Compiled,
-    fields: &'a [Field],
-    next: usize,
-    depth: u32,
-}
-
-impl<'a, 'de> de::SeqAccess<'de> for RecordSeq<'a, 'de> {
+impl<'a, 'de> de::SeqAccess<'de> for RecordAccess<'a, 'de> {
     type Error = AvroError;
 
     #[inline]
@@ -642,15 +606,7 @@ impl<'a, 'de> de::SeqAccess<'de> for RecordSeq<'a, 'de> {
         let Some(f) = self.fields.get(self.next) else {
             return Ok(None);
         };
-        self.next += 1;
-        seed.deserialize(De {
-            r: self.r,
-            s: self.s,
-            node: f.node,
-            depth: self.depth,
-        })
-        .map(Some)
-        .map_err(|e| e.at_field(&f.name))
+        self.value(f, seed).map(Some)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -658,55 +614,69 @@ impl<'a, 'de> de::SeqAccess<'de> for RecordSeq<'a, 'de> {
     }
 }
 
-struct ArrayAccess<'a, 'de> {
+/// The items of an array or the entries of a map, which come in blocks (each header is read when
+/// the block before runs out). `at` places errors: the item index, or the last key read.
+struct Items<'a, 'de, At> {
     r: &'a mut Reader<'de>,
     s: &'a Compiled,
+    /// The item node (the value node of a map).
     item: NodeId,
     min_size: u32,
     /// Items left in the current block.
     left: u64,
-    index: u64,
     done: bool,
+    at: At,
     depth: u32,
 }
 
-impl ArrayAccess<'_, '_> {
+impl<'de, At> Items<'_, 'de, At> {
     #[inline]
-    fn next_block(&mut self) -> Result<()> {
-        self.left = self
-            .r
-            .block(self.min_size, "array")
-            .map_err(|e| e.at_index(self.index))?;
+    fn next_block(&mut self, what: &str) -> Result<()> {
+        self.left = self.r.block(self.min_size, what)?;
         self.done = self.left == 0;
         Ok(())
     }
-}
 
-impl<'a, 'de> de::SeqAccess<'de> for ArrayAccess<'a, 'de> {
-    type Error = AvroError;
-
-    #[inline]
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
+    /// Whether another item follows (then it is counted off its block).
+    #[inline(always)]
+    fn more(&mut self, what: &str) -> Result<bool> {
         if self.left == 0 {
             if self.done {
-                return Ok(None);
+                return Ok(false);
             }
-            self.next_block()?;
+            self.next_block(what)?;
             if self.done {
-                return Ok(None);
+                return Ok(false);
             }
         }
         self.left -= 1;
-        let index = self.index;
-        self.index += 1;
-        seed.deserialize(De {
+        Ok(true)
+    }
+
+    #[inline(always)]
+    fn de(&mut self) -> De<'_, 'de> {
+        De {
             r: self.r,
             s: self.s,
             node: self.item,
             depth: self.depth,
-        })
-        .map(Some)
-        .map_err(|e| e.at_index(index))
+        }
+    }
+}
+
+impl<'a, 'de> de::SeqAccess<'de> for Items<'a, 'de, u64> {
+    type Error = AvroError;
+
+    #[inline]
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
+        let index = self.at;
+        if !self.more("array").map_err(|e| e.at_index(index))? {
+            return Ok(None);
+        }
+        self.at += 1;
+        seed.deserialize(self.de())
+            .map(Some)
+            .map_err(|e| e.at_index(index))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -714,54 +684,22 @@ impl<'a, 'de> de::SeqAccess<'de> for ArrayAccess<'a, 'de> {
     }
 }
 
-struct MapAccess<'a, 'de> {
-    r: &'a mut Reader<'de>,
-    s: &'a Compiled,
-    value: NodeId,
-    min_size: u32,
-    left: u64,
-    key: &'de str,
-    done: bool,
-    depth: u32,
-}
-
-impl MapAccess<'_, '_> {
-    #[inline]
-    fn next_block(&mut self) -> Result<()> {
-        self.left = self.r.block(self.min_size, "map")?;
-        self.done = self.left == 0;
-        Ok(())
-    }
-}
-
-impl<'a, 'de> de::MapAccess<'de> for MapAccess<'a, 'de> {
+impl<'a, 'de> de::MapAccess<'de> for Items<'a, 'de, &'de str> {
     type Error = AvroError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
-        if self.left == 0 {
-            if self.done {
-                return Ok(None);
-            }
-            self.next_block()?;
-            if self.done {
-                return Ok(None);
-            }
+        if !self.more("map")? {
+            return Ok(None);
         }
-        self.left -= 1;
-        self.key = self.r.str().map_err(|e| e.at_key("<key>"))?;
-        seed.deserialize(BorrowedStrDeserializer::<AvroError>::new(self.key))
+        self.at = self.r.str().map_err(|e| e.at_key("<key>"))?;
+        seed.deserialize(BorrowedStrDeserializer::<AvroError>::new(self.at))
             .map(Some)
-            .map_err(|e| e.at_key(self.key))
+            .map_err(|e| e.at_key(self.at))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
-        seed.deserialize(De {
-            r: self.r,
-            s: self.s,
-            node: self.value,
-            depth: self.depth,
-        })
-        .map_err(|e| e.at_key(self.key))
+        let key = self.at;
+        seed.deserialize(self.de()).map_err(|e| e.at_key(key))
     }
 
     fn size_hint(&self) -> Option<usize> {

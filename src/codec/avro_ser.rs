@@ -42,6 +42,13 @@ fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 #[cold]
+fn variant_with_data(name: &str, variant: &str) -> AvroError {
+    AvroError::invalid(format!(
+        "enum variant {name}::{variant} with data has no Avro mapping"
+    ))
+}
+
+#[cold]
 fn mismatch(what: &str, node: &Node) -> AvroError {
     AvroError::invalid(format!("cannot write {what} as {}", describe(node)))
 }
@@ -93,6 +100,33 @@ impl<'a> Ser<'a> {
         Err(mismatch(what, node))
     }
 
+    /// Starts an array or a map: `inner` is the item (value) node of the node kind it takes.
+    #[inline]
+    fn items(
+        mut self,
+        len: Option<usize>,
+        what: &str,
+        inner: impl Fn(&Node) -> Option<NodeId>,
+    ) -> Result<ItemsSer<'a>> {
+        let node = self.pick(|n| inner(n).is_some(), what)?;
+        let item = inner(node).unwrap_or_else(|| unreachable!("pick returned {}", describe(node)));
+        let start = self.out.len();
+        if let Some(n) = len {
+            if n > 0 {
+                write_long(self.out, n as i64);
+            }
+        }
+        Ok(ItemsSer {
+            out: self.out,
+            s: self.s,
+            item,
+            announced: len,
+            start,
+            written: 0,
+            key: (0, 0),
+        })
+    }
+
     #[inline]
     fn long(mut self, v: i64, what: &str) -> Result<()> {
         match self.pick(|n| matches!(n, Node::Long | Node::Int), what)? {
@@ -131,14 +165,43 @@ impl<'a> Ser<'a> {
     }
 }
 
+/// The serializer methods of tuple and struct variants (same signature): variants carrying data
+/// have no Avro mapping.
+macro_rules! variants_with_data {
+    ($($method:ident -> $ty:ident),+ $(,)?) => {
+        $(
+            fn $method(
+                self,
+                name: &'static str,
+                _variant_index: u32,
+                variant: &'static str,
+                _len: usize,
+            ) -> Result<Self::$ty> {
+                Err(variant_with_data(name, variant))
+            }
+        )+
+    };
+}
+
+/// Serializer methods of the integer types that widen losslessly to `long`.
+macro_rules! serialize_as_long {
+    ($($method:ident: $ty:ty),+ $(,)?) => {
+        $(
+            fn $method(self, v: $ty) -> Result<()> {
+                self.long(v.into(), "an integer")
+            }
+        )+
+    };
+}
+
 impl<'a> ser::Serializer for Ser<'a> {
     type Ok = ();
     type Error = AvroError;
-    type SerializeSeq = SeqSer<'a>;
+    type SerializeSeq = ItemsSer<'a>;
     type SerializeTuple = ser::Impossible<(), AvroError>;
     type SerializeTupleStruct = ser::Impossible<(), AvroError>;
     type SerializeTupleVariant = ser::Impossible<(), AvroError>;
-    type SerializeMap = MapSer<'a>;
+    type SerializeMap = ItemsSer<'a>;
     type SerializeStruct = StructSer<'a>;
     type SerializeStructVariant = ser::Impossible<(), AvroError>;
 
@@ -152,32 +215,13 @@ impl<'a> ser::Serializer for Ser<'a> {
         Ok(())
     }
 
-    fn serialize_i8(self, v: i8) -> Result<()> {
-        self.long(v.into(), "an integer")
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<()> {
-        self.long(v.into(), "an integer")
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<()> {
-        self.long(v.into(), "an integer")
+    serialize_as_long! {
+        serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
+        serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
     }
 
     fn serialize_i64(self, v: i64) -> Result<()> {
         self.long(v, "an integer")
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<()> {
-        self.long(v.into(), "an integer")
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<()> {
-        self.long(v.into(), "an integer")
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<()> {
-        self.long(v.into(), "an integer")
     }
 
     fn serialize_u64(self, v: u64) -> Result<()> {
@@ -237,9 +281,8 @@ impl<'a> ser::Serializer for Ser<'a> {
         }
     }
 
-    fn serialize_none(mut self) -> Result<()> {
-        self.pick(|n| matches!(n, Node::Null), "null")?;
-        Ok(())
+    fn serialize_none(self) -> Result<()> {
+        self.serialize_unit()
     }
 
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<()> {
@@ -279,29 +322,13 @@ impl<'a> ser::Serializer for Ser<'a> {
         variant: &'static str,
         _value: &T,
     ) -> Result<()> {
-        Err(AvroError::invalid(format!(
-            "enum variant {name}::{variant} with data has no Avro mapping"
-        )))
+        Err(variant_with_data(name, variant))
     }
 
-    fn serialize_seq(mut self, len: Option<usize>) -> Result<SeqSer<'a>> {
-        let item = match self.pick(|n| matches!(n, Node::Array(_)), "a sequence")? {
-            Node::Array(item) => *item,
-            _ => unreachable!("pick returned a non-array"),
-        };
-        let start = self.out.len();
-        if let Some(n) = len {
-            if n > 0 {
-                write_long(self.out, n as i64);
-            }
-        }
-        Ok(SeqSer {
-            out: self.out,
-            s: self.s,
-            item,
-            announced: len,
-            start,
-            written: 0,
+    fn serialize_seq(self, len: Option<usize>) -> Result<ItemsSer<'a>> {
+        self.items(len, "a sequence", |n| match n {
+            Node::Array(item) => Some(*item),
+            _ => None,
         })
     }
 
@@ -319,37 +346,10 @@ impl<'a> ser::Serializer for Ser<'a> {
         )))
     }
 
-    fn serialize_tuple_variant(
-        self,
-        name: &'static str,
-        _variant_index: u32,
-        variant: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeTupleVariant> {
-        Err(AvroError::invalid(format!(
-            "enum variant {name}::{variant} with data has no Avro mapping"
-        )))
-    }
-
-    fn serialize_map(mut self, len: Option<usize>) -> Result<MapSer<'a>> {
-        let value = match self.pick(|n| matches!(n, Node::Map(_)), "a map")? {
-            Node::Map(value) => *value,
-            _ => unreachable!("pick returned a non-map"),
-        };
-        let start = self.out.len();
-        if let Some(n) = len {
-            if n > 0 {
-                write_long(self.out, n as i64);
-            }
-        }
-        Ok(MapSer {
-            out: self.out,
-            s: self.s,
-            value,
-            announced: len,
-            start,
-            written: 0,
-            key: (0, 0),
+    fn serialize_map(self, len: Option<usize>) -> Result<ItemsSer<'a>> {
+        self.items(len, "a map", |n| match n {
+            Node::Map(value) => Some(*value),
+            _ => None,
         })
     }
 
@@ -370,55 +370,56 @@ impl<'a> ser::Serializer for Ser<'a> {
         }
     }
 
-    fn serialize_struct_variant(
-        self,
-        name: &'static str,
-        _variant_index: u32,
-        variant: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeStructVariant> {
-        Err(AvroError::invalid(format!(
-            "enum variant {name}::{variant} with data has no Avro mapping"
-        )))
+    variants_with_data! {
+        serialize_tuple_variant -> SerializeTupleVariant,
+        serialize_struct_variant -> SerializeStructVariant,
     }
 }
 
-/// Writes the item count of a sequence whose length serde did not announce in front of its
-/// items, once they are written.
-fn finish_blocks(
-    out: &mut Vec<u8>,
-    announced: Option<usize>,
-    start: usize,
-    written: usize,
-) -> Result<()> {
-    match announced {
-        Some(n) if n != written => {
-            return Err(AvroError::invalid(format!(
-                "sequence announced {n} items but wrote {written}"
-            )))
-        }
-        Some(_) => {}
-        None if written > 0 => {
-            let mut count = Vec::with_capacity(10);
-            write_long(&mut count, written as i64);
-            out.splice(start..start, count);
-        }
-        None => {}
-    }
-    out.push(0);
-    Ok(())
-}
-
-pub(crate) struct SeqSer<'a> {
+/// The items of an array or the entries of a map, written as one block: its count goes in front
+/// of the items when serde announces it, or is inserted there once they are written.
+pub(crate) struct ItemsSer<'a> {
     out: &'a mut Vec<u8>,
     s: &'a Compiled,
+    /// The item node (the value node of a map).
     item: NodeId,
     announced: Option<usize>,
     start: usize,
     written: usize,
+    /// Where the last map key was written in `out`, for error paths.
+    key: (usize, usize),
 }
 
-impl ser::SerializeSeq for SeqSer<'_> {
+impl ItemsSer<'_> {
+    /// Ends the block (and the array or map).
+    fn finish(self) -> Result<()> {
+        let ItemsSer {
+            out,
+            announced,
+            start,
+            written,
+            ..
+        } = self;
+        match announced {
+            Some(n) if n != written => {
+                return Err(AvroError::invalid(format!(
+                    "sequence announced {n} items but wrote {written}"
+                )))
+            }
+            Some(_) => {}
+            None if written > 0 => {
+                let mut count = Vec::with_capacity(10);
+                write_long(&mut count, written as i64);
+                out.splice(start..start, count);
+            }
+            None => {}
+        }
+        out.push(0);
+        Ok(())
+    }
+}
+
+impl ser::SerializeSeq for ItemsSer<'_> {
     type Ok = ();
     type Error = AvroError;
 
@@ -436,22 +437,11 @@ impl ser::SerializeSeq for SeqSer<'_> {
     }
 
     fn end(self) -> Result<()> {
-        finish_blocks(self.out, self.announced, self.start, self.written)
+        self.finish()
     }
 }
 
-pub(crate) struct MapSer<'a> {
-    out: &'a mut Vec<u8>,
-    s: &'a Compiled,
-    value: NodeId,
-    announced: Option<usize>,
-    start: usize,
-    written: usize,
-    /// Where the last key was written in `out`, for error paths.
-    key: (usize, usize),
-}
-
-impl ser::SerializeMap for MapSer<'_> {
+impl ser::SerializeMap for ItemsSer<'_> {
     type Ok = ();
     type Error = AvroError;
 
@@ -471,7 +461,7 @@ impl ser::SerializeMap for MapSer<'_> {
         let result = value.serialize(Ser {
             out: self.out,
             s: self.s,
-            node: self.value,
+            node: self.item,
         });
         if let Err(e) = result {
             let (start, end) = self.key;
@@ -489,7 +479,7 @@ impl ser::SerializeMap for MapSer<'_> {
     }
 
     fn end(self) -> Result<()> {
-        finish_blocks(self.out, self.announced, self.start, self.written)
+        self.finish()
     }
 }
 

@@ -220,21 +220,17 @@ fn write_schema(
                     out.push('}');
                     Ok(())
                 }
-                "array" => {
-                    let items = map
-                        .get("items")
-                        .ok_or_else(|| CanonicalError("array without items".into()))?;
-                    out.push_str("{\"type\":\"array\",\"items\":");
-                    write_schema(items, namespace, defined, out)?;
-                    out.push('}');
-                    Ok(())
-                }
-                "map" => {
-                    let values = map
-                        .get("values")
-                        .ok_or_else(|| CanonicalError("map without values".into()))?;
-                    out.push_str("{\"type\":\"map\",\"values\":");
-                    write_schema(values, namespace, defined, out)?;
+                "array" | "map" => {
+                    let key = if ty == "array" { "items" } else { "values" };
+                    let inner = map
+                        .get(key)
+                        .ok_or_else(|| CanonicalError(format!("{ty} without {key}")))?;
+                    out.push_str("{\"type\":");
+                    push_quoted(out, ty);
+                    out.push(',');
+                    push_quoted(out, key);
+                    out.push(':');
+                    write_schema(inner, namespace, defined, out)?;
                     out.push('}');
                     Ok(())
                 }

@@ -1,8 +1,9 @@
 //! Connector status: derived from the admin's settings, the partner's heartbeats and the wall
-//! clock. Pure functions over [`ConnectorState`]; the engine owns the timers.
+//! clock, and the reason text a status change carries. Pure functions over
+//! [`ConnectorState`]; the engine owns the timers (`timers`).
 
 use crate::catalogue::{Catalogue, PartnerIdx};
-use crate::model::{ConnectorConfig, ConnectorStatus, Platform};
+use crate::model::{ConnectorConfig, ConnectorStatus, Platform, RejectReason};
 
 use super::compact::OsVersion;
 
@@ -63,12 +64,8 @@ impl ConnectorState {
                 compliance_ignored: false,
             };
         }
-        let silent_for = self.silent_since().map(|since| now.saturating_sub(since));
-        let timed_out =
-            silent_for.is_some_and(|d| d >= cfg.heartbeat_timeout_seconds.saturating_mul(1000));
-        let ignored = silent_for.is_some_and(|d| {
-            d >= (cfg.unresponsive_threshold_days.max(1) as i64).saturating_mul(MS_PER_DAY)
-        });
+        let timed_out = self.unresponsive_at().is_some_and(|at| now >= at);
+        let ignored = self.ignored_at().is_some_and(|at| now >= at);
         let status = if timed_out {
             ConnectorStatus::Unresponsive
         } else if self.error_code != 0 {
@@ -90,39 +87,89 @@ impl ConnectorState {
         if !cfg.provisioned || !cfg.setup_complete {
             return None;
         }
-        let since = self.silent_since()?;
-        let timeout = since.saturating_add(cfg.heartbeat_timeout_seconds.saturating_mul(1000));
-        let ignore = since.saturating_add(
-            (cfg.unresponsive_threshold_days.max(1) as i64).saturating_mul(MS_PER_DAY),
-        );
-        [timeout, ignore].into_iter().filter(|&t| t > now).min()
+        [self.unresponsive_at(), self.ignored_at()]
+            .into_iter()
+            .flatten()
+            .filter(|&t| t > now)
+            .min()
     }
 
-    /// Whether device threat reports and app-sync traffic of this connector are refused.
-    pub fn blocks_traffic(status: ConnectorStatus) -> bool {
-        matches!(
-            status,
-            ConnectorStatus::Unavailable | ConnectorStatus::NotSetUp
-        )
+    /// When the current silence makes the connector `UNRESPONSIVE` (heartbeat timeout).
+    pub fn unresponsive_at(&self) -> Option<i64> {
+        let cfg = self.config.as_ref()?;
+        let since = self.silent_since()?;
+        Some(since.saturating_add(cfg.heartbeat_timeout_seconds.saturating_mul(1000)))
+    }
+
+    /// When the current silence makes its data ignored (`unresponsive_threshold_days`, at
+    /// least one day).
+    pub fn ignored_at(&self) -> Option<i64> {
+        let cfg = self.config.as_ref()?;
+        let since = self.silent_since()?;
+        Some(since.saturating_add(
+            (cfg.unresponsive_threshold_days.max(1) as i64).saturating_mul(MS_PER_DAY),
+        ))
     }
 
     /// Whether the connector's data counts for compliance on `platform` now.
     pub fn counts_for_compliance(&self, platform: Platform) -> bool {
-        !Self::blocks_traffic(self.published.status)
-            && !self.published.compliance_ignored
-            && self
-                .config
-                .as_ref()
-                .is_some_and(|c| c.compliance_enabled(platform))
+        self.counts_if(|c| c.compliance_enabled(platform))
     }
 
     /// Whether the connector's data counts for app protection on `platform` now.
     pub fn counts_for_mam(&self, platform: Platform) -> bool {
-        !Self::blocks_traffic(self.published.status)
+        self.counts_if(|c| c.mam_enabled(platform))
+    }
+
+    /// A connector's data counts when it takes traffic, is not ignored, and its settings have
+    /// the toggle `enabled` looks at on.
+    fn counts_if(&self, enabled: impl FnOnce(&ConnectorConfig) -> bool) -> bool {
+        traffic_refusal(self.published.status).is_none()
             && !self.published.compliance_ignored
-            && self
-                .config
-                .as_ref()
-                .is_some_and(|c| c.mam_enabled(platform))
+            && self.config.as_ref().is_some_and(enabled)
+    }
+}
+
+/// Why device threat reports and App Sync traffic of a connector in `status` are refused, if
+/// they are: an `UNAVAILABLE` or `NOT_SET_UP` connector takes no traffic.
+pub fn traffic_refusal(status: ConnectorStatus) -> Option<RejectReason> {
+    match status {
+        ConnectorStatus::Unavailable => Some(RejectReason::ConnectorUnavailable),
+        ConnectorStatus::NotSetUp => Some(RejectReason::ConnectorNotSetUp),
+        _ => None,
+    }
+}
+
+/// The `reason` text of a status change from `old` to `new`; `hint` says what triggered it.
+pub fn status_reason(
+    conn: &ConnectorState,
+    old: Published,
+    new: Published,
+    hint: &str,
+    catalogue: &Catalogue,
+    partner: PartnerIdx,
+) -> String {
+    let cfg = conn.config.as_ref();
+    match new.status {
+        ConnectorStatus::Unavailable if cfg.is_none() => "no connector settings".to_owned(),
+        ConnectorStatus::Unavailable if !catalogue.offered(partner) => {
+            format!("partner is not offered in the {} cloud", catalogue.cloud())
+        }
+        ConnectorStatus::Unavailable => "connector is deprovisioned".to_owned(),
+        ConnectorStatus::NotSetUp => "connector setup is not complete".to_owned(),
+        ConnectorStatus::Unresponsive if new.compliance_ignored && !old.compliance_ignored => {
+            format!(
+                "no heartbeat for {} days: compliance data ignored",
+                cfg.map_or(7, |c| c.unresponsive_threshold_days)
+            )
+        }
+        ConnectorStatus::Unresponsive => format!(
+            "no heartbeat for {} s",
+            cfg.map_or(86_400, |c| c.heartbeat_timeout_seconds)
+        ),
+        _ if old.compliance_ignored && !new.compliance_ignored => {
+            format!("{hint}: compliance data used again")
+        }
+        _ => hint.to_owned(),
     }
 }

@@ -2,9 +2,10 @@
 //! No I/O, no clock, no allocation unless reasons are asked for.
 
 use crate::catalogue::PartnerIdx;
-use crate::model::{AppAction, ComplianceState, PolicyAction, ReasonCode, ThreatLevel};
+use crate::model::{AppAction, ComplianceState, ReasonCode, ThreatLevel};
 
 use super::devices::{flags, Device};
+use super::policies::Enforcement;
 use super::tables::PlatformView;
 
 /// One reason of a decision, with the partner as a catalogue index.
@@ -173,13 +174,13 @@ pub fn evaluate_app_protection(view: &PlatformView, device: &Device) -> MamDecis
             Outcome::Within | Outcome::NoPartner => (None, true),
         };
         match p.action {
-            PolicyAction::Wipe => {
+            Enforcement::Wipe => {
                 wipe_cleared &= cleared;
                 if first_wipe_exceeded.is_none() {
                     first_wipe_exceeded = exceeded;
                 }
             }
-            PolicyAction::Block | PolicyAction::Warn => {
+            Enforcement::Block => {
                 first_block_policy.get_or_insert((i, partner));
                 block_cleared &= cleared;
                 if first_block_exceeded.is_none() {
@@ -188,27 +189,24 @@ pub fn evaluate_app_protection(view: &PlatformView, device: &Device) -> MamDecis
             }
         }
     }
-    if let Some((i, partner, level)) = first_wipe_exceeded {
+    // The action for the first policy exceeded: (policy index, partner, level).
+    let exceeded = |action, (i, partner, level): (usize, _, ThreatLevel)| MamAction {
+        action,
+        partner,
+        level: Some(level),
+        policy: Some(i),
+    };
+    if let Some(first) = first_wipe_exceeded {
         if !wipe_incident {
-            decision.actions.push(MamAction {
-                action: AppAction::Wipe,
-                partner,
-                level: Some(level),
-                policy: Some(i),
-            });
+            decision.actions.push(exceeded(AppAction::Wipe, first));
         }
         decision.wipe_incident = true;
     } else if wipe_cleared {
         decision.wipe_incident = false;
     }
-    if let Some((i, partner, level)) = first_block_exceeded {
+    if let Some(first) = first_block_exceeded {
         if !blocked {
-            decision.actions.push(MamAction {
-                action: AppAction::Block,
-                partner,
-                level: Some(level),
-                policy: Some(i),
-            });
+            decision.actions.push(exceeded(AppAction::Block, first));
         }
         decision.blocked = true;
     } else if blocked && block_cleared {

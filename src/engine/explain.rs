@@ -1,17 +1,25 @@
 //! Read-only explanations of the engine's state for operators: why a device has the verdict
-//! it has, and where each connector stands against its deadlines.
+//! it has, and where each connector stands against its deadlines. They are served through an
+//! [`EngineReader`], which reads the tables and shards under their own locks, never the
+//! pipeline's processing lock: an explain call waits at most for the one shard being written.
 
-use serde::Serialize;
+use std::sync::Arc;
 
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::catalogue::Catalogue;
 use crate::model::*;
 
-use super::connector::ConnectorState;
-use super::devices::flags;
-use super::evaluate::{evaluate_app_protection, evaluate_compliance};
+use super::connector::{traffic_refusal, ConnectorState};
+use super::devices::{flags, DeviceShard};
+use super::evaluate::evaluate_compliance;
+use super::tables::Tenants;
 use super::Engine;
 
 /// One partner's view of a device.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PartnerExplanation {
     pub partner_id: String,
     pub health_state: HealthState,
@@ -23,7 +31,7 @@ pub struct PartnerExplanation {
 }
 
 /// A device's state and its current decision.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeviceExplanation {
     pub tenant_id: String,
     pub device_id: String,
@@ -40,7 +48,7 @@ pub struct DeviceExplanation {
 }
 
 /// The decision the rules give now, with its reasons.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Decision {
     pub state: Option<ComplianceState>,
     pub worst_level: Option<ThreatLevel>,
@@ -49,7 +57,7 @@ pub struct Decision {
 }
 
 /// A connector's status and deadlines.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConnectorExplanation {
     pub partner_id: String,
     pub status: ConnectorStatus,
@@ -61,7 +69,27 @@ pub struct ConnectorExplanation {
     pub settings: Option<ConnectorConfig>,
 }
 
-impl Engine {
+/// A read-only handle on an engine's tables and shards, for other threads (the explain API).
+#[derive(Clone)]
+pub struct EngineReader {
+    catalogue: Arc<Catalogue>,
+    tenants: Arc<RwLock<Tenants>>,
+    shards: Arc<DashMap<i32, DeviceShard>>,
+}
+
+impl EngineReader {
+    pub(super) fn new(
+        catalogue: Arc<Catalogue>,
+        tenants: Arc<RwLock<Tenants>>,
+        shards: Arc<DashMap<i32, DeviceShard>>,
+    ) -> Self {
+        EngineReader {
+            catalogue,
+            tenants,
+            shards,
+        }
+    }
+
     /// Explains one device, wherever its partition is; `None` if this instance does not hold it.
     pub fn explain_device(
         &self,
@@ -69,8 +97,10 @@ impl Engine {
         device: &str,
         now: i64,
     ) -> Option<DeviceExplanation> {
-        let t = self.tenants.get(tenant)?;
-        let tables = self.tenants.tables(t);
+        // Tables before shards, as the engine takes them.
+        let tenants = self.tenants.read();
+        let t = tenants.get(tenant)?;
+        let tables = tenants.tables(t);
         for shard in self.shards.iter() {
             let Some(slot) = shard.find(t, device) else {
                 continue;
@@ -150,19 +180,16 @@ impl Engine {
                         app_protection_policies: vec![],
                     }
                 }
-                Management::Mam => {
-                    let _ = evaluate_app_protection(view, d);
-                    Decision {
-                        state: None,
-                        worst_level: None,
-                        reasons: vec![],
-                        app_protection_policies: view
-                            .app_policies
-                            .iter()
-                            .map(|p| format!("{} ({} above {})", p.policy_id, p.action, p.limit))
-                            .collect(),
-                    }
-                }
+                Management::Mam => Decision {
+                    state: None,
+                    worst_level: None,
+                    reasons: vec![],
+                    app_protection_policies: view
+                        .app_policies
+                        .iter()
+                        .map(|p| format!("{} ({} above {})", p.policy_id, p.action, p.limit))
+                        .collect(),
+                },
             };
             return Some(DeviceExplanation {
                 tenant_id: tenant.to_owned(),
@@ -184,34 +211,29 @@ impl Engine {
 
     /// Explains every connector of a tenant.
     pub fn explain_connectors(&self, tenant: &str) -> Vec<ConnectorExplanation> {
-        let Some(t) = self.tenants.get(tenant) else {
+        let tenants = self.tenants.read();
+        let Some(t) = tenants.get(tenant) else {
             return vec![];
         };
-        self.tenants
+        tenants
             .tables(t)
             .connectors
             .iter()
-            .map(|(&p, c)| {
-                let since = c.silent_since();
-                let cfg = c.config.as_ref();
-                ConnectorExplanation {
-                    partner_id: self.catalogue.partner(p).id.clone(),
-                    status: c.published.status,
-                    compliance_ignored: c.published.compliance_ignored,
-                    last_heartbeat_at: c.last_heartbeat_at,
-                    error_code: c.error_code,
-                    unresponsive_at: since
-                        .zip(cfg)
-                        .map(|(s, c)| s + c.heartbeat_timeout_seconds * 1000),
-                    ignored_at: since
-                        .zip(cfg)
-                        .map(|(s, c)| s + c.unresponsive_threshold_days as i64 * 86_400_000),
-                    settings: c.config.clone(),
-                }
+            .map(|(&p, c)| ConnectorExplanation {
+                partner_id: self.catalogue.partner(p).id.clone(),
+                status: c.published.status,
+                compliance_ignored: c.published.compliance_ignored,
+                last_heartbeat_at: c.last_heartbeat_at,
+                error_code: c.error_code,
+                unresponsive_at: c.unresponsive_at(),
+                ignored_at: c.ignored_at(),
+                settings: c.config.clone(),
             })
             .collect()
     }
+}
 
+impl Engine {
     /// Devices held and how many are noncompliant.
     pub fn device_counts(&self) -> (usize, usize) {
         let mut total = 0;
@@ -227,7 +249,7 @@ impl Engine {
 fn not_counting(conn: Option<&ConnectorState>, what: &str) -> String {
     match conn {
         None => "no connector settings".to_owned(),
-        Some(c) if ConnectorState::blocks_traffic(c.published.status) => {
+        Some(c) if traffic_refusal(c.published.status).is_some() => {
             format!("connector is {}", c.published.status)
         }
         Some(_) => format!("connector toggle for {what} is off"),

@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use smallvec::SmallVec;
 
 use crate::catalogue::{Catalogue, PartnerIdx};
-use crate::model::{
-    PartnerPriority, Platform, PolicyAction, PolicyKind, ThreatLevel, ThreatPolicy,
-};
+use crate::model::{PartnerPriority, Platform, PolicyKind, ThreatLevel, ThreatPolicy};
 
 use super::compact::OsVersion;
 use super::connector::ConnectorState;
+use super::policies::Enforcement;
 
 /// Interned tenant id; stable for the life of the process, never written anywhere.
 pub type TenantId = u32;
@@ -32,7 +31,7 @@ pub struct CountingPartner {
 pub struct AppPolicy {
     pub policy_id: String,
     pub limit: ThreatLevel,
-    pub action: PolicyAction,
+    pub action: Enforcement,
     pub partner: Option<PartnerIdx>,
 }
 
@@ -92,8 +91,8 @@ impl TenantTables {
                     }
                 }
                 PolicyKind::AppProtection => {
-                    let (Some(limit), Some(action)) = (policy.max_level.allowed(), policy.action)
-                    else {
+                    let action = policy.action.and_then(Enforcement::of);
+                    let (Some(limit), Some(action)) = (policy.max_level.allowed(), action) else {
                         continue;
                     };
                     let partner = self.mam_partner(
@@ -208,6 +207,17 @@ impl Tenants {
 
     pub fn tables_mut(&mut self, id: TenantId) -> &mut TenantTables {
         &mut self.tables[id as usize]
+    }
+
+    /// A tenant's connector state for `partner`, both created on first sight.
+    pub fn connector_entry(
+        &mut self,
+        tenant: &str,
+        partner: PartnerIdx,
+    ) -> (TenantId, &mut ConnectorState) {
+        let id = self.intern(tenant);
+        let conn = self.tables_mut(id).connectors.entry(partner).or_default();
+        (id, conn)
     }
 
     /// Number of tenants seen.

@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Declares each enum with its symbols once: the serde names, `as_str`/`parse` and the codes.
 macro_rules! symbols {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident = $sym:literal),+ $(,)? }) => {
+    ($($(#[$meta:meta])* $name:ident { $($variant:ident = $sym:literal),+ $(,)? })+) => {$(
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[repr(u8)]
@@ -35,22 +36,16 @@ macro_rules! symbols {
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
         }
-    };
+    )+};
 }
 
-symbols!(
+symbols! {
     /// Device platform.
     Platform { Android = "ANDROID", Ios = "IOS", Windows = "WINDOWS", Macos = "MACOS" }
-);
-symbols!(
     /// `MDM` = enrolled (compliance policies), `MAM` = unenrolled (app protection policies).
     Management { Mdm = "MDM", Mam = "MAM" }
-);
-symbols!(
     /// Device ownership.
     Ownership { Corporate = "CORPORATE", Personal = "PERSONAL", Unknown = "UNKNOWN" }
-);
-symbols!(
     /// Health state reported by a partner (Graph `partnerReportedThreatState`).
     HealthState {
         Unknown = "UNKNOWN",
@@ -64,36 +59,20 @@ symbols!(
         Compromised = "COMPROMISED",
         Misconfigured = "MISCONFIGURED",
     }
-);
-symbols!(
     /// Severity of one threat inside a report (informational; the verdict uses `health_state`).
     ThreatSeverity { Low = "LOW", Medium = "MEDIUM", High = "HIGH", Critical = "CRITICAL" }
-);
-symbols!(
     /// Usable threat level, ordered `SECURED < LOW < MEDIUM < HIGH < COMPROMISED`.
     ThreatLevel { Secured = "SECURED", Low = "LOW", Medium = "MEDIUM", High = "HIGH", Compromised = "COMPROMISED" }
-);
-symbols!(
     /// Policy kind.
     PolicyKind { Compliance = "COMPLIANCE", AppProtection = "APP_PROTECTION" }
-);
-symbols!(
     /// Highest allowed level of a policy; `NOT_SET` switches a compliance rule off.
     PolicyLevel { NotSet = "NOT_SET", Secured = "SECURED", Low = "LOW", Medium = "MEDIUM", High = "HIGH" }
-);
-symbols!(
     /// App protection action of a policy. `WARN` decodes so it can be refused with a clear reason.
     PolicyAction { Block = "BLOCK", Wipe = "WIPE", Warn = "WARN" }
-);
-symbols!(
     /// Which MAM partner counts when several are enabled.
     PartnerPriority { DefenderFirst = "DEFENDER_FIRST", ThirdPartyFirst = "THIRD_PARTY_FIRST" }
-);
-symbols!(
     /// Device compliance state.
     ComplianceState { Unknown = "UNKNOWN", Compliant = "COMPLIANT", Noncompliant = "NONCOMPLIANT", NotEvaluated = "NOT_EVALUATED" }
-);
-symbols!(
     /// Why a device is (or would be) noncompliant.
     ReasonCode {
         LevelExceedsPolicy = "LEVEL_EXCEEDS_POLICY",
@@ -101,12 +80,8 @@ symbols!(
         UnsupportedOs = "UNSUPPORTED_OS",
         PartnerComplianceIgnored = "PARTNER_COMPLIANCE_IGNORED",
     }
-);
-symbols!(
     /// App protection action issued for an unenrolled device.
     AppAction { Block = "BLOCK", Unblock = "UNBLOCK", Wipe = "WIPE" }
-);
-symbols!(
     /// Connector status.
     ConnectorStatus {
         Unavailable = "UNAVAILABLE",
@@ -116,8 +91,6 @@ symbols!(
         Unresponsive = "UNRESPONSIVE",
         Error = "ERROR",
     }
-);
-symbols!(
     /// Why an input was not applied.
     RejectReason {
         Undecodable = "UNDECODABLE",
@@ -134,7 +107,7 @@ symbols!(
         AppSyncDisabled = "APP_SYNC_DISABLED",
         Spoofed = "SPOOFED",
     }
-);
+}
 
 impl HealthState {
     /// The usable level this state carries, or `None` for the "no usable data" states.

@@ -10,7 +10,8 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::catalogue::Catalogue;
@@ -304,5 +305,31 @@ pub fn await_deliveries<C: ProducerContext>(
             "{left} records not delivered within {timeout:?}"
         );
         std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Hands `record` to `producer`, serving delivery reports while its queue is full: a full
+/// queue is back-pressure, not an error.
+pub fn send_waiting<C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> anyhow::Result<()>
+where
+    C: ProducerContext,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    let topic = record.topic;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => {
+                return Err(anyhow::Error::new(e).context(format!("produce to {topic}")));
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 pub mod clock;
 pub mod kafka;
-pub mod partitioner;
+
 pub mod pipeline;
 pub mod restore;
 pub mod tables;
@@ -17,30 +17,30 @@ use tracing::{error, info};
 
 use crate::catalogue::Catalogue;
 use crate::config::Config;
-use crate::engine::{Engine, EngineSettings};
+use crate::engine::{Engine, EngineReader, EngineSettings};
 
 use clock::Clock;
 
-/// Readiness as seen by `/readyz`, and the running pipeline for the explain API.
+/// Readiness as seen by `/readyz`, and a reader of the running pipeline's engine for the
+/// explain API (which never takes the processing lock).
 #[derive(Default)]
 pub struct Status {
     tables_loaded: AtomicBool,
     restored: AtomicBool,
-    processor: std::sync::Mutex<Option<Arc<std::sync::Mutex<pipeline::Processor>>>>,
+    reader: std::sync::Mutex<Option<(EngineReader, Arc<dyn Clock>)>>,
 }
 
 impl Status {
-    /// Runs `f` on the engine of the running pipeline (`None` before one started).
-    pub fn with_engine<R>(&self, f: impl FnOnce(&Engine, i64) -> R) -> Option<R> {
-        let p = self.processor.lock().ok()?.clone()?;
-        let p = p.lock().unwrap_or_else(|e| e.into_inner());
-        let now = p.now();
-        Some(f(&p.engine, now))
+    /// Runs `f` on a reader of the running pipeline's engine, with the clock's now (`None`
+    /// before a pipeline started).
+    pub fn with_reader<R>(&self, f: impl FnOnce(&EngineReader, i64) -> R) -> Option<R> {
+        let (reader, clock) = self.reader.lock().ok()?.clone()?;
+        Some(f(&reader, clock.now_ms()))
     }
 
-    pub(crate) fn set_processor(&self, p: Option<Arc<std::sync::Mutex<pipeline::Processor>>>) {
-        if let Ok(mut slot) = self.processor.lock() {
-            *slot = p;
+    pub(crate) fn set_reader(&self, reader: Option<EngineReader>, clock: Arc<dyn Clock>) {
+        if let Ok(mut slot) = self.reader.lock() {
+            *slot = reader.map(|r| (r, clock));
         }
     }
 
@@ -141,7 +141,7 @@ pub fn run(
         ) {
             Ok(()) => return Ok(()),
             Err(e) => {
-                metrics::counter!("mtdgate_pipeline_restarts_total").increment(1);
+                crate::telemetry::pipeline_restart();
                 error!(
                     error = format!("{e:#}"),
                     "pipeline failed; restarting from committed state"

@@ -17,11 +17,11 @@ use anyhow::{anyhow, Context as _};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 
+use crate::tools::simulate::{self, group, InputEncoding, Summary};
 use mtdgate::config::Config;
-use mtdgate::runtime::clock::SystemClock;
 use mtdgate::runtime::{self, Status};
 use mtdgate::service;
-use crate::tools::simulate::{self, group, InputEncoding, Summary};
+use mtdgate::telemetry;
 
 /// `mtdgate demo` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -107,7 +107,7 @@ impl Counters {
     pub fn parse(text: &str) -> Counters {
         let mut m: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
         for line in text.lines() {
-            if !line.starts_with("mtdgate_") {
+            if !line.starts_with(telemetry::PREFIX) {
                 continue;
             }
             let Some((series, value)) = line.rsplit_once(' ') else {
@@ -167,7 +167,7 @@ fn breakdown(m: &BTreeMap<String, u64>) -> String {
 /// Current connector statuses over the simulated tenants.
 fn connector_statuses(status: &Status, tenants: usize) -> BTreeMap<String, u64> {
     status
-        .with_engine(|e, _| {
+        .with_reader(|e, _| {
             let mut m: BTreeMap<String, u64> = BTreeMap::new();
             for i in 0..tenants {
                 for c in e.explain_connectors(&simulate::tenant_id(i)) {
@@ -244,7 +244,7 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         let (c, s, st) = (cfg.clone(), shutdown.clone(), status.clone());
         std::thread::Builder::new()
             .name("mtdgate-service".into())
-            .spawn(move || service::run(c, Arc::new(SystemClock), s, st))?
+            .spawn(move || service::run(c, s, st))?
     });
     let failed = |service: &mut Option<JoinHandle<anyhow::Result<()>>>| -> Option<anyhow::Error> {
         if service.as_ref().is_some_and(|t| t.is_finished()) {
@@ -359,8 +359,8 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             next += Duration::from_secs(1);
             let now = Counters::read();
             let secs = last_at.elapsed().as_secs_f64().max(1e-3);
-            let consumed = now.total("mtdgate_events_consumed_total");
-            let rate = (consumed.saturating_sub(last.total("mtdgate_events_consumed_total")))
+            let consumed = now.total(telemetry::EVENTS_CONSUMED.name);
+            let rate = (consumed.saturating_sub(last.total(telemetry::EVENTS_CONSUMED.name)))
                 as f64
                 / secs;
             last = now.clone();
@@ -371,10 +371,10 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 started.elapsed().as_secs(),
                 group(rate.round() as u64),
                 group(consumed),
-                breakdown(&now.by_label("mtdgate_compliance_changes_total")),
-                breakdown(&now.by_label("mtdgate_app_protection_actions_total")),
+                breakdown(&now.by_label(telemetry::COMPLIANCE_CHANGES.name)),
+                breakdown(&now.by_label(telemetry::APP_PROTECTION_ACTIONS.name)),
                 breakdown(&connector_statuses(&status, opts.tenants)),
-                breakdown(&now.by_label("mtdgate_rejected_total")),
+                breakdown(&now.by_label(telemetry::REJECTED.name)),
             )?;
             out.flush()?;
         }
@@ -404,7 +404,7 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     if let Some(s) = &summary {
         let want = device_inputs(s);
         let by = Instant::now() + Duration::from_secs(15);
-        while Counters::read().total("mtdgate_events_consumed_total") < want
+        while Counters::read().total(telemetry::EVENTS_CONSUMED.name) < want
             && Instant::now() < by
             && !stop.load(Ordering::SeqCst)
         {
@@ -443,19 +443,19 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         out,
         "{:<26}{:>10}",
         "records consumed",
-        group(end.total("mtdgate_events_consumed_total"))
+        group(end.total(telemetry::EVENTS_CONSUMED.name))
     )?;
     writeln!(
         out,
         "{}",
-        line("compliance changes", "mtdgate_compliance_changes_total")
+        line("compliance changes", telemetry::COMPLIANCE_CHANGES.name)
     )?;
     writeln!(
         out,
         "{}",
         line(
             "app protection actions",
-            "mtdgate_app_protection_actions_total"
+            telemetry::APP_PROTECTION_ACTIONS.name
         )
     )?;
     writeln!(
@@ -463,7 +463,7 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         "{}",
         line(
             "connector status changes",
-            "mtdgate_connector_status_changes_total"
+            telemetry::CONNECTOR_STATUS_CHANGES.name
         )
     )?;
     writeln!(
@@ -473,13 +473,13 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         connectors.values().sum::<u64>(),
         breakdown(&connectors)
     )?;
-    writeln!(out, "{}", line("rejected", "mtdgate_rejected_total"))?;
+    writeln!(out, "{}", line("rejected", telemetry::REJECTED.name))?;
     writeln!(
         out,
         "{:<26}{:>10}",
         "transactions committed",
         group(
-            end.by_label("mtdgate_transactions_total")
+            end.by_label(telemetry::TRANSACTIONS.name)
                 .get("commit")
                 .copied()
                 .unwrap_or(0)

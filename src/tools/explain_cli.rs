@@ -1,11 +1,15 @@
 //! `mtdgate explain`: asks a running instance's explain API why a device has its verdict, or
-//! where a tenant's connectors stand, and prints the answer as short tables.
+//! where a tenant's connectors stand, and prints the answer as short tables. The answers are
+//! read into the very types the API serialises ([`mtdgate::engine::explain`]).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use mtdgate::engine::explain::{ConnectorExplanation, DeviceExplanation};
+use mtdgate::model::{ConnectorConfig, Management, Platform};
 use mtdgate::runtime::clock::{Clock, SystemClock};
 
 /// `mtdgate explain` options.
@@ -68,8 +72,12 @@ fn segment(s: &str) -> String {
     out
 }
 
-/// GETs `path` from the instance at `base` and parses the JSON answer.
-pub fn get(base: &str, path: &str, token: Option<&str>) -> Result<Value, ExplainError> {
+/// GETs `path` from the instance at `base` and reads the JSON answer as a `T`.
+pub fn get<T: DeserializeOwned>(
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<T, ExplainError> {
     let base = base.trim_end_matches('/');
     let base = if base.contains("://") {
         base.to_owned()
@@ -93,7 +101,7 @@ pub fn get(base: &str, path: &str, token: Option<&str>) -> Result<Value, Explain
             })?;
             serde_json::from_str(&text).map_err(|e| ExplainError::Invalid {
                 url,
-                detail: format!("not JSON ({e})"),
+                detail: format!("not an explanation of this mtdgate version ({e})"),
             })
         }
         Err(ureq::Error::Status(status, resp)) => {
@@ -144,40 +152,42 @@ pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
             segment(&args.tenant),
             segment(device)
         );
-        let v = get(&args.url, &path, token)?;
-        if args.json {
-            out.push_str(&serde_json::to_string_pretty(&v).unwrap_or_default());
-            out.push('\n');
+        let d: DeviceExplanation = get(&args.url, &path, token)?;
+        out.push_str(&if args.json {
+            json(&d)
         } else {
-            out.push_str(&render_device(&v));
-        }
+            render_device(&d)
+        });
     }
     if args.connectors {
         if !out.is_empty() {
             out.push('\n');
         }
         let path = format!("/v1/tenants/{}/connectors", segment(&args.tenant));
-        let v = get(&args.url, &path, token)?;
-        if args.json {
-            out.push_str(&serde_json::to_string_pretty(&v).unwrap_or_default());
-            out.push('\n');
+        let c: Vec<ConnectorExplanation> = get(&args.url, &path, token)?;
+        out.push_str(&if args.json {
+            json(&c)
         } else {
-            out.push_str(&render_connectors(&args.tenant, &v, now));
-        }
+            render_connectors(&args.tenant, &c, now)
+        });
     }
     Ok(out)
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// Pretty JSON of an answer, as the API serialises it.
+fn json<T: Serialize>(v: &T) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
 }
 
-fn yes_no(v: &Value) -> &'static str {
-    if v.as_bool().unwrap_or(false) {
+/// The text of an optional value, `-` for none.
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn yes_no(v: bool) -> &'static str {
+    if v {
         "yes"
     } else {
         "no"
@@ -263,83 +273,71 @@ pub fn relative(at: i64, now: i64) -> String {
     }
 }
 
-fn moment(v: &Value, now: i64) -> String {
-    match v.as_i64() {
+fn moment(at: Option<i64>, now: i64) -> String {
+    match at {
         Some(ms) => format!("{} ({})", utc(ms), relative(ms, now)),
         None => "-".to_owned(),
     }
 }
 
 /// Renders a device explanation.
-pub fn render_device(v: &Value) -> String {
+pub fn render_device(d: &DeviceExplanation) -> String {
     let mut out = String::new();
-    let mdm = v["management"].as_str() == Some("MDM");
+    let mdm = d.management == Management::Mdm;
     let _ = writeln!(
         out,
         "device {}/{}  (partition {})",
-        s(&v["tenant_id"]),
-        s(&v["device_id"]),
-        s(&v["partition"])
+        d.tenant_id, d.device_id, d.partition
     );
     let _ = writeln!(
         out,
         "  platform      {}, {}{}, OS {}",
-        s(&v["platform"]),
-        s(&v["management"]),
-        if v["enrolled"].as_bool().unwrap_or(false) {
+        d.platform,
+        d.management,
+        if d.enrolled {
             " (enrolled)"
         } else {
             " (not enrolled)"
         },
-        s(&v["os_version"]),
+        or_dash(d.os_version.as_deref()),
     );
-    let d = &v["decision"];
+    let decision = &d.decision;
     if mdm {
         let _ = writeln!(
             out,
             "  compliance    {}   (rules now: {}, worst level {})",
-            s(&v["compliance"]),
-            s(&d["state"]),
-            s(&d["worst_level"]),
+            d.compliance,
+            or_dash(decision.state),
+            or_dash(decision.worst_level),
         );
     } else {
         let _ = writeln!(
             out,
             "  app access    {}{}",
-            if v["mam_blocked"].as_bool().unwrap_or(false) {
-                "BLOCKED"
-            } else {
-                "allowed"
-            },
-            if v["mam_wipe_incident"].as_bool().unwrap_or(false) {
+            if d.mam_blocked { "BLOCKED" } else { "allowed" },
+            if d.mam_wipe_incident {
                 ", wiped for the current incident"
             } else {
                 ""
             }
         );
     }
-    let partners = v["partners"].as_array().cloned().unwrap_or_default();
     out.push('\n');
-    if partners.is_empty() {
+    if d.partners.is_empty() {
         out.push_str("  no partner has reported this device\n");
     } else {
-        let rows: Vec<Vec<String>> = partners
+        let rows: Vec<Vec<String>> = d
+            .partners
             .iter()
             .map(|p| {
                 vec![
-                    s(&p["partner_id"]),
-                    s(&p["health_state"]),
-                    s(&p["level"]),
-                    p["observed_at"]
-                        .as_i64()
-                        .map(utc)
-                        .unwrap_or_else(|| "-".into()),
-                    p["age_ms"]
-                        .as_i64()
-                        .map(|a| format!("{} ago", span(a)))
-                        .unwrap_or_else(|| "-".into()),
-                    yes_no(&p["counts"]).to_owned(),
-                    s(&p["why"]),
+                    p.partner_id.clone(),
+                    p.health_state.to_string(),
+                    or_dash(p.level),
+                    utc(p.observed_at),
+                    format!("{} ago", span(p.age_ms)),
+                    yes_no(p.counts).to_owned(),
+                    p.why.clone(),
                 ]
             })
             .collect();
@@ -352,98 +350,84 @@ pub fn render_device(v: &Value) -> String {
             &rows,
         );
     }
-    let reasons = d["reasons"].as_array().cloned().unwrap_or_default();
-    let policies = d["app_protection_policies"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    out.push('\n');
     if mdm {
-        out.push('\n');
-        if reasons.is_empty() {
+        if decision.reasons.is_empty() {
             let _ = writeln!(
                 out,
                 "  decision: {} with no reasons against it",
-                s(&d["state"])
+                or_dash(decision.state)
             );
         } else {
             out.push_str("  decision reasons\n");
-            let rows: Vec<Vec<String>> = reasons
+            let rows: Vec<Vec<String>> = decision
+                .reasons
                 .iter()
-                .map(|r| vec![s(&r["partner_id"]), s(&r["code"]), s(&r["detail"])])
+                .map(|r| vec![r.partner_id.clone(), r.code.to_string(), r.detail.clone()])
                 .collect();
             table(&mut out, "    ", &["PARTNER", "CODE", "DETAIL"], &rows);
         }
+    } else if decision.app_protection_policies.is_empty() {
+        out.push_str("  no app protection policy applies\n");
     } else {
-        out.push('\n');
-        if policies.is_empty() {
-            out.push_str("  no app protection policy applies\n");
-        } else {
-            out.push_str("  app protection policies\n");
-            for p in &policies {
-                let _ = writeln!(out, "    {}", s(p));
-            }
+        out.push_str("  app protection policies\n");
+        for p in &decision.app_protection_policies {
+            let _ = writeln!(out, "    {p}");
         }
     }
     out
 }
 
-fn settings_summary(c: &Value) -> String {
-    if c.is_null() {
+fn settings_summary(c: Option<&ConnectorConfig>) -> String {
+    let Some(c) = c else {
         return "no settings".into();
-    }
-    let on = |f: &str| c[f].as_bool().unwrap_or(false);
+    };
     let mut parts = Vec::new();
-    if !on("provisioned") {
+    if !c.provisioned {
         parts.push("not provisioned".to_owned());
-    } else if !on("setup_complete") {
+    } else if !c.setup_complete {
         parts.push("setup incomplete".to_owned());
     }
-    let list = |suffix: &str, platforms: &[&str]| {
-        platforms
+    type Toggle = fn(&ConnectorConfig, Platform) -> bool;
+    let toggles: [(&str, Toggle); 3] = [
+        ("compliance", ConnectorConfig::compliance_enabled),
+        ("app protection", ConnectorConfig::mam_enabled),
+        (
+            "blocked on missing data",
+            ConnectorConfig::blocked_on_missing_data,
+        ),
+    ];
+    for (what, on) in toggles {
+        let platforms: Vec<String> = Platform::ALL
             .iter()
-            .filter(|p| on(&format!("{p}{suffix}")))
-            .copied()
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let compliance = list("_enabled", &["android", "ios", "windows", "macos"]);
-    if !compliance.is_empty() {
-        parts.push(format!("compliance: {compliance}"));
+            .filter(|p| on(c, **p))
+            .map(|p| p.as_str().to_ascii_lowercase())
+            .collect();
+        if !platforms.is_empty() {
+            parts.push(format!("{what}: {}", platforms.join(",")));
+        }
     }
-    let mam = list("_mam_enabled", &["android", "ios", "windows"]);
-    if !mam.is_empty() {
-        parts.push(format!("app protection: {mam}"));
-    }
-    let missing = list(
-        "_blocked_on_missing_data",
-        &["android", "ios", "windows", "macos"],
-    );
-    if !missing.is_empty() {
-        parts.push(format!("blocked on missing data: {missing}"));
-    }
-    if on("ios_app_sync") {
-        parts.push(if on("ios_app_sync_personal_full") {
+    if c.ios_app_sync {
+        parts.push(if c.ios_app_sync_personal_full {
             "App Sync (personal: full)".to_owned()
         } else {
             "App Sync".to_owned()
         });
     }
-    if on("unsupported_os_blocked") {
+    if c.unsupported_os_blocked {
         parts.push("unsupported OS blocked".to_owned());
     }
-    if let (Some(t), Some(d)) = (
-        c["heartbeat_timeout_seconds"].as_i64(),
-        c["unresponsive_threshold_days"].as_i64(),
-    ) {
-        parts.push(format!("timeout {}, ignore after {d}d", span(t * 1000)));
-    }
+    parts.push(format!(
+        "timeout {}, ignore after {}d",
+        span(c.heartbeat_timeout_seconds * 1000),
+        c.unresponsive_threshold_days
+    ));
     parts.join("; ")
 }
 
 /// Renders a tenant's connectors.
-pub fn render_connectors(tenant: &str, v: &Value, now: i64) -> String {
+pub fn render_connectors(tenant: &str, list: &[ConnectorExplanation], now: i64) -> String {
     let mut out = String::new();
-    let list = v.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
         let _ = writeln!(out, "tenant {tenant} has no connectors on this instance");
         return out;
@@ -452,27 +436,24 @@ pub fn render_connectors(tenant: &str, v: &Value, now: i64) -> String {
     let mut rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
-            let error = c["error_code"].as_i64().unwrap_or(0);
             vec![
-                s(&c["partner_id"]),
-                s(&c["status"]),
-                if c["compliance_ignored"].as_bool().unwrap_or(false) {
+                c.partner_id.clone(),
+                c.status.to_string(),
+                if c.compliance_ignored {
                     "IGNORED".into()
                 } else {
                     "used".into()
                 },
-                c["last_heartbeat_at"]
-                    .as_i64()
-                    .map(|t| relative(t, now))
-                    .unwrap_or_else(|| "never".into()),
-                moment(&c["unresponsive_at"], now),
-                moment(&c["ignored_at"], now),
-                if error == 0 {
+                c.last_heartbeat_at
+                    .map_or_else(|| "never".into(), |t| relative(t, now)),
+                moment(c.unresponsive_at, now),
+                moment(c.ignored_at, now),
+                if c.error_code == 0 {
                     "-".into()
                 } else {
-                    error.to_string()
+                    c.error_code.to_string()
                 },
-                settings_summary(&c["settings"]),
+                settings_summary(c.settings.as_ref()),
             ]
         })
         .collect();
@@ -522,9 +503,86 @@ mod tests {
                 "reasons": [{"partner_id": "lookout", "code": "LEVEL_EXCEEDS_POLICY", "detail": "HIGH above MEDIUM"}],
                 "app_protection_policies": []}
         });
-        let text = render_device(&v);
+        let text = render_device(&serde_json::from_value(v).expect("a device explanation"));
         assert!(text.contains("compliance    NONCOMPLIANT"), "{text}");
         assert!(text.contains("LEVEL_EXCEEDS_POLICY"), "{text}");
         assert!(text.contains("4s ago"), "{text}");
+    }
+
+    #[test]
+    fn an_unenrolled_device_shows_its_app_access() {
+        use mtdgate::engine::explain::Decision;
+        use mtdgate::model::{ComplianceState, Platform};
+        let d = DeviceExplanation {
+            tenant_id: "acme".into(),
+            device_id: "m1".into(),
+            partition: 0,
+            platform: Platform::Android,
+            management: Management::Mam,
+            enrolled: false,
+            os_version: None,
+            compliance: ComplianceState::Unknown,
+            mam_blocked: true,
+            mam_wipe_incident: true,
+            partners: vec![],
+            decision: Decision {
+                state: None,
+                worst_level: None,
+                reasons: vec![],
+                app_protection_policies: vec!["block (BLOCK above LOW)".into()],
+            },
+        };
+        let text = render_device(&d);
+        assert!(text.contains("ANDROID, MAM (not enrolled), OS -"), "{text}");
+        assert!(
+            text.contains("app access    BLOCKED, wiped for the current incident"),
+            "{text}"
+        );
+        assert!(
+            text.contains("no partner has reported this device"),
+            "{text}"
+        );
+        assert!(text.contains("    block (BLOCK above LOW)"), "{text}");
+        // What the API serialises is what the CLI reads back.
+        let back: DeviceExplanation = serde_json::from_str(&json(&d)).unwrap();
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn connectors_render_with_their_deadlines_and_settings() {
+        use mtdgate::model::ConnectorStatus;
+        let now = 1_700_000_000_000;
+        let mut settings = ConnectorConfig::new("acme", "lookout", now);
+        settings.provisioned = true;
+        settings.setup_complete = true;
+        settings.ios_enabled = true;
+        settings.ios_mam_enabled = true;
+        let c = ConnectorExplanation {
+            partner_id: "lookout".into(),
+            status: ConnectorStatus::Enabled,
+            compliance_ignored: false,
+            last_heartbeat_at: Some(now - 3_000),
+            error_code: 0,
+            unresponsive_at: Some(now + 57_000),
+            ignored_at: None,
+            settings: Some(settings),
+        };
+        let text = render_connectors("acme", &[c], now);
+        assert!(text.starts_with("connectors of tenant acme (1)"), "{text}");
+        assert!(text.contains("UNRESPONSIVE AT"), "{text}");
+        let row = text.lines().find(|l| l.contains("lookout")).unwrap();
+        for cell in [
+            "ENABLED",
+            "used",
+            "3s ago",
+            "(in 57s)",
+            "compliance: ios; app protection: ios; timeout",
+        ] {
+            assert!(row.contains(cell), "{cell:?} missing: {row}");
+        }
+        assert_eq!(
+            render_connectors("acme", &[], now),
+            "tenant acme has no connectors on this instance\n"
+        );
     }
 }

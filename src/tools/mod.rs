@@ -6,3 +6,5 @@ pub mod bench;
 pub mod demo;
 pub mod explain_cli;
 pub mod simulate;
+
+pub use mtdgate::runtime::kafka::send_waiting as send;

@@ -16,50 +16,26 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use mtdgate::catalogue::Catalogue;
+use crate::tools::simulate::group;
 use mtdgate::codec::{self, OutputEncoding};
-use mtdgate::engine::{Body, Engine, EngineSettings, Event, Output};
+use mtdgate::engine::partitioner::partition_for;
+use mtdgate::engine::{Engine, Output};
 use mtdgate::model::DeviceStateRecord;
 use mtdgate::runtime::clock::{Clock, ShiftedClock, SystemClock};
-use mtdgate::runtime::kafka::producer_config;
-use mtdgate::runtime::partitioner::partition_for;
-use crate::tools::simulate::group;
+use mtdgate::runtime::kafka::{await_deliveries, producer_config};
 
-use super::kafka::{flush, read_n, send, warm, BenchEnv, Instance};
+use super::kafka::{flush, read_n, send, send_tables, warm, BenchEnv, Instance};
 use super::restore::write_changelog;
-use super::state::{fanout, fanout_tables, LOOKOUT};
+use super::world::{self, fanout_device, fanout_device_id, fanout_tables, DAY};
 use super::{Bar, Figure, Report, Sizes, Unit};
 
 const TENANT: &str = "fanout";
-const DAY: i64 = 86_400_000;
 const PARTITIONS_IN_MEMORY: usize = 12;
 
 /// An engine holding the tenant's tables (connector, policies, heartbeat at `now`).
 fn engine_with_tables(now: i64) -> anyhow::Result<Engine> {
-    let mut engine = Engine::new(
-        Arc::new(Catalogue::builtin("public")?),
-        EngineSettings::default(),
-    );
-    let (c, policies, hb) = fanout_tables(TENANT, now);
-    let mut out = Vec::new();
-    let ckey = format!("{TENANT}/{LOOKOUT}");
-    let mut apply = |key: &str, body: Body| {
-        engine.apply(
-            &Event {
-                partition: 0,
-                key: Some(key.as_bytes()),
-                body,
-            },
-            now,
-            &mut out,
-        );
-    };
-    apply(&ckey, Body::Connector(Some(c)));
-    for p in policies {
-        let key = format!("{TENANT}/{}", p.policy_id);
-        apply(&key, Body::Policy(Some(p)));
-    }
-    apply(&ckey, Body::Heartbeat(hb));
+    let mut engine = world::engine();
+    let out = fanout_tables(TENANT, now).apply(&mut engine, now);
     anyhow::ensure!(
         !out.iter().any(|o| matches!(o, Output::Rejected(_))),
         "fan-out tables rejected: {out:?}"
@@ -76,7 +52,7 @@ fn key_of(r: &DeviceStateRecord) -> String {
 fn sanity(now: i64, encoding: OutputEncoding) -> anyhow::Result<Vec<u8>> {
     let mut engine = engine_with_tables(now)?;
     for i in 0..4 {
-        let r = fanout(i, TENANT, now);
+        let r = fanout_device(i, TENANT, now);
         engine.restore(0, &key_of(&r), Some(&r))?;
     }
     let mut out = Vec::new();
@@ -107,7 +83,7 @@ fn sanity(now: i64, encoding: OutputEncoding) -> anyhow::Result<Vec<u8>> {
 fn engine_only(n: usize, now: i64, encoding: OutputEncoding) -> anyhow::Result<(f64, f64)> {
     let mut engine = engine_with_tables(now)?;
     for i in 0..n {
-        let r = fanout(i, TENANT, now);
+        let r = fanout_device(i, TENANT, now);
         engine.restore((i % PARTITIONS_IN_MEMORY) as i32, &key_of(&r), Some(&r))?;
     }
     let mut out = Vec::with_capacity(n + 4);
@@ -131,41 +107,6 @@ fn engine_only(n: usize, now: i64, encoding: OutputEncoding) -> anyhow::Result<(
     Ok((evaluate, total))
 }
 
-fn produce_tables(env: &BenchEnv, cfg: &mtdgate::config::Config, now: i64) -> anyhow::Result<()> {
-    let (c, policies, hb) = fanout_tables(TENANT, now);
-    let producer = env.producer()?;
-    let t = &cfg.topics;
-    let key = format!("{TENANT}/{LOOKOUT}");
-    let mut buf = Vec::new();
-    codec::encode(&c, OutputEncoding::Avro, &mut buf)?;
-    send(
-        &producer,
-        BaseRecord::to(&t.connectors)
-            .key(key.as_bytes())
-            .payload(&buf[..]),
-    )?;
-    for p in &policies {
-        buf.clear();
-        codec::encode(p, OutputEncoding::Avro, &mut buf)?;
-        let pkey = format!("{TENANT}/{}", p.policy_id);
-        send(
-            &producer,
-            BaseRecord::to(&t.policies)
-                .key(pkey.as_bytes())
-                .payload(&buf[..]),
-        )?;
-    }
-    buf.clear();
-    codec::encode(&hb, OutputEncoding::Avro, &mut buf)?;
-    send(
-        &producer,
-        BaseRecord::to(&t.connector_heartbeats)
-            .key(key.as_bytes())
-            .payload(&buf[..]),
-    )?;
-    flush(&producer)
-}
-
 /// The Kafka floor: N outputs + N changelog records in one transaction, read back.
 fn baseline(env: &BenchEnv, n: usize, output: &[u8], state: &[u8]) -> anyhow::Result<(f64, f64)> {
     let cfg = env.config("fanout-base", true);
@@ -182,7 +123,7 @@ fn baseline(env: &BenchEnv, n: usize, output: &[u8], state: &[u8]) -> anyhow::Re
     let reading = std::thread::spawn(move || read_n(&reader, n, Duration::from_secs(600), |_| {}));
     producer.begin_transaction()?;
     for i in 0..n {
-        let key = format!("{TENANT}/{}", super::state::uuid(7 * i as u64 + 3));
+        let key = format!("{TENANT}/{}", fanout_device_id(i));
         send(
             &producer,
             BaseRecord::to(&out_topic)
@@ -197,7 +138,7 @@ fn baseline(env: &BenchEnv, n: usize, output: &[u8], state: &[u8]) -> anyhow::Re
                 .partition(partition_for(key.as_bytes(), env.partitions)),
         )?;
     }
-    super::pipe::drain(&producer, Duration::from_secs(120))?;
+    await_deliveries(&producer, Duration::from_secs(120))?;
     producer.commit_transaction(Duration::from_secs(120))?;
     let (first, last) = reading
         .join()
@@ -221,9 +162,13 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
 
     let cfg = env.config("fanout", true);
     env.create_all(&cfg)?;
-    produce_tables(env, &cfg, now)?;
+    let producer = env.producer()?;
+    send_tables(&producer, &cfg.topics, &fanout_tables(TENANT, now))?;
+    flush(&producer)?;
     let t = Instant::now();
-    let state_size = write_changelog(env, &cfg.topics.device_state, n, |i| fanout(i, TENANT, now))?;
+    let state_size = write_changelog(env, &cfg.topics.device_state, n, |i| {
+        fanout_device(i, TENANT, now)
+    })?;
     println!(
         "  changelog: {} devices of tenant {TENANT:?} written in {:.1} s",
         group(n as u64),
@@ -259,7 +204,7 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
     );
 
     let mut state = Vec::new();
-    let mut r = fanout(0, TENANT, now);
+    let mut r = fanout_device(0, TENANT, now);
     r.compliance = mtdgate::model::ComplianceState::NotEvaluated;
     codec::encode(&r, OutputEncoding::Avro, &mut state)?;
     let (b_visible, b_all) = baseline(env, n, &sample, &state)?;

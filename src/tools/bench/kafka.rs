@@ -12,15 +12,20 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
 
-use mtdgate::codec::OutputEncoding;
-use mtdgate::config::Config;
+use mtdgate::codec::{self, AvroRecord, OutputEncoding};
+use mtdgate::config::{Config, TopicsConfig};
 use mtdgate::runtime::clock::Clock;
 use mtdgate::runtime::{self, Status};
+
+pub use crate::tools::send;
+
+use super::world::Tables;
 
 /// The broker, the run's unique prefix and the topics it created.
 pub struct BenchEnv {
@@ -29,8 +34,10 @@ pub struct BenchEnv {
     pub encoding: OutputEncoding,
     pub run_id: String,
     /// Extra librdkafka consumer settings for mtdgate's and the pipes' consumers.
+    #[cfg(feature = "experiments")]
     pub consumer_properties: Vec<(String, String)>,
     /// Extra librdkafka producer settings for mtdgate's and the pipes' producers.
+    #[cfg(feature = "experiments")]
     pub producer_properties: Vec<(String, String)>,
     topics: Mutex<BTreeSet<String>>,
 }
@@ -59,7 +66,9 @@ impl BenchEnv {
             partitions,
             encoding,
             run_id,
+            #[cfg(feature = "experiments")]
             consumer_properties: Vec::new(),
+            #[cfg(feature = "experiments")]
             producer_properties: Vec::new(),
             topics: Mutex::new(BTreeSet::new()),
         };
@@ -113,11 +122,14 @@ impl BenchEnv {
         t.create = true;
         c.processing.exactly_once = exactly_once;
         c.processing.output_encoding = self.encoding;
-        for (k, v) in &self.consumer_properties {
-            c.kafka.consumer.insert(k.clone(), v.clone());
-        }
-        for (k, v) in &self.producer_properties {
-            c.kafka.producer.insert(k.clone(), v.clone());
+        #[cfg(feature = "experiments")]
+        {
+            c.kafka
+                .consumer
+                .extend(self.consumer_properties.iter().cloned());
+            c.kafka
+                .producer
+                .extend(self.producer_properties.iter().cloned());
         }
         c
     }
@@ -254,21 +266,42 @@ impl BenchEnv {
     }
 }
 
-/// Hands `record` to the producer, waiting while its queue is full.
-pub fn send<'a>(
+/// Produces `value` Avro single-object encoded (in `buf`) to `topic` with `key`.
+pub fn send_avro<T: AvroRecord + Serialize>(
     producer: &BaseProducer,
-    mut record: BaseRecord<'a, [u8], [u8]>,
+    topic: &str,
+    key: &str,
+    value: &T,
+    buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                producer.poll(Duration::from_millis(5));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
+    buf.clear();
+    codec::encode(value, OutputEncoding::Avro, buf)?;
+    send(
+        producer,
+        BaseRecord::to(topic).key(key.as_bytes()).payload(&buf[..]),
+    )
+}
+
+/// Produces a tenant's table records to the topics of `topics`, keyed as the contract says.
+pub fn send_tables(
+    producer: &BaseProducer,
+    topics: &TopicsConfig,
+    tables: &Tables,
+) -> anyhow::Result<()> {
+    let mut buf = Vec::with_capacity(512);
+    for c in &tables.connectors {
+        let key = format!("{}/{}", c.tenant_id, c.partner_id);
+        send_avro(producer, &topics.connectors, &key, c, &mut buf)?;
     }
+    for p in &tables.policies {
+        let key = format!("{}/{}", p.tenant_id, p.policy_id);
+        send_avro(producer, &topics.policies, &key, p, &mut buf)?;
+    }
+    for h in &tables.heartbeats {
+        let key = format!("{}/{}", h.tenant_id, h.partner_id);
+        send_avro(producer, &topics.connector_heartbeats, &key, h, &mut buf)?;
+    }
+    Ok(())
 }
 
 /// Flushes and fails if anything is still queued.
@@ -282,40 +315,84 @@ pub fn flush(producer: &BaseProducer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A thread that runs until it is told to stop.
+pub struct Worker {
+    what: &'static str,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Worker {
+    /// Runs `f` with the stop flag in a thread named `thread`; errors name it `what`.
+    pub fn spawn(
+        thread: &str,
+        what: &'static str,
+        f: impl FnOnce(Arc<AtomicBool>) -> anyhow::Result<()> + Send + 'static,
+    ) -> Worker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(move || f(s))
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        Worker {
+            what,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Fails if the thread ended.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            return match self.thread.take().map(|t| t.join()) {
+                Some(Ok(Err(e))) => Err(e.context(format!("{} stopped", self.what))),
+                Some(Err(_)) => Err(anyhow!("{} panicked", self.what)),
+                _ => Err(anyhow!("{} stopped", self.what)),
+            };
+        }
+        Ok(())
+    }
+
+    /// Sets the stop flag and waits for the thread's result.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(anyhow!("{} panicked", self.what)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// mtdgate running in this process, as `mtdgate run` does (minus the HTTP listener).
 pub struct Instance {
     pub status: Arc<Status>,
-    shutdown: Arc<AtomicBool>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    worker: Worker,
 }
 
 impl Instance {
     pub fn start(cfg: &Config, clock: Arc<dyn Clock>) -> Instance {
         let status = Arc::new(Status::default());
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let (c, s, st) = (cfg.clone(), shutdown.clone(), status.clone());
-        let thread = std::thread::Builder::new()
-            .name("mtdgate-svc".into())
-            .spawn(move || runtime::run(c, clock, s, st))
-            .expect("spawn mtdgate");
-        Instance {
-            status,
-            shutdown,
-            thread: Some(thread),
-        }
+        let (c, st) = (cfg.clone(), status.clone());
+        let worker = Worker::spawn("mtdgate-svc", "mtdgate", move |stop| {
+            runtime::run(c, clock, stop, st)
+        });
+        Instance { status, worker }
     }
 
     /// Fails if the service stopped.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            let r = self.thread.take().expect("thread").join();
-            return match r {
-                Ok(Ok(())) => Err(anyhow!("mtdgate stopped")),
-                Ok(Err(e)) => Err(e.context("mtdgate stopped")),
-                Err(_) => Err(anyhow!("mtdgate panicked")),
-            };
-        }
-        Ok(())
+        self.worker.check_alive()
     }
 
     /// Waits until tables are loaded and the assigned partitions restored; returns when.
@@ -332,22 +409,8 @@ impl Instance {
     }
 
     /// Stops cleanly (commits the open transaction, leaves the group).
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown.store(true, Ordering::SeqCst);
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(anyhow!("mtdgate panicked")),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.worker.stop()
     }
 }
 

@@ -12,14 +12,14 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
 
+use crate::tools::simulate::group;
 use mtdgate::codec::{self, OutputEncoding};
 use mtdgate::model::*;
 use mtdgate::runtime::clock::{Clock, SystemClock};
-use crate::tools::simulate::group;
 
-use super::kafka::{flush, send, warm, BenchEnv, Instance};
+use super::kafka::{flush, send, send_tables, warm, BenchEnv, Instance};
 use super::pipe::{PipeOptions, PipeThread};
-use super::state::{latency_tables, LOOKOUT};
+use super::world::{mam_tables, LOOKOUT};
 use super::{Bar, Figure, Report, Sizes, Unit};
 
 const TENANT: &str = "latency";
@@ -163,34 +163,12 @@ fn measure(
 }
 
 fn produce_tables(env: &BenchEnv, cfg: &mtdgate::config::Config) -> anyhow::Result<()> {
-    let (c, p, hb) = latency_tables(TENANT, SystemClock.now_ms());
+    let now = SystemClock.now_ms();
     let producer = env.producer()?;
-    let mut buf = Vec::new();
-    let t = &cfg.topics;
-    codec::encode(&c, OutputEncoding::Avro, &mut buf)?;
-    let key = format!("{TENANT}/{LOOKOUT}");
-    send(
+    send_tables(
         &producer,
-        BaseRecord::to(&t.connectors)
-            .key(key.as_bytes())
-            .payload(&buf[..]),
-    )?;
-    buf.clear();
-    codec::encode(&p, OutputEncoding::Avro, &mut buf)?;
-    let pkey = format!("{TENANT}/{}", p.policy_id);
-    send(
-        &producer,
-        BaseRecord::to(&t.policies)
-            .key(pkey.as_bytes())
-            .payload(&buf[..]),
-    )?;
-    buf.clear();
-    codec::encode(&hb, OutputEncoding::Avro, &mut buf)?;
-    send(
-        &producer,
-        BaseRecord::to(&t.connector_heartbeats)
-            .key(key.as_bytes())
-            .payload(&buf[..]),
+        &cfg.topics,
+        &mam_tables(TENANT, now - 60_000, now),
     )?;
     flush(&producer)
 }
@@ -283,31 +261,34 @@ pub fn run(
         sizes.latency_seconds,
         group(sizes.latency_devices as u64)
     );
-    let (base, got) = at_rate(env, sizes, rate, "lat")?;
-    let r = group(rate as u64);
-    report.push(
-        Figure::new(format!("latency p50 @ {r}/s"), got.pct(0.5), Unit::Millis)
-            .baseline(base.pct(0.5)),
-    );
-    report.push(
-        Figure::new(format!("latency p99 @ {r}/s"), got.pct(0.99), Unit::Millis)
-            .baseline(base.pct(0.99))
-            .bar(Bar::AtMost(250.0)),
-    );
-    report.push(
-        Figure::new(format!("latency max @ {r}/s"), got.pct(1.0), Unit::Millis)
-            .baseline(base.pct(1.0)),
-    );
-    let half = rate / 2.0;
-    let (base, got) = at_rate(env, sizes, half, "lat-half")?;
-    let h = group(half as u64);
-    report.push(
-        Figure::new(format!("latency p50 @ {h}/s"), got.pct(0.5), Unit::Millis)
-            .baseline(base.pct(0.5)),
-    );
-    report.push(
-        Figure::new(format!("latency p99 @ {h}/s"), got.pct(0.99), Unit::Millis)
-            .baseline(base.pct(0.99)),
-    );
+    // (label, rate, quantiles with the bar of each)
+    let runs = [
+        (
+            "lat",
+            rate,
+            &[
+                ("p50", 0.5, None),
+                ("p99", 0.99, Some(Bar::AtMost(250.0))),
+                ("max", 1.0, None),
+            ][..],
+        ),
+        (
+            "lat-half",
+            rate / 2.0,
+            &[("p50", 0.5, None), ("p99", 0.99, None)][..],
+        ),
+    ];
+    for (label, rate, quantiles) in runs {
+        let (base, got) = at_rate(env, sizes, rate, label)?;
+        let r = group(rate as u64);
+        for &(name, q, bar) in quantiles {
+            let mut f = Figure::new(format!("latency {name} @ {r}/s"), got.pct(q), Unit::Millis)
+                .baseline(base.pct(q));
+            if let Some(bar) = bar {
+                f = f.bar(bar);
+            }
+            report.push(f);
+        }
+    }
     Ok(())
 }

@@ -8,18 +8,15 @@
 //! is the overhead of the indexes and of partly filled chunks.
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
 
-use mtdgate::catalogue::Catalogue;
-use mtdgate::engine::devices::Device;
-use mtdgate::engine::{Engine, EngineSettings};
-use mtdgate::runtime::partitioner::partition_for;
 use crate::tools::simulate::group;
+use mtdgate::engine::devices::Device;
+use mtdgate::engine::partitioner::partition_for;
 
-use super::state::mixed;
+use super::world::{self, mixed_state};
 use super::{Bar, Figure, Report, Sizes, Unit};
 
 const PARTITIONS: i32 = 12;
@@ -40,13 +37,10 @@ fn rss() -> usize {
 
 /// The child: restores `n` devices and prints `MEMORY n before after seconds`.
 pub fn child(n: usize) {
-    let mut engine = Engine::new(
-        Arc::new(Catalogue::builtin("public").expect("catalogue")),
-        EngineSettings::default(),
-    );
-    let now = 1_700_000_000_000;
+    let mut engine = world::engine();
+    let now = world::T0;
     // Warm the allocator and the tenant table with one device, outside the measurement.
-    let r = mixed(0, TENANTS, now);
+    let r = mixed_state(0, TENANTS, now);
     let key = format!("{}/{}", r.tenant_id, r.device_id);
     engine
         .restore(partition_for(key.as_bytes(), PARTITIONS), &key, Some(&r))
@@ -54,7 +48,7 @@ pub fn child(n: usize) {
     let before = rss();
     let t = Instant::now();
     for i in 1..=n {
-        let r = mixed(i, TENANTS, now);
+        let r = mixed_state(i, TENANTS, now);
         let key = format!("{}/{}", r.tenant_id, r.device_id);
         engine
             .restore(partition_for(key.as_bytes(), PARTITIONS), &key, Some(&r))

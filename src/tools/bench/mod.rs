@@ -18,23 +18,24 @@
 //!
 //! Every run uses fresh topic names and consumer groups and deletes its topics at the end.
 
-mod diag;
+#[cfg(feature = "experiments")]
+mod experiments;
 mod fanout;
 mod kafka;
 mod latency;
 mod memory;
 mod pipe;
 mod restore;
-mod state;
 mod throughput;
+/// The world builders the tests, `benches/core.rs` and `examples/memory.rs` share.
+#[path = "../../../tests/support/world.rs"]
+mod world;
 
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use mtdgate::codec::OutputEncoding;
 use crate::tools::simulate::group;
-
-pub use pipe::{run_pipe, PipeOptions};
+use mtdgate::codec::OutputEncoding;
 
 /// The parts of the benchmark, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -117,19 +118,12 @@ pub struct BenchArgs {
     /// Encoding of mtdgate's outputs.
     #[arg(long, value_enum, default_value_t = BenchEncoding::Avro)]
     pub output_encoding: BenchEncoding,
-    /// Extra librdkafka consumer setting for mtdgate's, the pipes' and the restore consumers
-    /// (repeatable), e.g. `--consumer-property fetch.queue.backoff.ms=10`: for experiments.
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub consumer_property: Vec<String>,
-    /// Extra librdkafka producer setting for mtdgate's and the pipes' producers (repeatable).
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub producer_property: Vec<String>,
     /// Keep the benchmark's topics (they are deleted at the end otherwise).
     #[arg(long)]
     pub keep_topics: bool,
-    /// Instead of the benchmark: time one-record produce -> visible paths on this broker.
-    #[arg(long)]
-    pub diag: bool,
+    #[cfg(feature = "experiments")]
+    #[command(flatten)]
+    pub experiments: experiments::ExperimentArgs,
     /// Internal: fill an engine with N devices in this fresh process and print its memory.
     #[arg(long, hide = true)]
     pub memory_child: Option<usize>,
@@ -350,25 +344,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let sizes = args.sizes();
     // The service's metrics recorder, as in production: its cost is part of the hot path.
     mtdgate::service::prometheus();
-    let mut env = kafka::BenchEnv::new(&args.bootstrap_servers, args.partitions, args.encoding())?;
-    for p in &args.consumer_property {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--consumer-property {p:?}: expected KEY=VALUE"))?;
-        env.consumer_properties.push((k.to_owned(), v.to_owned()));
-    }
-    for p in &args.producer_property {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--producer-property {p:?}: expected KEY=VALUE"))?;
-        env.producer_properties.push((k.to_owned(), v.to_owned()));
-    }
-    if !env.producer_properties.is_empty() {
-        println!("producer properties: {:?}", env.producer_properties);
-    }
-    if !env.consumer_properties.is_empty() {
-        println!("consumer properties: {:?}", env.consumer_properties);
-    }
+    let env = kafka::BenchEnv::new(&args.bootstrap_servers, args.partitions, args.encoding())?;
+    #[cfg(feature = "experiments")]
+    let env = args.experiments.configure(env)?;
     println!(
         "mtdgate bench: run {} on {}, {} partitions, outputs {}{}",
         env.run_id,
@@ -382,8 +360,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         }
     );
     println!("load: {}", load_average());
-    if args.diag {
-        diag::run(&env, if args.quick { 20 } else { 100 })?;
+    #[cfg(feature = "experiments")]
+    if args.experiments.diag {
+        experiments::diag(&env, if args.quick { 20 } else { 100 })?;
         env.delete_topics()?;
         return Ok(Report::default());
     }

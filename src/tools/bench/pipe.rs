@@ -20,7 +20,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use mtdgate::config::Config;
-use mtdgate::runtime::kafka::{consumer_config, producer_config};
+use mtdgate::runtime::kafka::{await_deliveries, consumer_config, producer_config};
+
+use super::kafka::Worker;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -38,12 +40,6 @@ pub struct PipeOptions {
     /// its whole timeout, so every commit with a record in flight costs at least 100 ms.
     /// `false` makes the same calls mtdgate's loop makes today.
     pub drain: bool,
-}
-
-/// Serves delivery reports until nothing is in flight: the service's own
-/// [`await_deliveries`](mtdgate::runtime::kafka::await_deliveries).
-pub fn drain(producer: &BaseProducer, timeout: Duration) -> anyhow::Result<()> {
-    mtdgate::runtime::kafka::await_deliveries(producer, timeout)
 }
 
 /// Records the moment partitions were first assigned.
@@ -112,7 +108,7 @@ pub fn run_pipe(
                 .group_metadata()
                 .ok_or_else(|| anyhow!("no consumer group metadata"))?;
             if opts.drain {
-                drain(&producer, TXN_TIMEOUT)?;
+                await_deliveries(&producer, TXN_TIMEOUT)?;
             }
             producer
                 .send_offsets_to_transaction(&tpl, &meta, TXN_TIMEOUT)
@@ -123,7 +119,7 @@ pub fn run_pipe(
             *txn_open = false;
         } else {
             if opts.drain {
-                drain(&producer, TXN_TIMEOUT)?;
+                await_deliveries(&producer, TXN_TIMEOUT)?;
             } else {
                 producer.flush(TXN_TIMEOUT).context("flush")?;
             }
@@ -149,7 +145,7 @@ pub fn run_pipe(
                 if let Some(p) = m.payload() {
                     r = r.payload(p);
                 }
-                super::kafka::send(&producer, r)?;
+                crate::tools::send(&producer, r)?;
                 offsets.insert(m.partition(), m.offset() + 1);
                 pending += 1;
                 copied.fetch_add(1, Ordering::Relaxed);
@@ -173,37 +169,24 @@ pub fn run_pipe(
 pub struct PipeThread {
     pub assigned: Arc<OnceLock<Instant>>,
     pub copied: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    worker: Worker,
 }
 
 impl PipeThread {
     pub fn start(opts: PipeOptions) -> PipeThread {
-        let stop = Arc::new(AtomicBool::new(false));
         let assigned = Arc::new(OnceLock::new());
         let copied = Arc::new(AtomicU64::new(0));
-        let (s, a, c) = (stop.clone(), assigned.clone(), copied.clone());
-        let thread = std::thread::Builder::new()
-            .name("pipe".into())
-            .spawn(move || run_pipe(&opts, s, a, c))
-            .expect("spawn pipe");
+        let (a, c) = (assigned.clone(), copied.clone());
+        let worker = Worker::spawn("pipe", "pipe", move |stop| run_pipe(&opts, stop, a, c));
         PipeThread {
             assigned,
             copied,
-            stop,
-            thread: Some(thread),
+            worker,
         }
     }
 
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            return match self.thread.take().expect("thread").join() {
-                Ok(Ok(())) => Err(anyhow!("pipe stopped")),
-                Ok(Err(e)) => Err(e.context("pipe stopped")),
-                Err(_) => Err(anyhow!("pipe panicked")),
-            };
-        }
-        Ok(())
+        self.worker.check_alive()
     }
 
     /// Waits for the group's first assignment; returns when it happened.
@@ -221,21 +204,7 @@ impl PipeThread {
         }
     }
 
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(anyhow!("pipe panicked")),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for PipeThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.worker.stop()
     }
 }

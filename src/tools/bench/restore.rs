@@ -2,22 +2,19 @@
 //! against reading the same partitions the same way (`read_to_end`, one partition after the
 //! other, same fetch settings) without decoding or applying.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
 
-use mtdgate::catalogue::Catalogue;
-use mtdgate::codec::{self, OutputEncoding};
-use mtdgate::engine::{Engine, EngineSettings};
-use mtdgate::runtime::clock::{Clock, SystemClock};
-use mtdgate::runtime::partitioner::partition_for;
-use mtdgate::runtime::restore::{read_to_end, restore_partitions};
 use crate::tools::simulate::group;
+use mtdgate::codec::{self, OutputEncoding};
+use mtdgate::engine::partitioner::partition_for;
+use mtdgate::runtime::clock::{Clock, SystemClock};
+use mtdgate::runtime::restore::{read_to_end, restore_partitions};
 
 use super::kafka::{flush, send, BenchEnv};
-use super::state;
+use super::world;
 use super::{Bar, Figure, Report, Sizes, Unit};
 
 /// Writes `n` state records made by `make` to `topic`, each to its key's partition, the way
@@ -61,7 +58,7 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
     let now = SystemClock.now_ms();
     let started = Instant::now();
     let size = write_changelog(env, &cfg.topics.device_state, n, |i| {
-        state::mixed(i, 1_000, now)
+        world::mixed_state(i, 1_000, now)
     })?;
     println!(
         "  changelog: {} device states ({size} B Avro on average, 1,000 tenants) written in {:.1} s",
@@ -84,10 +81,7 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
     let raw_secs = t.elapsed().as_secs_f64();
     anyhow::ensure!(read == n, "raw read found {read} of {n} records");
 
-    let mut engine = Engine::new(
-        Arc::new(Catalogue::builtin("public")?),
-        EngineSettings::default(),
-    );
+    let mut engine = world::engine();
     let t = Instant::now();
     let restored: usize = restore_partitions(&cfg, &mut engine, &all)?.values().sum();
     let secs = t.elapsed().as_secs_f64();

@@ -5,15 +5,14 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::BaseRecord;
 
-use mtdgate::codec::{self, OutputEncoding};
+use crate::tools::simulate::{group, Fleet};
 use mtdgate::config::Config;
 use mtdgate::runtime::clock::{Clock, SystemClock};
-use crate::tools::simulate::{group, Fleet};
 
-use super::kafka::{flush, send, BenchEnv, CommitWatcher, Instance};
+use super::kafka::{flush, send_avro, send_tables, BenchEnv, CommitWatcher, Instance};
 use super::pipe::{PipeOptions, PipeThread};
+use super::world::Tables;
 use super::{Bar, Figure, Report, Sizes, Unit};
 
 /// The shared input: device threat reports plus the tables they need.
@@ -55,61 +54,28 @@ fn preload(env: &BenchEnv, sizes: &Sizes) -> anyhow::Result<Input> {
     let mut rng = SmallRng::seed_from_u64(42);
     // A day of heartbeat timeout: no connector turns UNRESPONSIVE during the benchmark.
     let mut fleet = Fleet::new(sizes.tenants, sizes.devices, 86_400, now, &mut rng);
-    let mut buf = Vec::with_capacity(512);
+    let mut cfg = Config::default();
+    input.apply(&mut cfg);
     for t in &fleet.tenants {
-        for c in &t.connectors {
-            buf.clear();
-            codec::encode(c, OutputEncoding::Avro, &mut buf)?;
-            let key = format!("{}/{}", t.id, c.partner_id);
-            send(
-                &producer,
-                BaseRecord::to(&input.connectors)
-                    .key(key.as_bytes())
-                    .payload(&buf[..]),
-            )?;
-        }
-        for pol in &t.policies {
-            buf.clear();
-            codec::encode(pol, OutputEncoding::Avro, &mut buf)?;
-            let key = format!("{}/{}", t.id, pol.policy_id);
-            send(
-                &producer,
-                BaseRecord::to(&input.policies)
-                    .key(key.as_bytes())
-                    .payload(&buf[..]),
-            )?;
-        }
-        for c in t.live_connectors() {
-            buf.clear();
-            codec::encode(
-                &Fleet::heartbeat(&t.id, &c.partner_id, now, false),
-                OutputEncoding::Avro,
-                &mut buf,
-            )?;
-            let key = format!("{}/{}", t.id, c.partner_id);
-            send(
-                &producer,
-                BaseRecord::to(&input.heartbeats)
-                    .key(key.as_bytes())
-                    .payload(&buf[..]),
-            )?;
-        }
+        let tables = Tables {
+            connectors: t.connectors.clone(),
+            policies: t.policies.clone(),
+            heartbeats: t
+                .live_connectors()
+                .map(|c| Fleet::heartbeat(&t.id, &c.partner_id, now, false))
+                .collect(),
+        };
+        send_tables(&producer, &cfg.topics, &tables)?;
     }
+    let mut buf = Vec::with_capacity(512);
     let started = Instant::now();
     let mut bytes = 0usize;
     for i in 0..sizes.records {
         let n = rng.random_range(0..fleet.devices.len());
         let (report, _) = fleet.report(n, format!("bench-{i}"), now, &mut rng);
-        buf.clear();
-        codec::encode(&report, OutputEncoding::Avro, &mut buf)?;
-        bytes += buf.len();
         let key = format!("{}/{}", report.tenant_id, report.device_id);
-        send(
-            &producer,
-            BaseRecord::to(&input.threats)
-                .key(key.as_bytes())
-                .payload(&buf[..]),
-        )?;
+        send_avro(&producer, &input.threats, &key, &report, &mut buf)?;
+        bytes += buf.len();
         if i % 1024 == 0 {
             producer.poll(Duration::ZERO);
         }

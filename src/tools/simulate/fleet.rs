@@ -2,6 +2,7 @@
 //! a small threat state machine, and the records each produces.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -426,20 +427,23 @@ impl Fleet {
     }
 }
 
-const APPS: [(&str, &str, bool); 12] = [
-    ("com.microsoft.Office.Outlook", "Microsoft Outlook", true),
-    ("com.microsoft.skype.teams", "Microsoft Teams", true),
-    ("com.microsoft.msedge", "Microsoft Edge", true),
-    ("com.salesforce.chatter", "Salesforce", true),
-    ("com.slack.Slack", "Slack", true),
-    ("com.zoom.videomeetings", "Zoom", false),
-    ("com.spotify.client", "Spotify", false),
-    ("net.whatsapp.WhatsApp", "WhatsApp", false),
-    ("com.burbn.instagram", "Instagram", false),
-    ("com.google.chrome.ios", "Google Chrome", false),
-    ("com.netflix.Netflix", "Netflix", false),
-    ("com.duolingo.DuolingoMobile", "Duolingo", false),
-];
+/// The apps of the inventories as (app id, name, managed), from `apps.txt`.
+static APPS: LazyLock<Vec<(&'static str, &'static str, bool)>> = LazyLock::new(|| {
+    include_str!("apps.txt")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut f = l.splitn(3, ' ');
+            let (kind, id, name) = (f.next(), f.next(), f.next());
+            match (kind, id, name) {
+                (Some(kind @ ("managed" | "own")), Some(id), Some(name)) => {
+                    (id, name, kind == "managed")
+                }
+                _ => panic!("apps.txt: unreadable line {l:?}"),
+            }
+        })
+        .collect()
+});
 
 fn threats(health: Health, platform: Platform) -> Vec<Threat> {
     let t = |category: &str, name: &str, severity| Threat {
@@ -473,5 +477,129 @@ fn threats(health: Health, platform: Platform) -> Vec<Threat> {
         } else {
             t("OS", "Jailbroken device", ThreatSeverity::Critical)
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use rand::SeedableRng;
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn fleet(tenants: usize, devices: usize) -> (Fleet, SmallRng) {
+        let mut rng = SmallRng::seed_from_u64(7);
+        (Fleet::new(tenants, devices, 60, NOW, &mut rng), rng)
+    }
+
+    #[test]
+    fn tenants_have_their_policies_and_set_up_connectors() {
+        let (fleet, _) = fleet(6, 10);
+        assert_eq!(fleet.tenants.len(), 6);
+        for (i, t) in fleet.tenants.iter().enumerate() {
+            assert_eq!(t.id, tenant_id(i));
+            assert_eq!(
+                t.policies.len(),
+                6,
+                "compliance, block and wipe per platform"
+            );
+            assert!(t.connectors.iter().any(|c| c.partner_id == LOOKOUT));
+            assert!(t
+                .live_connectors()
+                .all(|c| c.provisioned && c.setup_complete));
+            assert_eq!(t.pending.is_some(), i % 5 == 2);
+        }
+        assert!(fleet.tenants.iter().any(|t| t.app_sync));
+    }
+
+    #[test]
+    fn reports_name_their_device_and_mix_every_level() {
+        let (mut fleet, mut rng) = fleet(6, 1_500);
+        let mut levels = HashSet::new();
+        let (mut infections, mut remediations) = (0, 0);
+        for i in 0..4_000 {
+            let n = rng.random_range(0..1_500);
+            let (r, transition) = fleet.report(n, format!("e{i}"), NOW, &mut rng);
+            assert_eq!(r.device_id, device_id(n));
+            assert_eq!(r.tenant_id, tenant_id(n % 6));
+            assert_eq!(r.event_id, format!("e{i}"));
+            assert!(r.observed_at >= NOW);
+            match transition {
+                Transition::Infected => infections += 1,
+                Transition::Remediated => remediations += 1,
+                Transition::None => {}
+            }
+            levels.insert(r.health_state);
+        }
+        for l in [
+            HealthState::Secured,
+            HealthState::Medium,
+            HealthState::High,
+            HealthState::Compromised,
+        ] {
+            assert!(levels.contains(&l), "no {l} report in the mix: {levels:?}");
+        }
+        assert!(infections > 0 && remediations > 0);
+    }
+
+    #[test]
+    fn a_device_never_reports_twice_at_the_same_time() {
+        let (mut fleet, mut rng) = fleet(1, 1);
+        let (a, _) = fleet.report(0, "a".into(), NOW, &mut rng);
+        let (b, _) = fleet.report(0, "b".into(), NOW, &mut rng);
+        assert!(b.observed_at > a.observed_at);
+    }
+
+    #[test]
+    fn most_devices_are_enrolled_and_app_sync_goes_to_enrolled_ios_devices() {
+        let (fleet, _) = fleet(8, 2_000);
+        let enrolled = (0..2_000)
+            .filter_map(|n| fleet.enrollment(n, NOW))
+            .inspect(|e| {
+                assert_eq!(
+                    e.user_id,
+                    user_id(e.device_id[4..].parse::<usize>().unwrap() - 1)
+                )
+            })
+            .count();
+        assert!(
+            (1_200..1_600).contains(&enrolled),
+            "{enrolled} of 2,000 enrolled"
+        );
+        assert!(!fleet.app_sync_devices.is_empty());
+        for &n in &fleet.app_sync_devices {
+            let d = &fleet.devices[n as usize];
+            assert_eq!((d.management, d.platform), (Management::Mdm, Platform::Ios));
+            assert!(fleet.tenants[d.tenant as usize].app_sync);
+        }
+    }
+
+    #[test]
+    fn inventories_list_apps_of_the_table() {
+        assert_eq!(APPS.len(), 12);
+        assert_eq!(APPS.iter().filter(|a| a.2).count(), 5, "managed apps");
+        let (fleet, mut rng) = fleet(2, 100);
+        let n = fleet.app_sync_devices[0] as usize;
+        let inv = fleet.inventory(n, NOW, &mut rng);
+        assert_eq!(inv.device_id, device_id(n));
+        assert!((4..APPS.len()).contains(&inv.apps.len()));
+        for app in &inv.apps {
+            let known = APPS
+                .iter()
+                .find(|a| a.0 == app.app_id)
+                .expect("an app of the table");
+            assert_eq!((known.1, known.2), (app.name.as_str(), app.managed));
+        }
+    }
+
+    #[test]
+    fn heartbeats_carry_an_error_code_only_when_asked() {
+        let ok = Fleet::heartbeat("t", LOOKOUT, NOW, false);
+        let failing = Fleet::heartbeat("t", LOOKOUT, NOW, true);
+        assert_eq!((ok.error_code, failing.error_code), (None, Some(503)));
+        assert_eq!(ok.min_os_versions.unwrap().len(), 2);
     }
 }

@@ -13,29 +13,26 @@
 
 pub mod fleet;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context as _};
+use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use serde::Serialize;
 
 use mtdgate::codec::{self, AvroRecord, OutputEncoding};
 use mtdgate::config::Config;
 use mtdgate::runtime::clock::{Clock, SystemClock};
-use mtdgate::runtime::kafka::{base_config, partition_counts};
+use mtdgate::runtime::kafka::{partition_counts, producer_config};
 
-pub use fleet::{device_id, tenant_id, user_id, Fleet};
+pub use fleet::{device_id, tenant_id, Fleet};
 
 /// The input topics the simulator writes, in [`Summary::topics`] order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +106,7 @@ impl InputEncoding {
 pub struct Options {
     /// Cluster, client properties (`kafka.properties`, `kafka.producer`) and topic names.
     pub config: Config,
+    /// Tenants (at least one).
     pub tenants: usize,
     /// Devices in total.
     pub devices: usize,
@@ -118,9 +116,11 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Stop after this many device threat reports.
     pub reports: Option<u64>,
+    /// Encoding of the records.
     pub encoding: InputEncoding,
     /// Partners whose connectors send no heartbeats.
     pub silence: Vec<String>,
+    /// Seed of the random choices: the same seed gives the same fleet and mix of reports.
     pub seed: u64,
     /// Heartbeat period of each connector.
     pub heartbeat_interval: Duration,
@@ -319,17 +319,16 @@ struct Sender {
 
 impl Sender {
     fn new(cfg: &Config, encoding: OutputEncoding) -> anyhow::Result<Sender> {
-        let mut c = base_config(cfg);
-        c.set("client.id", "mtdgate-simulate")
-            .set("partitioner", "murmur2_random")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", "500000")
-            .set("message.timeout.ms", "60000");
-        for (k, v) in &cfg.kafka.producer {
-            c.set(k, v);
+        // mtdgate's own producer settings (murmur2 keys, idempotence, batching, lz4 and
+        // `kafka.producer`), under the simulator's name.
+        let mut c = producer_config(cfg, None);
+        for (k, v) in [
+            ("client.id", "mtdgate-simulate"),
+            ("message.timeout.ms", "60000"),
+        ] {
+            if !cfg.kafka.producer.contains_key(k) {
+                c.set(k, v);
+            }
         }
         let producer = c
             .create_with_context(Deliveries::default())
@@ -352,24 +351,12 @@ impl Sender {
         self.buf.clear();
         codec::encode(value, self.encoding, &mut self.buf)?;
         let idx = input as usize;
-        let mut record = BaseRecord::with_opaque_to(&self.topics[idx], idx)
+        let record = BaseRecord::with_opaque_to(&self.topics[idx], idx)
             .key(key.as_bytes())
             .payload(&self.buf[..]);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.produced[idx] += 1;
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => {
-                    return Err(anyhow!(e).context(format!("produce to {}", self.topics[idx])))
-                }
-            }
-        }
+        crate::tools::send(&self.producer, record)?;
+        self.produced[idx] += 1;
+        Ok(())
     }
 
     fn errors(&self) -> u64 {
@@ -709,6 +696,9 @@ pub struct SimulateArgs {
     /// heartbeat_timeout_seconds of the simulated connectors.
     #[arg(long, default_value_t = 60)]
     pub heartbeat_timeout: i64,
+    /// Chance per device threat report that an iOS App Sync inventory is sent as well.
+    #[arg(long, default_value_t = 0.005)]
+    pub inventory_rate: f64,
     /// Skip phase 1 (connector settings, policies, enrollments): stream only.
     #[arg(long)]
     pub no_bootstrap: bool,
@@ -729,6 +719,9 @@ impl SimulateArgs {
         }
         if !(self.heartbeat_interval > 0.0 && self.heartbeat_interval.is_finite()) {
             anyhow::bail!("--heartbeat-interval must be a positive number of seconds");
+        }
+        if !(0.0..=1.0).contains(&self.inventory_rate) {
+            anyhow::bail!("--inventory-rate must be a chance between 0 and 1");
         }
         if self.heartbeat_timeout < 1 {
             anyhow::bail!("--heartbeat-timeout must be at least 1 second");
@@ -751,18 +744,11 @@ impl SimulateArgs {
         }
         o.heartbeat_interval = Duration::from_secs_f64(self.heartbeat_interval);
         o.heartbeat_timeout_seconds = self.heartbeat_timeout;
+        o.inventory_rate = self.inventory_rate;
         o.bootstrap = !self.no_bootstrap;
         o.progress = !self.quiet;
         Ok(o)
     }
-}
-
-/// Counts of records per input, for callers that print their own summaries.
-pub fn sent_by_topic(s: &Summary) -> BTreeMap<String, u64> {
-    s.topics
-        .iter()
-        .map(|t| (t.topic.clone(), t.delivered))
-        .collect()
 }
 
 /// Refuses partner ids the catalogue does not know (e.g. a mistyped `--silence`).
@@ -780,4 +766,118 @@ pub fn check_partners(cfg: &Config, partners: &[String]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    fn options(args: &[&str]) -> anyhow::Result<Options> {
+        let cli = Cli::try_parse_from(std::iter::once("simulate").chain(args.iter().copied()))?;
+        cli.args.options()
+    }
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(4_000), "4,000");
+        assert_eq!(group(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn the_summary_has_a_row_per_input_topic() {
+        let cfg = Config::default();
+        let mut s = Summary {
+            tenants: 2,
+            devices: 100,
+            enrolled: 70,
+            seed: 3,
+            encoding: "json",
+            reports: 4_000,
+            elapsed: Duration::from_secs(2),
+            ..Summary::default()
+        };
+        for input in Input::ALL {
+            s.topics.push(TopicCount {
+                topic: input.topic(&cfg).to_owned(),
+                label: input.label(),
+                produced: 4_000,
+                delivered: 4_000,
+                failed: 0,
+            });
+        }
+        let text = s.to_string();
+        assert!(text.starts_with("simulated 2 tenants, 100 devices (70 enrolled MDM, 30 MAM)"));
+        for input in Input::ALL {
+            let row = format!("       4,000  {:<24} {}", input.label(), input.topic(&cfg));
+            assert!(text.lines().any(|l| l == row), "no row {row:?}:\n{text}");
+        }
+        assert!(
+            text.contains("reports: 4,000 in 2.0 s = 2,000/s (unlimited)"),
+            "{text}"
+        );
+        assert!(text.ends_with("delivery errors: 0"), "{text}");
+        assert_eq!(s.sent(Input::Policies), 4_000);
+        s.undelivered = 5;
+        assert!(s
+            .to_string()
+            .ends_with("delivery errors: 0, 5 not confirmed"));
+    }
+
+    #[test]
+    fn arguments_become_options() {
+        let o = options(&[
+            "--tenants",
+            "0",
+            "--rate",
+            "0",
+            "--reports",
+            "10",
+            "--encoding",
+            "avro",
+            "--seed",
+            "7",
+            "--inventory-rate",
+            "0.05",
+            "--silence",
+            "lookout",
+            "--bootstrap-servers",
+            "broker:9092",
+        ])
+        .unwrap();
+        assert_eq!(o.tenants, 1, "at least one tenant");
+        assert_eq!((o.rate, o.reports, o.seed), (0.0, Some(10), 7));
+        assert_eq!(o.encoding, InputEncoding::Avro);
+        assert_eq!(o.inventory_rate, 0.05);
+        assert_eq!(o.silence, vec!["lookout".to_owned()]);
+        assert_eq!(o.config.kafka.bootstrap_servers, "broker:9092");
+        assert!(
+            o.bootstrap && o.progress,
+            "phase 1 and a progress bar by default"
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_with_the_flag_named() {
+        for (args, flag) in [
+            (&["--rate=-1"][..], "--rate"),
+            (&["--heartbeat-interval", "0"], "--heartbeat-interval"),
+            (&["--heartbeat-timeout", "0"], "--heartbeat-timeout"),
+            (&["--inventory-rate", "2"], "--inventory-rate"),
+            (&["--duration=-3"], "--duration"),
+            (&["--silence", "nosuch"], "--silence nosuch"),
+        ] {
+            let e = options(args).expect_err("refused").to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
 }

@@ -1,17 +1,10 @@
 //! Builders and a small harness around the pure engine, shared by the engine tests.
-#![allow(dead_code)]
 
-use std::sync::Arc;
-
-use mtdgate::catalogue::Catalogue;
-use mtdgate::engine::{Body, Engine, EngineSettings, Event, Output, Rejection};
+use mtdgate::engine::{Body, Engine, Output, Rejection};
 use mtdgate::model::*;
 
-pub const T0: i64 = 1_700_000_000_000;
-pub const DAY: i64 = 86_400_000;
-pub const LOOKOUT: &str = "lookout";
-pub const ZIMPERIUM: &str = "zimperium";
-pub const MDE: &str = "microsoft-defender-for-endpoint";
+use super::world;
+pub use super::world::{app_policy, compliance_policy, enabled, DAY, LOOKOUT, MDE, T0, ZIMPERIUM};
 
 pub struct Harness {
     pub engine: Engine,
@@ -28,10 +21,7 @@ impl Default for Harness {
 impl Harness {
     pub fn new() -> Self {
         Harness {
-            engine: Engine::new(
-                Arc::new(Catalogue::builtin("public").unwrap()),
-                EngineSettings::default(),
-            ),
+            engine: world::engine(),
             now: T0,
             seq: 0,
         }
@@ -43,15 +33,7 @@ impl Harness {
 
     pub fn apply_at(&mut self, partition: i32, key: &str, body: Body) -> Vec<Output> {
         let mut out = Vec::new();
-        self.engine.apply(
-            &Event {
-                partition,
-                key: Some(key.as_bytes()),
-                body,
-            },
-            self.now,
-            &mut out,
-        );
+        world::apply(&mut self.engine, partition, key, body, self.now, &mut out);
         out
     }
 
@@ -74,13 +56,7 @@ impl Harness {
     }
 
     pub fn heartbeat(&mut self, tenant: &str, partner: &str) -> Vec<Output> {
-        let hb = ConnectorHeartbeat {
-            tenant_id: tenant.into(),
-            partner_id: partner.into(),
-            sent_at: self.now,
-            error_code: None,
-            min_os_versions: None,
-        };
+        let hb = world::heartbeat(tenant, partner, self.now);
         self.apply(&format!("{tenant}/{partner}"), Body::Heartbeat(hb))
     }
 
@@ -157,59 +133,6 @@ pub fn report(
         health_state,
         threats: vec![],
         observed_at,
-    }
-}
-
-/// A provisioned, set-up connector with compliance and MAM on for every platform it covers.
-pub fn enabled(tenant: &str, partner: &str) -> ConnectorConfig {
-    let mut c = ConnectorConfig::new(tenant, partner, T0);
-    c.provisioned = true;
-    c.setup_complete = true;
-    c.android_enabled = true;
-    c.ios_enabled = true;
-    c.android_mam_enabled = true;
-    c.ios_mam_enabled = true;
-    if partner == MDE {
-        c.windows_enabled = true;
-        c.macos_enabled = true;
-    }
-    c
-}
-
-pub fn compliance_policy(
-    tenant: &str,
-    id: &str,
-    platform: Platform,
-    max: PolicyLevel,
-) -> ThreatPolicy {
-    ThreatPolicy {
-        tenant_id: tenant.into(),
-        policy_id: id.into(),
-        kind: PolicyKind::Compliance,
-        platform,
-        max_level: max,
-        action: None,
-        partner_priority: None,
-        updated_at: T0,
-    }
-}
-
-pub fn app_policy(
-    tenant: &str,
-    id: &str,
-    platform: Platform,
-    max: PolicyLevel,
-    action: PolicyAction,
-) -> ThreatPolicy {
-    ThreatPolicy {
-        tenant_id: tenant.into(),
-        policy_id: id.into(),
-        kind: PolicyKind::AppProtection,
-        platform,
-        max_level: max,
-        action: Some(action),
-        partner_priority: None,
-        updated_at: T0,
     }
 }
 

@@ -1,5 +1,6 @@
-//! Conversion between in-memory [`Device`] state and the changelog's [`DeviceStateRecord`],
-//! and the engine's changelog and restore entry points.
+//! Changelog records: conversion between in-memory [`Device`] state and the changelog's
+//! [`DeviceStateRecord`], and the engine's changelog and restore entry points. The changelog
+//! is the source of truth a new owner restores a partition from.
 
 use thiserror::Error;
 
@@ -68,10 +69,11 @@ impl Engine {
         partition: i32,
         mut f: impl FnMut(String, Option<DeviceStateRecord>),
     ) {
+        // Tables before shards, the one lock order (see [`Engine`]).
+        let tenants = self.tenants.read();
         let Some(mut shard) = self.shards.get_mut(&partition) else {
             return;
         };
-        let tenants = &self.tenants;
         let catalogue = &self.catalogue;
         shard.drain_changes(|tenant, id, device| {
             let name = tenants.name(tenant);
@@ -95,7 +97,7 @@ impl Engine {
         let Some(r) = record else {
             if let Some((t, d)) = key.split_once('/') {
                 if let (Some(tenant), Some(mut shard)) =
-                    (self.tenants.get(t), self.shards.get_mut(&partition))
+                    (self.tenants.read().get(t), self.shards.get_mut(&partition))
                 {
                     if let Some(slot) = shard.find(tenant, d) {
                         shard.remove_restored(slot);
@@ -128,7 +130,7 @@ impl Engine {
             });
         }
         observations.sort_by_key(|o: &Observation| o.partner);
-        let tenant = self.tenants.intern(&r.tenant_id);
+        let tenant = self.intern_tenant(&r.tenant_id);
         let mut shard = self.shards.entry(partition).or_default();
         let slot = match shard.find(tenant, &r.device_id) {
             Some(s) => s,
@@ -168,7 +170,7 @@ impl Engine {
         tenant: &str,
         device: &str,
     ) -> Option<DeviceStateRecord> {
-        let t = self.tenants.get(tenant)?;
+        let t = self.tenants.read().get(tenant)?;
         let shard = self.shards.get(&partition)?;
         let slot = shard.find(t, device)?;
         Some(to_record(tenant, device, shard.get(slot), &self.catalogue))

@@ -1,0 +1,112 @@
+//! Device threat reports: the latest report of each partner decides its view of a device. A
+//! redelivery of the latest report is `DUPLICATE`, an older one `STALE`; MDM reports of an
+//! app-protection-only partner, reports for a blocked connector and reports naming another
+//! platform than the enrollment are refused.
+
+use crate::model::*;
+
+use super::checks::{connector_accepts, not_older};
+use super::compact::{CompactStr, OsVersion};
+use super::devices::{flags, Device, Observation};
+use super::reevaluate::Reevaluation;
+use super::{ids, Applied, Engine, Input, Rejection};
+
+impl Engine {
+    pub(super) fn apply_threat(&mut self, input: Input<'_>, r: &DeviceThreatReport) -> Applied {
+        input.check_ids(&r.tenant_id, "device_id", &r.device_id)?;
+        let (kt, kd, now) = (input.tenant, input.id, input.now);
+        if r.event_id.is_empty() {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                "event_id is empty",
+            ));
+        }
+        let partner = self.partner_for(&r.partner_id, r.platform)?;
+        if r.management == Management::Mdm && !self.catalogue.partner(partner).compliance {
+            return Err(Rejection::new(
+                RejectReason::UnsupportedPlatform,
+                format!(
+                    "{} data is used for app protection only; management MDM is not supported",
+                    r.partner_id
+                ),
+            ));
+        }
+        self.check_skew("observed_at", r.observed_at, now)?;
+        let tenants = self.tenants.read();
+        let tenant = tenants.get(kt).ok_or_else(|| {
+            Rejection::new(
+                RejectReason::ConnectorUnavailable,
+                format!("connector {kt}/{} is not configured", r.partner_id),
+            )
+        })?;
+        let tables = tenants.tables(tenant);
+        let status = tables
+            .connectors
+            .get(&partner)
+            .map(|c| c.published.status)
+            .unwrap_or(ConnectorStatus::Unavailable);
+        connector_accepts(status, kt, &r.partner_id)?;
+        let fingerprint = ids::event_fingerprint(&r.event_id);
+        let mut shard = self.shards.entry(input.partition).or_default();
+        let slot = match shard.find(tenant, kd) {
+            Some(slot) => {
+                let d = shard.get(slot);
+                if d.has(flags::ENROLLED) && d.platform != r.platform {
+                    return Err(Rejection::new(
+                        RejectReason::InvalidField,
+                        format!(
+                            "platform {} differs from the enrolled platform {}",
+                            r.platform, d.platform
+                        ),
+                    ));
+                }
+                if let Some(o) = d.observation(partner) {
+                    not_older("observed_at", r.observed_at, o.observed_at, "the report")?;
+                    if r.observed_at == o.observed_at && o.event_fingerprint == fingerprint {
+                        return Err(Rejection::new(
+                            RejectReason::Duplicate,
+                            format!("event {} was already applied", r.event_id),
+                        ));
+                    }
+                }
+                slot
+            }
+            None => shard.insert(Device::new(tenant, kd, r.platform, r.management)),
+        };
+        let d = shard.get_mut(slot);
+        d.observe(Observation {
+            observed_at: r.observed_at,
+            event_fingerprint: fingerprint,
+            partner,
+            health: r.health_state,
+        });
+        // The enrollment is authoritative; until there is one the report describes the device.
+        if !d.has(flags::ENROLLED) {
+            d.management = r.management;
+            if let Some(u) = &r.user_id {
+                if !d.user.eq_str(u) {
+                    d.user = CompactStr::new(u);
+                }
+            }
+            if let Some(os) = &r.os_version {
+                d.os = OsVersion::parse(os);
+            }
+            if r.ownership.is_some() {
+                d.ownership = r.ownership;
+            }
+            shard.set_platform(slot, r.platform);
+        }
+        shard.mark_dirty(slot);
+        Reevaluation {
+            catalogue: &self.catalogue,
+            tables,
+            tenant_name: kt,
+            cause: &r.event_id,
+            now,
+            reasons: &mut self.reasons,
+            out: input.out,
+        }
+        .device(&mut shard, slot);
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! The processing loop in four steps: set up (producer, tables, consumer), poll a batch,
+//! process it (decode, apply, publish, changelog, tables, deadlines), commit when due. Device
+//! topics are consumed as a consumer group; outputs, changelog and input offsets are committed
+//! under one [`delivery::DeliveryGuarantee`].
+//!
+//! Any transaction or producer failure ends the pipeline with an error; the supervisor then
+//! builds a new one, which restores state from the changelog and resumes from the committed
+//! offsets. Crash-only recovery keeps a single, well-tested path for every failure.
+
+pub mod delivery;
+mod outputs;
+mod processor;
+mod rebalance;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::engine::ownership::PartitionOwnership;
+use crate::engine::Engine;
+use crate::telemetry;
+
+use super::clock::Clock;
+use super::kafka::consumer_config;
+use super::tables::TableReader;
+use super::Status;
+
+use delivery::Sink;
+use processor::{DeviceTopic, Processor, Route};
+use rebalance::GroupContext;
+
+/// Most records taken from the consumer per loop iteration (one lock, one clock reading, one
+/// table poll and one commit check per iteration).
+const POLL_BATCH: usize = 256;
+
+/// A polled record with the rebalance count seen right after the poll that returned it.
+type Polled<'c> = (BorrowedMessage<'c>, u64);
+
+fn lock(m: &Mutex<Processor>) -> MutexGuard<'_, Processor> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs one pipeline until shutdown (Ok) or a failure (Err).
+pub fn run_pipeline(
+    cfg: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    engine: Engine,
+    device_partitions: i32,
+    shutdown: Arc<AtomicBool>,
+    status: Arc<Status>,
+) -> anyhow::Result<()> {
+    let (mut pipeline, consumer) = Pipeline::set_up(cfg, clock, engine, device_partitions, status)?;
+    let mut batch = Vec::with_capacity(POLL_BATCH);
+    while !shutdown.load(Ordering::SeqCst) {
+        poll(&consumer, &mut batch);
+        pipeline.process(&consumer, &mut batch)?;
+        pipeline.commit_when_due(&consumer)?;
+    }
+    info!("shutting down: committing the open transaction");
+    lock(&pipeline.processor).commit(&consumer)?;
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// Everything the loop keeps besides the consumer (whose records borrow it).
+struct Pipeline {
+    cfg: Arc<Config>,
+    processor: Arc<Mutex<Processor>>,
+    tables: TableReader,
+    routes: HashMap<String, Route>,
+    processing: metrics::Histogram,
+    lag_seconds: metrics::Gauge,
+    last_commit: Instant,
+    last_gauges: Instant,
+}
+
+impl Pipeline {
+    /// Set-up: the producer, the tables read in full before any device traffic, and the
+    /// consumer subscribed to the device topics.
+    fn set_up(
+        cfg: Arc<Config>,
+        clock: Arc<dyn Clock>,
+        engine: Engine,
+        device_partitions: i32,
+        status: Arc<Status>,
+    ) -> anyhow::Result<(Pipeline, BaseConsumer<GroupContext>)> {
+        let sink = Sink::create(&cfg)?;
+        let partner_ids: Vec<String> = engine
+            .catalogue()
+            .partners()
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
+        let partner_ids: Vec<&str> = partner_ids.iter().map(String::as_str).collect();
+        status.set_reader(Some(engine.reader()), clock.clone());
+        let processor = Arc::new(Mutex::new(Processor {
+            heartbeat_topics: cfg.heartbeat_topics(&partner_ids).into_iter().collect(),
+            cfg: cfg.clone(),
+            clock,
+            engine,
+            sink,
+            offsets: HashMap::new(),
+            ownership: PartitionOwnership::new(device_partitions),
+            encoding: cfg.processing.output_encoding,
+            out: Vec::new(),
+            buf: Vec::with_capacity(1024),
+            pending: 0,
+            status: status.clone(),
+            failure: None,
+            last_status: HashMap::new(),
+            spare_report: None,
+            end_to_end: telemetry::end_to_end_histogram(),
+        }));
+
+        let mut tables = TableReader::new(&cfg, &partner_ids)?;
+        let started = Instant::now();
+        {
+            let mut p = lock(&processor);
+            let n = tables.bootstrap(|topic, partition, offset, key, payload| {
+                p.handle_table(topic, partition, offset, key, payload, false)
+            })?;
+            info!(
+                records = n,
+                seconds = started.elapsed().as_secs_f64(),
+                "tables loaded"
+            );
+        }
+        status.set_tables_loaded(true);
+
+        let consumer: BaseConsumer<GroupContext> = consumer_config(&cfg)
+            .set("group.id", &cfg.kafka.group_id)
+            // Range keeps partition p of every co-partitioned topic on one member.
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "10000")
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(GroupContext {
+                processor: processor.clone(),
+                rebalances: AtomicU64::new(0),
+            })
+            .context("create consumer")?;
+        let routes = device_routes(&cfg, &partner_ids);
+        let subscribed: Vec<&str> = routes.keys().map(String::as_str).collect();
+        consumer.subscribe(&subscribed).context("subscribe")?;
+        let pipeline = Pipeline {
+            cfg,
+            processor,
+            tables,
+            routes,
+            processing: telemetry::processing_histogram(),
+            lag_seconds: telemetry::lag_seconds_gauge(),
+            last_commit: Instant::now(),
+            last_gauges: Instant::now(),
+        };
+        Ok((pipeline, consumer))
+    }
+
+    /// Process: applies the batch under the processing lock, with one clock reading (a batch
+    /// is what arrived within a few milliseconds), then writes its changelog records, follows
+    /// the tables and fires due deadlines.
+    fn process<'c>(
+        &mut self,
+        consumer: &'c BaseConsumer<GroupContext>,
+        batch: &mut Vec<Polled<'c>>,
+    ) -> anyhow::Result<()> {
+        let mut p = lock(&self.processor);
+        if let Some(e) = p.failure.take() {
+            return Err(e);
+        }
+        let now = p.clock.now_ms();
+        let started = Instant::now();
+        let current = consumer.context().rebalances();
+        let mut handled = 0;
+        let mut newest_ts = None;
+        for (msg, seen) in batch.drain(..) {
+            // Polled before a rebalance that ran inside a later poll of this batch: the
+            // partition was revoked (and maybe assigned again, restored from the committed
+            // offsets, from which the consumer fetches this record again).
+            if seen != current {
+                continue;
+            }
+            newest_ts = msg.timestamp().to_millis().or(newest_ts);
+            match self.routes.get(msg.topic()) {
+                Some(route) => p.handle(route, &msg, now)?,
+                None => warn!(topic = msg.topic(), "record from an unexpected topic"),
+            }
+            handled += 1;
+        }
+        if handled > 0 {
+            p.produce_changelog()?;
+            self.processing
+                .record_many(started.elapsed().as_secs_f64() / handled as f64, handled);
+        }
+        match newest_ts {
+            Some(ts) => self.lag_seconds.set((now - ts).max(0) as f64 / 1000.0),
+            None if handled == 0 => self.lag_seconds.set(0.0),
+            None => {}
+        }
+        self.tables
+            .poll_live(&mut |topic, partition, offset, key, payload| {
+                p.handle_table(topic, partition, offset, key, payload, true)
+            })?;
+        p.fire_deadlines()
+    }
+
+    /// Commit: at `max_batch` inputs, or once the commit interval has passed with anything
+    /// uncommitted. Gauges are refreshed once a second.
+    fn commit_when_due(&mut self, consumer: &BaseConsumer<GroupContext>) -> anyhow::Result<()> {
+        let mut p = lock(&self.processor);
+        let interval = Duration::from_millis(self.cfg.processing.commit_interval_ms);
+        if p.pending >= self.cfg.processing.max_batch
+            || (self.last_commit.elapsed() >= interval && p.has_uncommitted())
+        {
+            p.commit(consumer)?;
+            self.last_commit = Instant::now();
+        }
+        if self.last_gauges.elapsed() >= Duration::from_secs(1) {
+            p.publish_gauges();
+            self.last_gauges = Instant::now();
+        }
+        p.sink.poll();
+        Ok(())
+    }
+}
+
+/// Poll: waits for the first record, then takes what is already fetched, up to
+/// [`POLL_BATCH`], without the processing lock (rebalance callbacks inside `poll` take it).
+fn poll<'c>(consumer: &'c BaseConsumer<GroupContext>, batch: &mut Vec<Polled<'c>>) {
+    batch.clear();
+    let mut polled = consumer.poll(Duration::from_millis(20));
+    loop {
+        match polled {
+            Some(Ok(msg)) => batch.push((msg, consumer.context().rebalances())),
+            Some(Err(e)) => {
+                warn!(error = %e, "consumer error");
+                break;
+            }
+            None => break,
+        }
+        if batch.len() == POLL_BATCH {
+            break;
+        }
+        polled = consumer.poll(Duration::ZERO);
+    }
+}
+
+/// The device topics and where their records go.
+fn device_routes(cfg: &Config, partner_ids: &[&str]) -> HashMap<String, Route> {
+    let mut routes = HashMap::new();
+    let mut route = |topic: String, kind: DeviceTopic, bound: Option<String>| {
+        let consumed = telemetry::consumed_counter(&topic);
+        routes.insert(
+            topic,
+            Route {
+                kind,
+                bound,
+                consumed,
+            },
+        );
+    };
+    for (topic, bound) in cfg.threat_topics(partner_ids) {
+        route(topic, DeviceTopic::Threats, bound);
+    }
+    route(
+        cfg.topics.device_enrollments.clone(),
+        DeviceTopic::Enrollments,
+        None,
+    );
+    route(
+        cfg.topics.app_inventory.clone(),
+        DeviceTopic::Inventory,
+        None,
+    );
+    routes
+}

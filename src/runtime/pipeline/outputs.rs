@@ -1,0 +1,169 @@
+//! Publishing: the engine's outputs to their topics (rejections with the input they refuse),
+//! and the changelog record of every device changed since the last call.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+
+use serde::Serialize;
+
+use crate::codec::{self, AvroRecord, OutputEncoding};
+use crate::engine::Output;
+use crate::model::RejectedEvent;
+use crate::telemetry;
+
+use super::processor::Processor;
+
+/// Where an input came from: topic, partition, offset, key and raw value (for rejections).
+pub(super) type Source<'a> = (&'a str, i32, i64, Option<&'a [u8]>, &'a [u8]);
+
+/// Encodes a published output into `buf` and its record key into `key`: `tenant/device`, or
+/// `tenant/partner` for a connector status (rejections are keyed by their input instead).
+fn encode_keyed(
+    o: &Output,
+    enc: OutputEncoding,
+    buf: &mut Vec<u8>,
+    key: &mut String,
+) -> Result<(), codec::EncodeError> {
+    let (tenant, id) = match o {
+        Output::Compliance(c) => encoded(c, enc, buf, &c.tenant_id, &c.device_id)?,
+        Output::AppAction(a) => encoded(a, enc, buf, &a.tenant_id, &a.device_id)?,
+        Output::ConnectorStatus(s) => encoded(s, enc, buf, &s.tenant_id, &s.partner_id)?,
+        Output::Inventory(i) => encoded(i, enc, buf, &i.tenant_id, &i.device_id)?,
+        Output::Rejected(_) => return Ok(()),
+    };
+    key.reserve(tenant.len() + 1 + id.len());
+    key.push_str(tenant);
+    key.push('/');
+    key.push_str(id);
+    Ok(())
+}
+
+impl Processor {
+    /// Publishes the engine's outputs; `source` describes the input for rejections.
+    pub(super) fn flush_outputs(
+        &mut self,
+        now: i64,
+        source: Option<Source<'_>>,
+    ) -> anyhow::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let mut outputs = std::mem::take(&mut self.out);
+        let cfg = Arc::clone(&self.cfg);
+        let enc = self.encoding;
+        let mut key = String::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        for o in &outputs {
+            buf.clear();
+            let topic: Cow<'_, str> = match o {
+                Output::Compliance(c) => {
+                    telemetry::compliance_change(c.current);
+                    Cow::Borrowed(&cfg.topics.compliance_changes)
+                }
+                Output::AppAction(a) => {
+                    telemetry::app_protection_action(a.action);
+                    Cow::Borrowed(&cfg.topics.app_protection_actions)
+                }
+                Output::ConnectorStatus(s) => {
+                    if !self.ownership.publishes_status(&s.tenant_id, &s.partner_id) {
+                        continue;
+                    }
+                    telemetry::connector_status_change(s.current);
+                    Cow::Borrowed(&cfg.topics.connector_status)
+                }
+                Output::Inventory(i) => Cow::Owned(cfg.partner_topic(&i.partner_id)),
+                Output::Rejected(r) => {
+                    let Some((topic, partition, offset, raw_key, raw)) = source else {
+                        continue;
+                    };
+                    telemetry::rejected(r.reason);
+                    let ev = RejectedEvent {
+                        source_topic: topic.to_owned(),
+                        partition,
+                        offset,
+                        key: raw_key.map(|k| String::from_utf8_lossy(k).into_owned()),
+                        reason: r.reason,
+                        detail: r.detail.clone(),
+                        raw: raw.to_vec(),
+                        rejected_at: now,
+                    };
+                    codec::encode(&ev, enc, &mut buf)?;
+                    let key = raw_key.unwrap_or_default();
+                    self.sink
+                        .send(&cfg.topics.rejected, None, key, Some(&buf))?;
+                    continue;
+                }
+            };
+            key.clear();
+            encode_keyed(o, enc, &mut buf, &mut key)?;
+            self.sink.send(&topic, None, key.as_bytes(), Some(&buf))?;
+        }
+        self.buf = buf;
+        outputs.clear();
+        self.out = outputs;
+        Ok(())
+    }
+
+    /// Produces the changelog record of every device changed since the last call, into the
+    /// open transaction. Called after every poll batch, so the records are acknowledged while
+    /// the loop goes on instead of all at the commit; a device changed several times within
+    /// one batch still writes one record.
+    pub(super) fn produce_changelog(&mut self) -> anyhow::Result<()> {
+        let changed: Vec<i32> = self
+            .engine
+            .shards()
+            .iter()
+            .filter(|s| s.has_changes())
+            .map(|s| *s.key())
+            .collect();
+        let cfg = Arc::clone(&self.cfg);
+        let topic = cfg.topics.device_state.as_str();
+        // Encoded into one reused buffer and produced while draining.
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut failed = None;
+        for p in changed {
+            let sink = &mut self.sink;
+            self.engine.drain_changelog(p, |key, rec| {
+                if failed.is_some() {
+                    return;
+                }
+                buf.clear();
+                // The changelog is always Avro: compact and fast to restore.
+                let value = match rec {
+                    Some(r) => match codec::encode(&r, OutputEncoding::Avro, &mut buf) {
+                        Ok(()) => Some(&buf[..]),
+                        Err(e) => {
+                            failed = Some(anyhow!(e).context("encode a changelog record"));
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                if let Err(e) = sink.send(topic, Some(p), key.as_bytes(), value) {
+                    failed = Some(e);
+                }
+            });
+        }
+        self.buf = buf;
+        match failed {
+            // The drained changes are not in any committed transaction: the rebuilt pipeline
+            // restores from the changelog and reprocesses from the committed offsets.
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Encodes `value` and hands back the two parts of its key.
+fn encoded<'a, T: AvroRecord + Serialize>(
+    value: &T,
+    enc: OutputEncoding,
+    buf: &mut Vec<u8>,
+    tenant: &'a str,
+    id: &'a str,
+) -> Result<(&'a str, &'a str), codec::EncodeError> {
+    codec::encode(value, enc, buf)?;
+    Ok((tenant, id))
+}

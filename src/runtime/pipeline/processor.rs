@@ -1,0 +1,302 @@
+//! The processing state shared by the loop and the rebalance callbacks: the engine, the sink,
+//! the offsets to commit and the partitions owned. Each input record is decoded, applied and
+//! its outputs published here.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, info};
+
+use crate::codec::{self, OutputEncoding};
+use crate::config::Config;
+use crate::engine::ownership::{PartitionOwnership, PublishedStatuses};
+use crate::engine::{check_partner_binding, Body, Engine, Event, Output, Rejection};
+use crate::model::*;
+use crate::runtime::clock::Clock;
+use crate::runtime::restore::restore_partitions;
+use crate::runtime::Status;
+use crate::telemetry;
+
+use super::delivery::Sink;
+
+/// Which device topic a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DeviceTopic {
+    Threats,
+    Enrollments,
+    Inventory,
+}
+
+/// Where records of one device topic go, with that topic's consumed counter.
+pub(super) struct Route {
+    pub(super) kind: DeviceTopic,
+    /// The partner a per-partner topic is bound to.
+    pub(super) bound: Option<String>,
+    pub(super) consumed: metrics::Counter,
+}
+
+/// State shared between the loop and the rebalance callbacks (which run inside `poll`).
+pub(super) struct Processor {
+    pub(super) cfg: Arc<Config>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) engine: Engine,
+    pub(super) sink: Sink,
+    /// Next offset to commit per topic and partition.
+    pub(super) offsets: HashMap<String, HashMap<i32, i64>>,
+    pub(super) ownership: PartitionOwnership,
+    pub(super) encoding: OutputEncoding,
+    pub(super) out: Vec<Output>,
+    pub(super) buf: Vec<u8>,
+    /// Inputs handled since the last commit.
+    pub(super) pending: usize,
+    pub(super) status: Arc<Status>,
+    /// A failure seen inside a callback, surfaced by the loop.
+    pub(super) failure: Option<anyhow::Error>,
+    /// Heartbeat topics and the partner each is bound to.
+    pub(super) heartbeat_topics: HashMap<String, Option<String>>,
+    /// Last status published per connector, as read back from the status topic.
+    pub(super) last_status: PublishedStatuses,
+    /// The last decoded report, reused as the next one's decoding buffer.
+    pub(super) spare_report: Option<DeviceThreatReport>,
+    pub(super) end_to_end: metrics::Histogram,
+}
+
+fn rejection_of(e: codec::DecodeError) -> Rejection {
+    Rejection::new(e.reason(), e.to_string())
+}
+
+impl Processor {
+    /// Applies one device-topic record, as of `now`.
+    pub fn handle(
+        &mut self,
+        route: &Route,
+        msg: &BorrowedMessage<'_>,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let key = msg.key();
+        let payload = msg.payload();
+        route.consumed.increment(1);
+        let body = match (route.kind, payload) {
+            (DeviceTopic::Enrollments, None) => Ok(Body::Enrollment(None)),
+            (_, None) => Err(Rejection::new(
+                RejectReason::Undecodable,
+                "record has no value",
+            )),
+            // Reports decode into one reused value: its strings keep their buffers.
+            (DeviceTopic::Threats, Some(b)) => match self.spare_report.take() {
+                Some(mut r) => codec::decode_into(b, &mut r).map(|()| Body::Threat(r)),
+                None => codec::decode::<DeviceThreatReport>(b).map(Body::Threat),
+            }
+            .map_err(rejection_of),
+            (DeviceTopic::Enrollments, Some(b)) => codec::decode::<DeviceEnrollment>(b)
+                .map(|e| Body::Enrollment(Some(e)))
+                .map_err(rejection_of),
+            (DeviceTopic::Inventory, Some(b)) => codec::decode::<AppInventory>(b)
+                .map(Body::Inventory)
+                .map_err(rejection_of),
+        };
+        let body = body.and_then(|b| match route.bound.as_deref() {
+            Some(partner) => check_partner_binding(&b, partner).map(|()| b),
+            None => Ok(b),
+        });
+        match body {
+            Ok(body) => {
+                let event = Event {
+                    partition: msg.partition(),
+                    key,
+                    body,
+                };
+                self.engine.apply(&event, now, &mut self.out);
+                if let Body::Threat(r) = event.body {
+                    self.spare_report = Some(r);
+                }
+            }
+            Err(r) => self.out.push(Output::Rejected(r)),
+        }
+        if let Some(ts) = msg.timestamp().to_millis() {
+            self.end_to_end.record((now - ts).max(0) as f64 / 1000.0);
+        }
+        let source = (
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            key,
+            payload.unwrap_or_default(),
+        );
+        self.flush_outputs(now, Some(source))?;
+        match self.offsets.get_mut(msg.topic()) {
+            Some(by_partition) => {
+                by_partition.insert(msg.partition(), msg.offset() + 1);
+            }
+            None => {
+                let by_partition = HashMap::from([(msg.partition(), msg.offset() + 1)]);
+                self.offsets.insert(msg.topic().to_owned(), by_partition);
+            }
+        }
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Applies one table record (all instances read every table record); `live` is false
+    /// while the history is replayed at start, whose outputs the previous run published.
+    pub fn handle_table(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        live: bool,
+    ) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        let t = &self.cfg.topics;
+        if topic == t.connector_status {
+            if let Some(Ok(s)) = payload.map(codec::decode::<ConnectorStatusChange>) {
+                self.last_status.insert(
+                    (s.tenant_id, s.partner_id),
+                    (s.current, s.compliance_ignored),
+                );
+            }
+            return Ok(());
+        }
+        let decoded = if topic == t.connectors {
+            payload
+                .map(codec::decode::<ConnectorConfig>)
+                .transpose()
+                .map(Body::Connector)
+                .map_err(rejection_of)
+        } else if topic == t.policies {
+            payload
+                .map(codec::decode::<ThreatPolicy>)
+                .transpose()
+                .map(Body::Policy)
+                .map_err(rejection_of)
+        } else if let Some(bound) = self.heartbeat_topics.get(topic) {
+            let Some(b) = payload else {
+                return Ok(());
+            };
+            codec::decode::<ConnectorHeartbeat>(b)
+                .map(Body::Heartbeat)
+                .map_err(rejection_of)
+                .and_then(|body| match bound {
+                    Some(partner) => check_partner_binding(&body, partner).map(|()| body),
+                    None => Ok(body),
+                })
+        } else {
+            return Ok(());
+        };
+        match decoded {
+            Ok(body) => {
+                let event = Event {
+                    partition: 0,
+                    key,
+                    body,
+                };
+                self.engine.apply(&event, now, &mut self.out);
+            }
+            Err(r) => self.out.push(Output::Rejected(r)),
+        }
+        if !live {
+            self.out.clear();
+            return Ok(());
+        }
+        if !self.ownership.publishes_table_rejection(partition) {
+            self.out.retain(|o| !matches!(o, Output::Rejected(_)));
+        }
+        let source = (topic, partition, offset, key, payload.unwrap_or_default());
+        self.flush_outputs(now, Some(source))?;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Fires the engine's due deadlines and publishes what they decide.
+    pub fn fire_deadlines(&mut self) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        if self.engine.next_deadline().is_some_and(|d| d <= now) {
+            self.engine.advance(now, &mut self.out);
+            self.flush_outputs(now, None)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the state of partitions assigned again, drops the rest, restores new ones from
+    /// the changelog and reconciles them against the current tables.
+    pub fn reassign(&mut self, assigned: HashSet<i32>) -> anyhow::Result<()> {
+        let held: Vec<i32> = self.engine.shards().iter().map(|s| *s.key()).collect();
+        for p in held {
+            if !assigned.contains(&p) {
+                let n = self.engine.drop_partition(p);
+                debug!(partition = p, devices = n, "dropped partition state");
+            }
+        }
+        let new = self.ownership.assign(assigned);
+        for &p in &new {
+            // A partition we did not own may hold stale state from an earlier ownership.
+            self.engine.drop_partition(p);
+        }
+        if !new.is_empty() {
+            let started = Instant::now();
+            let counts = restore_partitions(&self.cfg, &mut self.engine, &new)?;
+            let secs = started.elapsed().as_secs_f64();
+            let total: usize = counts.values().sum();
+            telemetry::restore(secs, total as u64);
+            info!(
+                partitions = ?counts.keys().collect::<Vec<_>>(),
+                records = total,
+                seconds = secs,
+                "restored partition state"
+            );
+        }
+        let now = self.clock.now_ms();
+        for &p in &new {
+            self.engine.reconcile(p, now, &mut self.out);
+        }
+        // Connectors this instance now speaks for: publish what changed while nobody did.
+        self.engine.unpublished_statuses(
+            &self.ownership,
+            &new,
+            &self.last_status,
+            now,
+            &mut self.out,
+        );
+        self.flush_outputs(now, None)
+    }
+
+    /// Refreshes the state gauges (devices, connectors by status, readiness).
+    pub fn publish_gauges(&self) {
+        let (devices, noncompliant) = self.engine.device_counts();
+        telemetry::devices(devices, noncompliant);
+        for (status, count) in self.engine.owned_connector_counts(&self.ownership) {
+            telemetry::connectors(status, count);
+        }
+        telemetry::ready(self.status.ready());
+    }
+
+    /// Whether a commit is due besides the input count: handled inputs, an open transaction
+    /// or changelog records still to write.
+    pub fn has_uncommitted(&self) -> bool {
+        self.pending > 0
+            || self.sink.has_open_transaction()
+            || self.engine.shards().iter().any(|s| s.has_changes())
+    }
+
+    /// Writes the rest of the changelog, then commits outputs, changelog and offsets together.
+    pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+        self.produce_changelog()?;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, by_partition) in &self.offsets {
+            for (partition, offset) in by_partition {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .context("offsets to commit")?;
+            }
+        }
+        self.sink.commit(consumer, &tpl)?;
+        self.pending = 0;
+        Ok(())
+    }
+}
