@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use mtdgate::catalogue::Catalogue;
 use mtdgate::codec::{decode, encode, OutputEncoding};
+use mtdgate::engine::ownership::PartitionOwnership;
 use mtdgate::engine::{Body, Engine, EngineSettings, Event, Output};
 use mtdgate::model::*;
 
@@ -182,6 +183,11 @@ fuzz_target!(|data: &[u8]| {
         check_outputs(&mut out);
         check_changelog(&engine, &mut replica);
         let _ = engine.next_deadline();
-        let _ = engine.connector_statuses();
+        // Who publishes what, for an instance owning every partition.
+        let mut ownership = PartitionOwnership::new(PARTITIONS);
+        let newly = ownership.assign(0..PARTITIONS);
+        let mut statuses = Vec::new();
+        engine.unpublished_statuses(&ownership, &newly, &Default::default(), now, &mut statuses);
+        let _ = engine.owned_connector_counts(&ownership);
     }
 });
