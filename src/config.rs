@@ -112,6 +112,27 @@ impl Default for KafkaConfig {
 }
 
 impl TopicsConfig {
+    /// Every topic name (templates with `{partner}` included), to rename them all at once: tests
+    /// and benchmarks give each run topics of its own, and a topic added here is renamed too.
+    pub fn names_mut(&mut self) -> [&mut String; 14] {
+        [
+            &mut self.device_threats,
+            &mut self.connector_heartbeats,
+            &mut self.connectors,
+            &mut self.policies,
+            &mut self.device_enrollments,
+            &mut self.app_inventory,
+            &mut self.compliance_changes,
+            &mut self.app_protection_actions,
+            &mut self.connector_status,
+            &mut self.partner_app_inventory,
+            &mut self.rejected,
+            &mut self.device_state,
+            &mut self.partner_device_threats,
+            &mut self.partner_heartbeats,
+        ]
+    }
+
     /// With `bind_partners`, `per_partner` for each partner (`{partner}` replaced), bound to it;
     /// otherwise the one `shared` topic, for any partner.
     fn bound(

@@ -59,27 +59,11 @@ pub fn config_on(bootstrap: &str, name: &str) -> Config {
     c.kafka.bootstrap_servers = bootstrap.to_owned();
     c.kafka.group_id = format!("mtdgate-{suffix}");
     c.kafka.instance_id = format!("i1-{suffix}");
-    let t = &mut c.topics;
-    for topic in [
-        &mut t.device_threats,
-        &mut t.connector_heartbeats,
-        &mut t.connectors,
-        &mut t.policies,
-        &mut t.device_enrollments,
-        &mut t.app_inventory,
-        &mut t.compliance_changes,
-        &mut t.app_protection_actions,
-        &mut t.connector_status,
-        &mut t.partner_app_inventory,
-        &mut t.rejected,
-        &mut t.device_state,
-        &mut t.partner_device_threats,
-        &mut t.partner_heartbeats,
-    ] {
+    for topic in c.topics.names_mut() {
         *topic = format!("{topic}.{suffix}");
     }
-    t.partitions = 3;
-    t.create = true;
+    c.topics.partitions = 3;
+    c.topics.create = true;
     c.processing.commit_interval_ms = 50;
     c
 }

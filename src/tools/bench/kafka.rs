@@ -99,27 +99,11 @@ impl BenchEnv {
         c.kafka.group_id = prefix.clone();
         c.kafka.instance_id = "i1".into();
         c.kafka.transactional_id_prefix = prefix.clone();
-        let t = &mut c.topics;
-        for topic in [
-            &mut t.device_threats,
-            &mut t.connector_heartbeats,
-            &mut t.connectors,
-            &mut t.policies,
-            &mut t.device_enrollments,
-            &mut t.app_inventory,
-            &mut t.compliance_changes,
-            &mut t.app_protection_actions,
-            &mut t.connector_status,
-            &mut t.partner_app_inventory,
-            &mut t.rejected,
-            &mut t.device_state,
-            &mut t.partner_device_threats,
-            &mut t.partner_heartbeats,
-        ] {
+        for topic in c.topics.names_mut() {
             *topic = format!("{prefix}.{topic}");
         }
-        t.partitions = self.partitions;
-        t.create = true;
+        c.topics.partitions = self.partitions;
+        c.topics.create = true;
         c.processing.exactly_once = exactly_once;
         c.processing.output_encoding = self.encoding;
         #[cfg(feature = "experiments")]
