@@ -32,11 +32,17 @@ def load(name):
 
 
 def confluent_ids():
+    """The current ids: the `[ids]` table only (later tables hold older versions' ids)."""
     ids = {}
+    section = None
     with open(os.path.join(SCHEMAS, "ids.toml")) as f:
         for line in f:
+            h = re.match(r"^\s*\[(.*)\]\s*$", line)
+            if h:
+                section = h.group(1).strip()
+                continue
             m = re.match(r"^\s*(\w+)\s*=\s*(\d+)\s*$", line)
-            if m:
+            if m and section == "ids":
                 ids[m.group(1)] = int(m.group(2))
     return ids
 
@@ -244,7 +250,16 @@ POLICY_AP = {
     "updated_at": T0 - 4000,
 }
 POLICY_WIPE = dict(POLICY_AP, policy_id="ap-wipe", platform="ANDROID", action="WIPE",
-                   partner_priority=None, max_level="MEDIUM")
+                   partner_priority=None, max_level="MEDIUM", block_on_missing_data=True)
+# Contract 1.1: assigned to groups, Defender judged apart.
+POLICY_GROUPS = dict(POLICY_CP, policy_id="cp-sales", include_groups=["sales"],
+                     exclude_groups=["contractors"], defender_max_level="LOW")
+MEMBERSHIP = {"tenant_id": "acme", "user_id": "alice", "groups": ["sales", "staff"],
+              "updated_at": T0 - 3500}
+MEMBERSHIP_MIN = {"tenant_id": "acme", "user_id": "bob", "updated_at": T0 - 3500}
+SETTINGS = {"tenant_id": "acme", "no_policy_state": "NONCOMPLIANT", "report_validity_days": 30,
+            "updated_at": T0 - 3500}
+SETTINGS_MIN = {"tenant_id": "acme", "updated_at": T0 - 3500}
 ENROLLMENT = {
     "tenant_id": "acme", "device_id": "d1", "user_id": "alice", "platform": "IOS",
     "management": "MDM", "ownership": "PERSONAL", "os_version": "17.4", "enrolled_at": T0 - 3000,
@@ -268,9 +283,10 @@ STATE = {
     "output_seq": 3,
     "partners": [
         {"partner_id": "lookout", "health_state": "HIGH", "observed_at": T0 - 1000,
-         "event_fingerprint": -123456},
+         "event_fingerprint": -123456,
+         "threats": [{"category": "app", "name": "evil.ipa", "severity": "CRITICAL"}]},
         {"partner_id": "microsoft-defender-for-endpoint", "health_state": "SECURED",
-         "observed_at": T0 - 900, "event_fingerprint": 42},
+         "observed_at": T0 - 900, "event_fingerprint": 42, "threats": []},
     ],
 }
 STATE_MAM = {
@@ -285,10 +301,12 @@ DECODE = [
     (0, "DeviceThreatReport", [REPORT, REPORT_MIN]),
     (1, "ConnectorHeartbeat", [HEARTBEAT, HEARTBEAT_ERR]),
     (2, "ConnectorConfig", [CONNECTOR, CONNECTOR_MIN]),
-    (3, "ThreatPolicy", [POLICY_CP, POLICY_AP, POLICY_WIPE]),
+    (3, "ThreatPolicy", [POLICY_CP, POLICY_AP, POLICY_WIPE, POLICY_GROUPS]),
     (4, "DeviceEnrollment", [ENROLLMENT]),
     (5, "AppInventory", [INVENTORY]),
     (6, "DeviceStateRecord", [STATE, STATE_MAM]),
+    (9, "GroupMembership", [MEMBERSHIP, MEMBERSHIP_MIN]),
+    (10, "TenantSettings", [SETTINGS, SETTINGS_MIN]),
 ]
 
 
@@ -313,13 +331,27 @@ def decode_seeds():
     for sel, name, values in DECODE:
         schema = load(name)
         for i, v in enumerate(values):
-            v = full(schema, v) if name in ("ConnectorConfig",) else v
+            v = full(schema, v) if name in ("ConnectorConfig", "ThreatPolicy", "GroupMembership", "TenantSettings") else v
             tag = "%s-%d" % (name, i)
             seeds["%d-%s-json" % (sel, tag)] = bytes([sel]) + js(v)
             seeds["%d-%s-single-object" % (sel, tag)] = bytes([sel]) + single_object(schema, v)
             seeds["%d-%s-confluent" % (sel, tag)] = bytes([sel]) + confluent(ids[name], schema, v)
             if name == "DeviceStateRecord":
                 seeds["7-%s-datum" % tag] = bytes([7]) + datum(schema, v)
+    # Contract 1.0 writers: the history schemas with their old ids and fingerprints.
+    old_ids = {"ThreatPolicy": 1004, "DeviceStateRecord": 1012}
+    for sel, name, values in DECODE:
+        if name not in old_ids:
+            continue
+        with open(os.path.join(SCHEMAS, "history", "1.0", name + ".avsc")) as f:
+            old = json.load(f)
+        names = {f["name"] for f in old["fields"]}
+        v = {k: x for k, x in values[0].items() if k in names}
+        if name == "DeviceStateRecord":
+            v["partners"] = [{k: x for k, x in p.items() if k != "threats"} for p in v["partners"]]
+        v = full(old, v) if name == "ThreatPolicy" else v
+        seeds["%d-%s-1.0-single-object" % (sel, name)] = bytes([sel]) + single_object(old, v)
+        seeds["%d-%s-1.0-confluent" % (sel, name)] = bytes([sel]) + confluent(old_ids[name], old, v)
     # JSON with optional fields omitted, whitespace in front
     seeds["0-DeviceThreatReport-json-sparse"] = b"\x00 \n" + js(
         {k: v for k, v in REPORT_MIN.items() if k != "threats"}
@@ -397,6 +429,9 @@ def engine_seeds():
         + rec(3, "acme/cp-ios", js(POLICY_CP))
         + rec(3, "acme/ap-ios", js(POLICY_AP))
         + rec(3, "acme/ap-wipe", js(POLICY_WIPE))
+        + rec(3, "acme/cp-sales", js(POLICY_GROUPS))
+        + rec(9, "acme/alice", js(MEMBERSHIP))
+        + rec(10, "acme", js(SETTINGS))
         + rec(1, "acme/lookout", js(HEARTBEAT))
     )
     mdm = (
@@ -424,6 +459,10 @@ def engine_seeds():
         "restore-then-reports": setup + restore + mdm + op(8, b"") + mam,
         "tombstones": setup + mdm + rec(4, "acme/d1", b"") + rec(2, "acme/lookout", b"")
         + rec(3, "acme/cp-ios", b"") + op(8, b"") + rec(7, "acme/d1", b""),
+        "membership-and-settings-changes": setup + mdm + mam
+        + rec(9, "acme/alice", js(dict(MEMBERSHIP, groups=["contractors"], updated_at=T0)))
+        + rec(9, "acme/alice", b"") + rec(10, "acme", b"")
+        + rec(10, "acme", js(dict(SETTINGS_MIN, no_policy_state="COMPLIANT", updated_at=T0))),
     }
 
 

@@ -46,6 +46,10 @@ pub struct TopicsConfig {
     pub connector_heartbeats: String,
     pub connectors: String,
     pub policies: String,
+    /// Compacted, key `tenant/user`: the groups of each user (contract 1.1).
+    pub group_memberships: String,
+    /// Compacted, key `tenant`: per-tenant settings (contract 1.1).
+    pub tenant_settings: String,
     pub device_enrollments: String,
     pub app_inventory: String,
     pub compliance_changes: String,
@@ -114,12 +118,14 @@ impl Default for KafkaConfig {
 impl TopicsConfig {
     /// Every topic name (templates with `{partner}` included), to rename them all at once: tests
     /// and benchmarks give each run topics of its own, and a topic added here is renamed too.
-    pub fn names_mut(&mut self) -> [&mut String; 14] {
+    pub fn names_mut(&mut self) -> [&mut String; 16] {
         [
             &mut self.device_threats,
             &mut self.connector_heartbeats,
             &mut self.connectors,
             &mut self.policies,
+            &mut self.group_memberships,
+            &mut self.tenant_settings,
             &mut self.device_enrollments,
             &mut self.app_inventory,
             &mut self.compliance_changes,
@@ -159,6 +165,8 @@ impl Default for TopicsConfig {
             connector_heartbeats: "mtd.connector-heartbeats.v1".into(),
             connectors: "mtd.connectors.v1".into(),
             policies: "mtd.policies.v1".into(),
+            group_memberships: "mtd.group-memberships.v1".into(),
+            tenant_settings: "mtd.tenant-settings.v1".into(),
             device_enrollments: "mtd.device-enrollments.v1".into(),
             app_inventory: "mtd.app-inventory.v1".into(),
             compliance_changes: "mtd.compliance-changes.v1".into(),
@@ -400,6 +408,29 @@ mod tests {
             c.kafka.properties["sasl.password"], "hunter2",
             "the original is untouched"
         );
+    }
+
+    #[test]
+    fn contract_1_1_tables_are_named_and_renamed() {
+        let d = TopicsConfig::default();
+        assert_eq!(d.group_memberships, "mtd.group-memberships.v1");
+        assert_eq!(d.tenant_settings, "mtd.tenant-settings.v1");
+        let c =
+            Config::from_toml("[topics]\ngroup_memberships = \"gm\"\ntenant_settings = \"ts\"\n")
+                .unwrap();
+        assert_eq!(
+            (
+                c.topics.group_memberships.as_str(),
+                c.topics.tenant_settings.as_str()
+            ),
+            ("gm", "ts")
+        );
+        let mut t = TopicsConfig::default();
+        for name in t.names_mut() {
+            name.insert_str(0, "x.");
+        }
+        assert_eq!(t.group_memberships, "x.mtd.group-memberships.v1");
+        assert_eq!(t.tenant_settings, "x.mtd.tenant-settings.v1");
     }
 
     #[test]

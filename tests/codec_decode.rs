@@ -92,6 +92,28 @@ fn policy() -> ThreatPolicy {
         action: Some(PolicyAction::Wipe),
         partner_priority: Some(PartnerPriority::ThirdPartyFirst),
         updated_at: 12,
+        include_groups: Some(vec!["sales".into(), "grüppe ✓".into()]),
+        exclude_groups: vec!["contractors".into()],
+        defender_max_level: Some(PolicyLevel::NotSet),
+        block_on_missing_data: true,
+    }
+}
+
+fn membership() -> GroupMembership {
+    GroupMembership {
+        tenant_id: "tenant-a".into(),
+        user_id: "alice".into(),
+        groups: vec!["sales".into(), "emea".into()],
+        updated_at: 1_700_000_000_000,
+    }
+}
+
+fn settings() -> TenantSettings {
+    TenantSettings {
+        tenant_id: "tenant-a".into(),
+        no_policy_state: NoPolicyState::Noncompliant,
+        report_validity_days: Some(30),
+        updated_at: 1_700_000_000_001,
     }
 }
 
@@ -149,11 +171,19 @@ fn compliance_change() -> ComplianceChange {
                 partner_id: "lookout".into(),
                 code: ReasonCode::LevelExceedsPolicy,
                 detail: "HIGH > LOW".into(),
+                threats: report().threats,
             },
             Reason {
                 partner_id: "zimperium".into(),
                 code: ReasonCode::PartnerComplianceIgnored,
                 detail: String::new(),
+                threats: Vec::new(),
+            },
+            Reason {
+                partner_id: "jamf".into(),
+                code: ReasonCode::ReportExpired,
+                detail: "older than 30 days".into(),
+                threats: Vec::new(),
             },
         ],
         worst_level: Some(ThreatLevel::Compromised),
@@ -176,6 +206,11 @@ fn action() -> AppProtectionAction {
         policy_id: String::new(),
         issued_at: i64::MIN,
         cause_event_id: "evt-2".into(),
+        threats: vec![Threat {
+            category: "device".into(),
+            name: "jailbreak".into(),
+            severity: ThreatSeverity::Critical,
+        }],
     }
 }
 
@@ -210,7 +245,7 @@ fn rejected() -> RejectedEvent {
         partition: 3,
         offset: 123_456_789,
         key: Some("tenant-a/device-42".into()),
-        reason: RejectReason::Spoofed,
+        reason: RejectReason::ConflictingConnector,
         detail: "threats[2].severity: enum index 9 out of range (4 symbols)".into(),
         raw: vec![0xC3, 0x01, 0, 0xff, 0x7f],
         rejected_at: 99,
@@ -237,12 +272,14 @@ fn device_state() -> DeviceStateRecord {
                 health_state: HealthState::Misconfigured,
                 observed_at: 5,
                 event_fingerprint: -1,
+                threats: Vec::new(),
             },
             PartnerObservation {
                 partner_id: "jamf".into(),
                 health_state: HealthState::Secured,
                 observed_at: 6,
                 event_fingerprint: i32::MAX,
+                threats: report().threats,
             },
         ],
     }
@@ -266,6 +303,8 @@ macro_rules! for_every_record {
         $f(&partner_inventory());
         $f(&rejected());
         $f(&device_state());
+        $f(&membership());
+        $f(&settings());
     }};
 }
 
@@ -351,7 +390,7 @@ fn json_uses_symbols_millis_and_base64() {
     assert!(js.contains(r#""observed_at":1700000000123"#), "{js}");
     let js = String::from_utf8(encoded(&rejected(), OutputEncoding::Json)).unwrap();
     assert!(js.contains(r#""raw":"wwEA/38=""#), "{js}");
-    assert!(js.contains(r#""reason":"SPOOFED""#), "{js}");
+    assert!(js.contains(r#""reason":"CONFLICTING_CONNECTOR""#), "{js}");
 }
 
 #[test]
@@ -1198,8 +1237,33 @@ prop_compose! {
         action in prop::option::of(sym(PolicyAction::ALL)),
         partner_priority in prop::option::of(sym(PartnerPriority::ALL)),
         updated_at in any::<i64>(),
+        include_groups in prop::option::of(prop::collection::vec(text(), 0..3)),
+        exclude_groups in prop::collection::vec(text(), 0..3),
+        defender_max_level in prop::option::of(sym(PolicyLevel::ALL)),
+        block_on_missing_data in any::<bool>(),
     ) -> ThreatPolicy {
-        ThreatPolicy { tenant_id, policy_id, kind, platform, max_level, action, partner_priority, updated_at }
+        ThreatPolicy {
+            tenant_id, policy_id, kind, platform, max_level, action, partner_priority, updated_at,
+            include_groups, exclude_groups, defender_max_level, block_on_missing_data,
+        }
+    }
+}
+
+prop_compose! {
+    fn any_membership()(
+        tenant_id in text(), user_id in text(), groups in prop::collection::vec(text(), 0..4),
+        updated_at in any::<i64>(),
+    ) -> GroupMembership {
+        GroupMembership { tenant_id, user_id, groups, updated_at }
+    }
+}
+
+prop_compose! {
+    fn any_settings()(
+        tenant_id in text(), no_policy_state in sym(NoPolicyState::ALL),
+        report_validity_days in prop::option::of(any::<i32>()), updated_at in any::<i64>(),
+    ) -> TenantSettings {
+        TenantSettings { tenant_id, no_policy_state, report_validity_days, updated_at }
     }
 }
 
@@ -1240,8 +1304,11 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn any_reason()(partner_id in text(), code in sym(ReasonCode::ALL), detail in text()) -> Reason {
-        Reason { partner_id, code, detail }
+    fn any_reason()(
+        partner_id in text(), code in sym(ReasonCode::ALL), detail in text(),
+        threats in prop::collection::vec(threat(), 0..4),
+    ) -> Reason {
+        Reason { partner_id, code, detail, threats }
     }
 }
 
@@ -1265,11 +1332,12 @@ prop_compose! {
         platform in sym(Platform::ALL), action in sym(AppAction::ALL),
         level in prop::option::of(sym(ThreatLevel::ALL)),
         max_allowed_level in prop::option::of(sym(ThreatLevel::ALL)), issued_at in any::<i64>(),
+        threats in prop::collection::vec(threat(), 0..4),
     ) -> AppProtectionAction {
         AppProtectionAction {
             action_id: ids.0, tenant_id: ids.1, device_id: ids.2, user_id, platform,
             partner_id: ids.3, action, level, max_allowed_level, policy_id: ids.4, issued_at,
-            cause_event_id: ids.5,
+            cause_event_id: ids.5, threats,
         }
     }
 }
@@ -1314,9 +1382,9 @@ prop_compose! {
 prop_compose! {
     fn any_observation()(
         partner_id in text(), health_state in sym(HealthState::ALL), observed_at in any::<i64>(),
-        event_fingerprint in any::<i32>(),
+        event_fingerprint in any::<i32>(), threats in prop::collection::vec(threat(), 0..4),
     ) -> PartnerObservation {
-        PartnerObservation { partner_id, health_state, observed_at, event_fingerprint }
+        PartnerObservation { partner_id, health_state, observed_at, event_fingerprint, threats }
     }
 }
 
@@ -1384,6 +1452,8 @@ fn decode_all(bytes: &[u8]) {
     let _ = decode::<PartnerAppInventory>(bytes);
     let _ = decode::<RejectedEvent>(bytes);
     let _ = decode::<DeviceStateRecord>(bytes);
+    let _ = decode::<GroupMembership>(bytes);
+    let _ = decode::<TenantSettings>(bytes);
 }
 
 /// Every framing prefix a valid record could carry.
@@ -1482,4 +1552,15 @@ proptest! {
 
     #[test]
     fn device_states_round_trip(v in any_state()) { round_trip(&v)?; }
+
+    #[test]
+    fn memberships_round_trip(v in any_membership()) { round_trip(&v)?; }
+
+    #[test]
+    fn tenant_settings_round_trip(v in any_settings()) { round_trip(&v)?; }
+
+    #[test]
+    fn policies_decode_in_place(earlier in any_policy(), v in any_policy()) {
+        in_place_matches_fresh(&earlier, &v)?;
+    }
 }

@@ -47,6 +47,10 @@ fn rust_enums() -> BTreeMap<&'static str, Vec<&'static str>> {
             "RejectReason",
             syms(RejectReason::ALL, RejectReason::as_str),
         ),
+        (
+            "NoPolicyState",
+            syms(NoPolicyState::ALL, NoPolicyState::as_str),
+        ),
     ])
 }
 
@@ -67,7 +71,7 @@ fn collect_enums(schema: &Schema, out: &mut BTreeMap<String, Vec<String>>) {
 #[test]
 fn every_schema_parses_in_the_contract_namespace() {
     let set = schema_set();
-    assert_eq!(set.entries().len(), 12);
+    assert_eq!(set.entries().len(), 14);
     let names: BTreeSet<&str> = set.entries().iter().map(|e| e.name()).collect();
     for expected in [
         "DeviceThreatReport",
@@ -82,6 +86,8 @@ fn every_schema_parses_in_the_contract_namespace() {
         "PartnerAppInventory",
         "RejectedEvent",
         "DeviceStateRecord",
+        "GroupMembership",
+        "TenantSettings",
     ] {
         assert!(names.contains(expected), "{expected} missing");
     }
@@ -194,7 +200,13 @@ fn schema_defaults_match_the_rust_defaults() {
         codec::decode(br#"{"tenant_id":"t","partner_id":"lookout","updated_at":5}"#).unwrap();
     assert_eq!(decoded, ConnectorConfig::new("t", "lookout", 5));
 
-    for (record, field) in [("DeviceThreatReport", "threats"), ("AppInventory", "apps")] {
+    for (record, field) in [
+        ("DeviceThreatReport", "threats"),
+        ("AppInventory", "apps"),
+        ("ThreatPolicy", "exclude_groups"),
+        ("AppProtectionAction", "threats"),
+        ("GroupMembership", "groups"),
+    ] {
         let e = schema_set().by_name(record).unwrap();
         let json: Value = serde_json::from_str(e.source()).unwrap();
         let f = json["fields"]
@@ -276,4 +288,170 @@ fn confluent_ids_come_from_ids_toml() {
     );
     assert!(set.by_id(1).is_none());
     assert!(set.by_fingerprint(0).is_none());
+}
+
+/// The ids of `ids.toml`, current and earlier versions, as the file lists them.
+fn listed_ids() -> Vec<(String, String, u32)> {
+    let doc: toml::Table = codec::schemas::IDS_TOML.parse().unwrap();
+    let mut out = Vec::new();
+    for (name, id) in doc["ids"].as_table().unwrap() {
+        out.push((
+            "current".into(),
+            name.clone(),
+            id.as_integer().unwrap() as u32,
+        ));
+    }
+    for (version, table) in doc["history"].as_table().unwrap() {
+        for (name, id) in table.as_table().unwrap() {
+            out.push((
+                version.clone(),
+                name.clone(),
+                id.as_integer().unwrap() as u32,
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn ids_are_never_reused_and_changed_records_got_new_ones() {
+    let ids = listed_ids();
+    let mut seen = BTreeMap::new();
+    for (version, name, id) in &ids {
+        if let Some(other) = seen.insert(*id, (version, name)) {
+            panic!("id {id} used by {other:?} and {version} {name}");
+        }
+    }
+    // The 1.0 records kept their ids where their schema did not change; the five that changed
+    // in 1.1 got the next free ids, and their 1.0 ids moved to [history."1.0"].
+    let id = |name: &str| schema_set().by_name(name).unwrap().confluent_id();
+    for (name, current, old) in [
+        ("ThreatPolicy", 1015, 1004),
+        ("ComplianceChange", 1016, 1007),
+        ("AppProtectionAction", 1017, 1008),
+        ("RejectedEvent", 1018, 1011),
+        ("DeviceStateRecord", 1019, 1012),
+    ] {
+        assert_eq!(id(name), current, "{name}");
+        let h = schema_set().historic_by_id(old).unwrap();
+        assert_eq!((h.name(), h.version()), (name, "1.0"));
+        assert!(schema_set().by_id(old).is_none(), "{old} is no current id");
+    }
+    for (name, kept) in [
+        ("DeviceThreatReport", 1001),
+        ("ConnectorHeartbeat", 1002),
+        ("ConnectorConfig", 1003),
+        ("DeviceEnrollment", 1005),
+        ("AppInventory", 1006),
+        ("ConnectorStatusChange", 1009),
+        ("PartnerAppInventory", 1010),
+        ("GroupMembership", 1013),
+        ("TenantSettings", 1014),
+    ] {
+        assert_eq!(id(name), kept, "{name}");
+    }
+}
+
+#[test]
+fn history_files_are_the_ones_ids_toml_lists() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/history");
+    let mut on_disk = BTreeSet::new();
+    for version in std::fs::read_dir(&dir).unwrap() {
+        let version = version.unwrap();
+        for file in std::fs::read_dir(version.path()).unwrap() {
+            let file = file.unwrap().file_name().into_string().unwrap();
+            let name = file.strip_suffix(".avsc").expect("only .avsc files");
+            on_disk.insert((version.file_name().into_string().unwrap(), name.to_owned()));
+        }
+    }
+    let embedded: BTreeSet<(String, String)> = codec::schemas::HISTORY_SOURCES
+        .iter()
+        .map(|(v, n, _)| (v.to_string(), n.to_string()))
+        .collect();
+    let listed: BTreeSet<(String, String)> = listed_ids()
+        .into_iter()
+        .filter(|(v, _, _)| v != "current")
+        .map(|(v, n, _)| (v, n))
+        .collect();
+    assert_eq!(on_disk, embedded, "files vs HISTORY_SOURCES");
+    assert_eq!(listed, embedded, "ids.toml vs HISTORY_SOURCES");
+    let set = schema_set();
+    assert_eq!(set.history().len(), embedded.len());
+    for h in set.history() {
+        let text =
+            std::fs::read_to_string(dir.join(h.version()).join(format!("{}.avsc", h.name())))
+                .unwrap();
+        assert_eq!(h.source(), text);
+        // The fingerprints of an earlier version lead to it, not to a current record.
+        assert_eq!(
+            h.fingerprint(),
+            codec::crc64_avro(h.canonical_form().as_bytes())
+        );
+        assert_ne!(h.canonical_form(), h.current().canonical_form());
+        for fp in std::iter::once(h.fingerprint()).chain(h.alt_fingerprint()) {
+            assert!(set.by_fingerprint(fp).is_none(), "{}", h.name());
+            assert!(std::ptr::eq(set.historic_by_fingerprint(fp).unwrap(), h));
+        }
+        let theirs = h.schema().fingerprint::<Rabin>().bytes;
+        assert_eq!(
+            h.alt_fingerprint()
+                .unwrap_or(h.fingerprint())
+                .to_le_bytes()
+                .to_vec(),
+            theirs
+        );
+    }
+}
+
+/// The enum schemas of `schema` with their `default` symbol.
+fn enum_defaults(schema: &Schema, out: &mut BTreeMap<String, Option<String>>) {
+    match schema {
+        Schema::Record(r) => r.fields.iter().for_each(|f| enum_defaults(&f.schema, out)),
+        Schema::Array(a) => enum_defaults(&a.items, out),
+        Schema::Map(m) => enum_defaults(&m.types, out),
+        Schema::Union(u) => u.variants().iter().for_each(|v| enum_defaults(v, out)),
+        Schema::Enum(e) => {
+            out.insert(e.name.name.clone(), e.default.clone());
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn enums_that_gained_symbols_have_a_default_and_only_appended() {
+    let mut defaults = BTreeMap::new();
+    for e in schema_set().entries() {
+        enum_defaults(e.schema(), &mut defaults);
+    }
+    assert_eq!(
+        defaults["ReasonCode"].as_deref(),
+        Some("MISSING_PARTNER_DATA")
+    );
+    assert_eq!(defaults["RejectReason"].as_deref(), Some("INVALID_FIELD"));
+    assert_eq!(defaults["NoPolicyState"].as_deref(), Some("NOT_EVALUATED"));
+    for h in schema_set().history() {
+        let mut old = BTreeMap::new();
+        collect_enums(h.schema(), &mut old);
+        let mut new = BTreeMap::new();
+        collect_enums(h.current().schema(), &mut new);
+        for (name, old_symbols) in old {
+            let new_symbols = &new[&name];
+            // Symbols are only ever appended: an index keeps its meaning.
+            assert_eq!(
+                &new_symbols[..old_symbols.len()],
+                &old_symbols[..],
+                "{} {}: {name}",
+                h.name(),
+                h.version()
+            );
+            if new_symbols.len() > old_symbols.len() {
+                let short = name.rsplit('.').next().unwrap();
+                assert!(
+                    defaults[short].is_some(),
+                    "{short} gained symbols since {} and has no default",
+                    h.version()
+                );
+            }
+        }
+    }
 }

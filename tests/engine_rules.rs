@@ -142,6 +142,8 @@ fn connector_status_table() {
             None => assert!(rejected(&out).is_empty(), "{}: {out:?}", row.name),
         }
 
+        // App Sync shares inventories of enrolled iOS devices only (contract 1.1).
+        h.enroll("t", "d2", Ios, Mdm);
         let inv = AppInventory {
             tenant_id: "t".into(),
             device_id: "d2".into(),
@@ -687,6 +689,7 @@ fn rejection_reasons() {
         RejectReason::UnknownPartner
     );
     // App sync off for every connector.
+    h.enroll("t", "i", Ios, Mdm);
     let inv = AppInventory {
         tenant_id: "t".into(),
         device_id: "i".into(),
@@ -738,6 +741,7 @@ fn app_sync_filters_personal_inventories() {
     z.ios_app_sync_personal_full = true;
     h.connector(z);
     h.connector(enabled("t", "jamf")); // App Sync off
+    h.enroll_owned("t", "i", Ios, Ownership::Personal);
     let inv = AppInventory {
         tenant_id: "t".into(),
         device_id: "i".into(),

@@ -860,6 +860,8 @@ fn fuzz_seeds_decode_as_their_record() {
             // The registry decoder of the fuzz target: only its JSON seed decodes here.
             8 if name.ends_with("json") => decode::<DeviceThreatReport>(v).map(drop),
             8 => continue,
+            9 => decode::<GroupMembership>(v).map(drop),
+            10 => decode::<TenantSettings>(v).map(drop),
             s => panic!("{name}: selector {s}"),
         };
         if let Err(e) = r {

@@ -1,6 +1,6 @@
 //! Every input decoder on arbitrary bytes.
 //!
-//! The first byte picks what is decoded (`selector % 9`), the rest is the value as it would
+//! The first byte picks what is decoded (`selector % 11`), the rest is the value as it would
 //! arrive in a Kafka record:
 //!
 //! | selector | decoded as |
@@ -16,6 +16,8 @@
 //! | 8 | `DeviceThreatReport` through a `Decoder` with a schema registry that knows an older
 //! |   | writer schema (Confluent id 77 and its fingerprint) and the current one (id 78): Avro
 //! |   | schema resolution |
+//! | 9 | `decode::<GroupMembership>` |
+//! | 10 | `decode::<TenantSettings>` |
 //!
 //! Properties checked besides "no panic, no hang, no huge allocation":
 //! - an error has a non-empty detail;
@@ -111,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else {
         return;
     };
-    match selector % 9 {
+    match selector % 11 {
         0 => check(decode::<DeviceThreatReport>(bytes)),
         1 => check(decode::<ConnectorHeartbeat>(bytes)),
         2 => check(decode::<ConnectorConfig>(bytes)),
@@ -120,6 +122,8 @@ fuzz_target!(|data: &[u8]| {
         5 => check(decode::<AppInventory>(bytes)),
         6 => check(decode::<DeviceStateRecord>(bytes)),
         7 => check(codec::decode_avro_datum::<DeviceStateRecord>(bytes)),
-        _ => check(registry_decoder().decode::<DeviceThreatReport>(bytes)),
+        8 => check(registry_decoder().decode::<DeviceThreatReport>(bytes)),
+        9 => check(decode::<GroupMembership>(bytes)),
+        _ => check(decode::<TenantSettings>(bytes)),
     }
 });

@@ -3,7 +3,7 @@
 //! applied or rejected without a panic.
 //!
 //! The input is a sequence of operations `[op][len: u16 LE][len bytes]` (a short tail is
-//! padded with zeros). `op % 9` picks:
+//! padded with zeros). `op % 11` picks:
 //!
 //! | op | does |
 //! |---|---|
@@ -11,6 +11,7 @@
 //! | 6 | moves the clock forward by `u32 LE` seconds (the first 4 bytes), then fires timers |
 //! | 7 | restores a changelog record: `[key_len][key][value]`, empty value = tombstone |
 //! | 8 | reconciles every partition (what an assignment does) |
+//! | 9, 10 | a record of the group memberships or tenant settings topic (contract 1.1), as for 0..=5 |
 //!
 //! Properties: no panic; every output encodes in every output encoding; every changelog record
 //! the engine writes can be restored into a fresh engine (the state a restart would read back).
@@ -107,6 +108,8 @@ fn body(topic: u8, value: &[u8]) -> Option<Body> {
         2 => Body::Connector(v.map(decode).transpose().ok()?),
         3 => Body::Policy(v.map(decode).transpose().ok()?),
         4 => Body::Enrollment(v.map(decode).transpose().ok()?),
+        9 => Body::Membership(v.map(decode).transpose().ok()?),
+        10 => Body::Settings(v.map(decode).transpose().ok()?),
         _ => Body::Inventory(decode(v?).ok()?),
     })
 }
@@ -120,13 +123,13 @@ fuzz_target!(|data: &[u8]| {
     let mut ops = 0;
     while rest.len() >= 3 && ops < 64 {
         ops += 1;
-        let op = rest[0] % 9;
+        let op = rest[0] % 11;
         let len = u16::from_le_bytes([rest[1], rest[2]]) as usize;
         let len = len.min(rest.len() - 3);
         let arg = &rest[3..3 + len];
         rest = &rest[3 + len..];
         match op {
-            0..=5 => {
+            0..=5 | 9 | 10 => {
                 let (key, value) = split_key(arg);
                 let Some(body) = body(op, value) else {
                     continue;

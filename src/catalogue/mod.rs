@@ -43,6 +43,8 @@ pub struct Partner {
     pub defender: bool,
     /// Whether the partner's data may be used for device compliance (false: app protection only).
     pub compliance: bool,
+    /// Platforms on which the partner supports app protection (contract 1.1 MAM column).
+    pub mam_platforms: PlatformSet,
 }
 
 /// The validated catalogue, for one deployment cloud.
@@ -85,6 +87,8 @@ struct PartnerEntry {
     defender: bool,
     #[serde(default = "yes")]
     compliance: bool,
+    #[serde(default)]
+    mam_platforms: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -133,6 +137,18 @@ impl Catalogue {
             if platforms == PlatformSet::default() {
                 return Err(bad(format!("{}: no platforms", entry.id)));
             }
+            let mut mam_platforms = PlatformSet::default();
+            for p in &entry.mam_platforms {
+                let platform = Platform::parse(p)
+                    .ok_or_else(|| bad(format!("{}: unknown MAM platform {p:?}", entry.id)))?;
+                if !platforms.contains(platform) {
+                    return Err(bad(format!(
+                        "{}: MAM platform {p} is not one of its platforms",
+                        entry.id
+                    )));
+                }
+                mam_platforms.insert(platform);
+            }
             if let Some(c) = entry.clouds.iter().find(|c| !file.clouds.contains(c)) {
                 return Err(bad(format!("{}: unknown cloud {c:?}", entry.id)));
             }
@@ -149,6 +165,7 @@ impl Catalogue {
                 clouds: entry.clouds,
                 defender: entry.defender,
                 compliance: entry.compliance,
+                mam_platforms,
             });
         }
         let defenders = partners.iter().filter(|p| p.defender).count();
@@ -203,7 +220,7 @@ mod tests {
     #[test]
     fn builtin_matches_contract_table() {
         let c = Catalogue::builtin("public").unwrap();
-        assert_eq!(c.partners().len(), 15);
+        assert_eq!(c.partners().len(), 17);
         let mde = c.partner(c.index("microsoft-defender-for-endpoint").unwrap());
         assert!(mde.defender);
         assert_eq!(mde.platforms.iter().count(), 4);
@@ -220,6 +237,40 @@ mod tests {
             assert!(!p.platforms.contains(Platform::Windows));
         }
         assert!(c.index("acme").is_none());
+        // Contract 1.1, "Partner catalogue 1.1": the MAM column.
+        let mam = |id: &str| c.partner(c.index(id).unwrap()).mam_platforms;
+        for id in [
+            "microsoft-defender-for-endpoint",
+            "better-mobile",
+            "check-point",
+            "jamf",
+            "lookout",
+            "symantec",
+            "trellix",
+            "zimperium",
+        ] {
+            assert_eq!(
+                mam(id).iter().collect::<Vec<_>>(),
+                vec![Platform::Android, Platform::Ios],
+                "{id}"
+            );
+        }
+        assert_eq!(
+            mam("windows-security-center").iter().collect::<Vec<_>>(),
+            vec![Platform::Windows]
+        );
+        for id in [
+            "blackberry",
+            "crowdstrike",
+            "pradeo",
+            "sentinelone",
+            "sophos",
+            "trend-micro",
+            "iverify",
+            "trustd",
+        ] {
+            assert_eq!(mam(id).iter().count(), 0, "{id}");
+        }
     }
 
     #[test]

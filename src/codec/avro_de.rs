@@ -54,13 +54,6 @@ pub(crate) fn from_slice_in_place<'de, T: de::Deserialize<'de>>(
     reader.finish()
 }
 
-/// Checks that `data` is exactly one well-formed datum of `schema`, without building anything.
-pub(crate) fn validate(schema: &Compiled, data: &[u8]) -> Result<()> {
-    let mut reader = Reader { data, pos: 0 };
-    De::root(&mut reader, schema).skip()?;
-    reader.finish()
-}
-
 /// A cursor over the input.
 pub(crate) struct Reader<'de> {
     data: &'de [u8],

@@ -296,4 +296,29 @@ mod tests {
             r#"{"name":"a.b.R","type":"record","fields":[{"name":"e","type":{"name":"a.b.E","type":"enum","symbols":["X","Y"]}},{"name":"e2","type":"a.b.E"},{"name":"t","type":"long"},{"name":"o","type":["null",{"type":"map","values":{"type":"array","items":"string"}}]},{"name":"q","type":{"name":"c.Q","type":"fixed","size":4}}]}"#
         );
     }
+
+    #[test]
+    fn defaults_do_not_change_the_form() {
+        // An enum's own `default` symbol and field defaults (arrays, null, booleans) are not part
+        // of the canonical form: adding them to a schema keeps its fingerprint.
+        let with = r#"{"type":"record","name":"R","namespace":"a","fields":[
+            {"name":"e","type":{"type":"enum","name":"E","symbols":["X","Y"],"default":"Y"},"default":"X"},
+            {"name":"l","type":{"type":"array","items":"string"},"default":[]},
+            {"name":"o","type":["null",{"type":"array","items":"E"}],"default":null},
+            {"name":"b","type":"boolean","default":false}]}"#;
+        let without = r#"{"type":"record","name":"R","namespace":"a","fields":[
+            {"name":"e","type":{"type":"enum","name":"E","symbols":["X","Y"]}},
+            {"name":"l","type":{"type":"array","items":"string"}},
+            {"name":"o","type":["null",{"type":"array","items":"E"}]},
+            {"name":"b","type":"boolean"}]}"#;
+        let c = canonical_form_of_str(with).unwrap();
+        assert_eq!(c, canonical_form_of_str(without).unwrap());
+        assert_eq!(
+            c,
+            r#"{"name":"a.R","type":"record","fields":[{"name":"e","type":{"name":"a.E","type":"enum","symbols":["X","Y"]}},{"name":"l","type":{"type":"array","items":"string"}},{"name":"o","type":["null",{"type":"array","items":"a.E"}]},{"name":"b","type":"boolean"}]}"#
+        );
+        // apache-avro agrees.
+        let parsed = apache_avro::Schema::parse_str(with).unwrap();
+        assert_eq!(parsed.canonical_form(), c);
+    }
 }

@@ -20,7 +20,7 @@ pub(crate) struct Name {
 }
 
 impl Name {
-    fn new(text: &str) -> Name {
+    pub(crate) fn new(text: &str) -> Name {
         Name {
             text: text.into(),
             seen: AtomicUsize::new(0),
@@ -111,6 +111,8 @@ impl RustNames {
 pub(crate) struct Field {
     pub name: Name,
     pub node: NodeId,
+    /// The schema gives the field a default (what a reader needs to read writers without it).
+    pub has_default: bool,
 }
 
 /// One schema node, by its binary encoding.
@@ -136,7 +138,12 @@ pub(crate) enum Node {
     },
     Enum {
         name: Box<str>,
+        /// The symbol of each index, as the reader of a datum sees it: the schema's own symbols,
+        /// except in the compiled writer schema of another version, where a symbol the reader
+        /// lacks reads as the reader's default (`resolve::resolve`).
         symbols: Box<[Name]>,
+        /// Index of the enum's `default` symbol (used when the enum is a reader's).
+        default: Option<u32>,
         /// Rust variant lists found to be `symbols`, in order.
         rust: RustNames,
     },
@@ -180,6 +187,14 @@ impl Compiled {
     #[inline]
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id as usize]
+    }
+
+    /// Replaces the symbols of enum node `id` (schema resolution: the symbol each writer index
+    /// reads as). Does nothing to other nodes.
+    pub(crate) fn set_symbols(&mut self, id: NodeId, new: Box<[Name]>) {
+        if let Some(Node::Enum { symbols, .. }) = self.nodes.get_mut(id as usize) {
+            *symbols = new;
+        }
     }
 
     fn compute_min_sizes(&mut self) {
@@ -282,6 +297,7 @@ impl Compiler {
                     fields.push(Field {
                         name: Name::new(&f.name),
                         node,
+                        has_default: f.default.is_some(),
                     });
                 }
                 self.nodes[id as usize] = Node::Record {
@@ -293,9 +309,22 @@ impl Compiler {
             }
             Schema::Enum(e) => {
                 let full = e.name.fullname(ns.map(str::to_owned));
+                let default = match &e.default {
+                    Some(d) => Some(
+                        e.symbols
+                            .iter()
+                            .position(|s| s == d)
+                            .and_then(|i| u32::try_from(i).ok())
+                            .ok_or_else(|| {
+                                CompileError(format!("enum {full}: default {d} is not a symbol"))
+                            })?,
+                    ),
+                    None => None,
+                };
                 let id = self.push(Node::Enum {
                     name: full.as_str().into(),
                     symbols: e.symbols.iter().map(|s| Name::new(s)).collect(),
+                    default,
                     rust: RustNames::default(),
                 });
                 self.names.insert(full, id);

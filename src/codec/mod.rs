@@ -8,8 +8,12 @@
 //! [`encode`] writes outputs in the configured [`OutputEncoding`] into a reusable buffer.
 //!
 //! Avro binary is read and written by schema-driven serde (de)serializers straight from and into
-//! the model structs. A Confluent schema id or fingerprint that resolves (through a
-//! [`SchemaResolver`]) to another version of the record is read with Avro schema resolution.
+//! the model structs. A Confluent schema id or fingerprint of another version of the record is
+//! read with Avro schema resolution (`resolve`), straight into the model struct as well: the
+//! earlier versions shipped in `schemas/history/` (ids in `schemas/ids.toml`) with no further
+//! configuration, any other version once a [`SchemaResolver`] (a schema registry) gives its
+//! schema. Values of the current schemas take the same path as before there were versions: one
+//! look-up, then the positional decoder.
 //!
 //! # Why a hand-written decoder (measured 2026-12-01)
 //!
@@ -39,6 +43,7 @@ mod avro_error;
 mod avro_ser;
 pub mod canonical;
 mod compiled;
+mod resolve;
 pub mod schemas;
 
 use std::fmt;
@@ -54,7 +59,9 @@ use self::avro_error::{AvroError, AvroErrorKind};
 pub use self::canonical::{canonical_form, crc64_avro};
 use self::compiled::Compiled;
 use self::schemas::IdMap;
-pub use self::schemas::{schema_set, AvroRecord, SchemaEntry, SchemaSet, NAMESPACE};
+pub use self::schemas::{
+    schema_set, AvroRecord, HistoricSchema, SchemaEntry, SchemaSet, NAMESPACE,
+};
 use crate::model::RejectReason;
 
 /// First byte of the Confluent wire format.
@@ -204,12 +211,17 @@ struct WriterSchema {
     /// How it was found, for messages: `Confluent schema id 77`.
     label: String,
     full_name: String,
-    schema: Arc<Schema>,
-    compiled: Compiled,
-    /// The embedded schema with the same canonical form, if any (then no resolution is needed).
-    current: Option<&'static SchemaEntry>,
-    /// Why the current version of the record cannot read it, if it cannot.
-    incompatible: Option<String>,
+    plan: Plan,
+}
+
+/// How values of a [`WriterSchema`] are read as the current record of their name.
+enum Plan {
+    /// It is an embedded current schema (same canonical form): its fast path.
+    Current(&'static SchemaEntry),
+    /// Another version: its datum is decoded with it, resolved into the current record.
+    Resolve(Compiled),
+    /// Its datums cannot be read as the current record, for this reason.
+    Incompatible(String),
 }
 
 impl WriterSchema {
@@ -230,26 +242,22 @@ impl WriterSchema {
         let current = set
             .by_fingerprint(crc64_avro(canonical.as_bytes()))
             .filter(|e| e.canonical_form() == canonical);
-        let compiled = Compiled::new(&schema)
-            .map_err(|e| DecodeError::UnknownSchema(format!("{label}: {e}")))?;
-        let incompatible = match (current, set.by_name(&full_name)) {
+        let plan = match (current, set.by_name(&full_name)) {
+            (Some(entry), _) => Plan::Current(entry),
             (None, Some(reader)) => {
-                apache_avro::schema_compatibility::SchemaCompatibility::can_read(
-                    &schema,
-                    reader.schema(),
-                )
-                .err()
-                .map(|e| e.to_string())
+                let mut compiled = Compiled::new(&schema)
+                    .map_err(|e| DecodeError::UnknownSchema(format!("{label}: {e}")))?;
+                match resolve::resolve(&mut compiled, &reader.compiled) {
+                    Ok(()) => Plan::Resolve(compiled),
+                    Err(why) => Plan::Incompatible(why),
+                }
             }
-            _ => None,
+            (None, None) => Plan::Incompatible(format!("no record {full_name}")),
         };
         Ok(WriterSchema {
             label,
             full_name,
-            schema,
-            compiled,
-            current,
-            incompatible,
+            plan,
         })
     }
 }
@@ -271,14 +279,15 @@ impl fmt::Debug for Decoder {
 }
 
 impl Decoder {
-    /// A decoder that knows the embedded schemas and the ids of `schemas/ids.toml` only.
+    /// A decoder that knows the embedded schemas, their earlier versions (`schemas/history/`)
+    /// and the ids of `schemas/ids.toml` only.
     pub fn new() -> Decoder {
         Decoder::default()
     }
 
     /// A decoder that asks `resolver` (e.g. a schema registry) first for Confluent schema ids,
-    /// and falls back to `schemas/ids.toml` for ids it does not know; fingerprints not in the
-    /// embedded set are asked of it too.
+    /// and falls back to `schemas/ids.toml` for ids it does not know; fingerprints of neither
+    /// the embedded schemas nor their earlier versions are asked of it too.
     pub fn with_resolver(resolver: Arc<dyn SchemaResolver>) -> Decoder {
         Decoder {
             resolver: Some(resolver),
@@ -297,6 +306,9 @@ impl Decoder {
                 if let Some(entry) = set.by_fingerprint(fingerprint) {
                     return decode_entry::<T>(entry, payload, &encoding);
                 }
+                if let Some(old) = set.historic_by_fingerprint(fingerprint) {
+                    return decode_historic::<T>(old, payload, &encoding);
+                }
                 if let Some(writer) = self.writer_by_fingerprint(fingerprint)? {
                     return decode_writer::<T>(&writer, payload);
                 }
@@ -311,6 +323,9 @@ impl Decoder {
                 if let Some(entry) = set.by_id(schema_id) {
                     return decode_entry::<T>(entry, payload, &encoding);
                 }
+                if let Some(old) = set.historic_by_id(schema_id) {
+                    return decode_historic::<T>(old, payload, &encoding);
+                }
                 Err(DecodeError::UnknownSchema(format!(
                     "unknown Confluent schema id {schema_id}"
                 )))
@@ -320,8 +335,8 @@ impl Decoder {
 
     /// [`decode`](Self::decode) into `place`, reusing its strings' and vectors' buffers when
     /// the input is Avro of the embedded schema (the hot path: a processor decodes every
-    /// report into one scratch value). Other encodings and older writer schemas decode anew
-    /// and replace `place`. On error `place` holds an unspecified value of `T`.
+    /// report into one scratch value). Other encodings and other versions of the schema decode
+    /// anew and replace `place`. On error `place` holds an unspecified value of `T`.
     pub fn decode_into<T: AvroRecord + DeserializeOwned>(
         &self,
         bytes: &[u8],
@@ -431,6 +446,25 @@ fn decode_entry<T: AvroRecord + DeserializeOwned>(
     Ok(avro_de::from_slice(&entry.compiled, payload)?)
 }
 
+/// Avro binary of an earlier version shipped in `schemas/history/`, resolved into the current
+/// record (off the hot path: not inlined into [`Decoder::decode`]).
+#[inline(never)]
+fn decode_historic<T: AvroRecord + DeserializeOwned>(
+    old: &'static HistoricSchema,
+    payload: &[u8],
+    label: &dyn fmt::Display,
+) -> Result<T, DecodeError> {
+    if old.current_index() != T::SCHEMA_INDEX {
+        return Err(DecodeError::UnknownSchema(format!(
+            "{label} is {} (version {}), expected {}",
+            old.current().full_name(),
+            old.version(),
+            expected_full_name::<T>()
+        )));
+    }
+    Ok(avro_de::from_slice(&old.compiled, payload)?)
+}
+
 /// Avro binary of a resolved writer schema: the fast path when it is the current version,
 /// Avro schema resolution into the current version otherwise.
 fn decode_writer<T: AvroRecord + DeserializeOwned>(
@@ -446,37 +480,18 @@ fn decode_writer<T: AvroRecord + DeserializeOwned>(
             reader.full_name()
         )));
     }
-    if let Some(current) = writer.current {
-        return decode_entry::<T>(current, payload, &writer.label);
-    }
-    if let Some(why) = &writer.incompatible {
-        return Err(DecodeError::UnknownSchema(format!(
+    match &writer.plan {
+        Plan::Current(current) => decode_entry::<T>(current, payload, &writer.label),
+        // Decoded with the writer's schema straight into `T` (module `resolve`): no value of
+        // the reader's schema is built in between.
+        Plan::Resolve(compiled) => Ok(avro_de::from_slice(compiled, payload)?),
+        Plan::Incompatible(why) => Err(DecodeError::UnknownSchema(format!(
             "{} ({}) cannot be read as the current {}: {why}",
             writer.label,
             writer.full_name,
             reader.name()
-        )));
+        ))),
     }
-    // Check the datum with our own bounded reader first: it rejects truncated or oversized
-    // input before the general-purpose decoder allocates anything, with a field path.
-    avro_de::validate(&writer.compiled, payload)?;
-    let mut input = payload;
-    let value = apache_avro::from_avro_datum(&writer.schema, &mut input, Some(reader.schema()))
-        .map_err(|e| {
-            DecodeError::InvalidField(format!(
-                "resolving {} into the current {}: {e}",
-                writer.label,
-                reader.name()
-            ))
-        })?;
-    let resolved = apache_avro::to_avro_datum(reader.schema(), value).map_err(|e| {
-        DecodeError::InvalidField(format!(
-            "resolving {} into the current {}: {e}",
-            writer.label,
-            reader.name()
-        ))
-    })?;
-    Ok(avro_de::from_slice(&reader.compiled, &resolved)?)
 }
 
 fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -634,12 +649,20 @@ mod tests {
         for entry in schema_set().entries() {
             let w = WriterSchema::new("test".into(), Arc::new(entry.schema().clone())).unwrap();
             assert!(
-                w.current.is_some_and(|c| std::ptr::eq(c, entry)),
+                matches!(w.plan, Plan::Current(c) if std::ptr::eq(c, entry)),
                 "{}",
                 entry.name()
             );
-            assert!(w.incompatible.is_none());
             assert_eq!(w.full_name, entry.full_name());
+        }
+    }
+
+    #[test]
+    fn registry_copies_of_earlier_versions_resolve() {
+        for old in schema_set().history() {
+            let w = WriterSchema::new("test".into(), old.schema().clone()).unwrap();
+            assert!(matches!(w.plan, Plan::Resolve(_)), "{}", old.name());
+            assert_eq!(w.full_name, old.current().full_name());
         }
     }
 }

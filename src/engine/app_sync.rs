@@ -1,11 +1,15 @@
 //! App Sync: an iOS app inventory goes to every connector of the tenant with `ios_app_sync`
 //! that is not blocked; personal devices lose their unmanaged apps unless the connector has
-//! `ios_app_sync_personal_full`. If no connector takes it, it is rejected: the blocked
-//! connector's reason when App Sync is on only for blocked ones, else `APP_SYNC_DISABLED`.
+//! `ios_app_sync_personal_full`. Only an enrolled (MDM) iOS device's inventory is shared, with
+//! the ownership of its enrollment (`UNKNOWN` treated as `PERSONAL`, the stricter choice);
+//! any other is `NOT_ENROLLED` (contract 1.1), whatever ownership the inventory claims. If no
+//! connector takes it, it is rejected: the blocked connector's reason when App Sync is on only
+//! for blocked ones, else `APP_SYNC_DISABLED`.
 
 use crate::model::*;
 
 use super::checks::connector_accepts;
+use super::devices::flags;
 use super::{Applied, Engine, Input, Output, Rejection};
 
 impl Engine {
@@ -19,20 +23,46 @@ impl Engine {
                 format!("tenant {kt} has no connector with App Sync for iOS devices"),
             )
         };
-        let Some(tenant) = tenants.get(kt) else {
-            return Err(disabled());
+        let not_enrolled = |why: String| {
+            Rejection::new(
+                RejectReason::NotEnrolled,
+                format!("App Sync shares inventories of enrolled iOS devices only; {why}"),
+            )
         };
-        if let Some(shard) = self.shards.get(&input.partition) {
-            if let Some(slot) = shard.find(tenant, input.id) {
-                let p = shard.get(slot).platform;
-                if p != Platform::Ios {
-                    return Err(Rejection::new(
-                        RejectReason::UnsupportedPlatform,
-                        format!("App Sync covers iOS/iPadOS devices; device is {p}"),
-                    ));
+        let tenant = tenants
+            .get(kt)
+            .ok_or_else(|| not_enrolled(format!("device {kt}/{} is not enrolled", input.id)))?;
+        let enrolled = self.shards.get(&input.partition).and_then(|shard| {
+            let d = shard.get(shard.find(tenant, input.id)?);
+            Some((
+                d.has(flags::ENROLLED),
+                d.management,
+                d.platform,
+                d.ownership,
+            ))
+        });
+        let ownership = match enrolled {
+            Some((true, Management::Mdm, Platform::Ios, ownership)) => {
+                match ownership.unwrap_or(Ownership::Unknown) {
+                    Ownership::Unknown => Ownership::Personal,
+                    o => o,
                 }
             }
-        }
+            Some((true, Management::Mdm, p, _)) => {
+                return Err(not_enrolled(format!("device is enrolled on {p}")))
+            }
+            Some((true, Management::Mam, _, _)) => {
+                return Err(not_enrolled(
+                    "device is managed by app protection only (MAM)".into(),
+                ))
+            }
+            _ => {
+                return Err(not_enrolled(format!(
+                    "device {kt}/{} is not enrolled",
+                    input.id
+                )))
+            }
+        };
         let mut blocked: Option<Rejection> = None;
         let mut sent = 0;
         for (&idx, conn) in &tenants.tables(tenant).connectors {
@@ -47,7 +77,7 @@ impl Engine {
                 blocked.get_or_insert(r);
                 continue;
             }
-            let strip = inv.ownership == Ownership::Personal && !cfg.ios_app_sync_personal_full;
+            let strip = ownership == Ownership::Personal && !cfg.ios_app_sync_personal_full;
             let apps: Vec<AppInfo> = inv
                 .apps
                 .iter()
@@ -58,7 +88,7 @@ impl Engine {
                 tenant_id: inv.tenant_id.clone(),
                 partner_id: partner.id.clone(),
                 device_id: inv.device_id.clone(),
-                ownership: inv.ownership,
+                ownership,
                 collected_at: inv.collected_at,
                 unmanaged_apps_removed: (inv.apps.len() - apps.len()) as i32,
                 apps,

@@ -4,11 +4,15 @@
 
 use thiserror::Error;
 
-use crate::catalogue::Catalogue;
+use smallvec::SmallVec;
+
+use crate::catalogue::{Catalogue, PartnerIdx};
 use crate::model::{DeviceStateRecord, PartnerObservation};
 
-use super::compact::{CompactStr, OsVersion};
-use super::devices::{flags, Device, Observation};
+use super::compact::OsVersion;
+use super::devices::{flags, Device, DeviceShard, Observation, Slot};
+use super::tables::TenantTables;
+use super::users::{self, worst_threats, ThreatSetId, NO_USER};
 use super::Engine;
 
 /// A changelog record that cannot be restored.
@@ -28,17 +32,20 @@ pub enum RestoreError {
     },
 }
 
-/// The changelog record of a device.
+/// The changelog record of a device in slot `slot` of `shard`.
 pub fn to_record(
     tenant: &str,
+    tables: &TenantTables,
     device_id: &str,
-    d: &Device,
+    shard: &DeviceShard,
+    slot: Slot,
     catalogue: &Catalogue,
 ) -> DeviceStateRecord {
+    let d = shard.get(slot);
     DeviceStateRecord {
         tenant_id: tenant.to_owned(),
         device_id: device_id.to_owned(),
-        user_id: (!d.user.is_empty()).then(|| d.user.as_string()),
+        user_id: tables.users.name(d.user),
         platform: d.platform,
         management: d.management,
         ownership: d.ownership,
@@ -56,6 +63,7 @@ pub fn to_record(
                 health_state: o.health,
                 observed_at: o.observed_at,
                 event_fingerprint: o.event_fingerprint as i32,
+                threats: tables.threats(shard.threats(slot, o.partner)).to_vec(),
             })
             .collect(),
     }
@@ -75,14 +83,18 @@ impl Engine {
             return;
         };
         let catalogue = &self.catalogue;
-        shard.drain_changes(|tenant, id, device| {
+        shard.drain_changes(|shard, tenant, id, slot| {
             let name = tenants.name(tenant);
             // Built by hand: `format!` grows the key in steps, and this runs per record.
             let mut key = String::with_capacity(name.len() + 1 + id.len());
             key.push_str(name);
             key.push('/');
             key.push_str(id);
-            f(key, device.map(|d| to_record(name, id, d, catalogue)))
+            let tables = tenants.tables(tenant);
+            f(
+                key,
+                slot.map(|s| to_record(name, tables, id, shard, s, catalogue)),
+            )
         });
     }
 
@@ -96,11 +108,13 @@ impl Engine {
     ) -> Result<(), RestoreError> {
         let Some(r) = record else {
             if let Some((t, d)) = key.split_once('/') {
+                let tenants = self.tenants.read();
                 if let (Some(tenant), Some(mut shard)) =
-                    (self.tenants.read().get(t), self.shards.get_mut(&partition))
+                    (tenants.get(t), self.shards.get_mut(&partition))
                 {
                     if let Some(slot) = shard.find(tenant, d) {
-                        shard.remove_restored(slot);
+                        let gone = shard.remove_restored(slot);
+                        tenants.tables(tenant).users.release(gone.user);
                     }
                 }
             }
@@ -131,6 +145,24 @@ impl Engine {
         }
         observations.sort_by_key(|o: &Observation| o.partner);
         let tenant = self.intern_tenant(&r.tenant_id);
+        // The user and threat lists are interned under the write lock, the device then
+        // written under the read lock, like live traffic.
+        let mut threat_sets: SmallVec<[(PartnerIdx, ThreatSetId); 2]> = SmallVec::new();
+        let user = {
+            let mut tenants = self.tenants.write();
+            let tables = tenants.tables_mut(tenant);
+            for p in r.partners.iter().filter(|p| !p.threats.is_empty()) {
+                let idx = self.catalogue.index(&p.partner_id).expect("checked above");
+                let worst = worst_threats(&p.threats);
+                threat_sets.push((idx, tables.threat_sets.intern_boxed(worst.into())));
+            }
+            match r.user_id.as_deref().filter(|u| !u.is_empty()) {
+                Some(u) => tables.users.intern(u),
+                None => NO_USER,
+            }
+        };
+        let tenants = self.tenants.read();
+        let tables = tenants.tables(tenant);
         let mut shard = self.shards.entry(partition).or_default();
         let slot = match shard.find(tenant, &r.device_id) {
             Some(s) => s,
@@ -138,17 +170,14 @@ impl Engine {
         };
         shard.set_platform(slot, r.platform);
         shard.set_compliance(slot, r.compliance);
+        users::assign(&tables.users, &mut shard, slot, user);
+        shard.set_observations(slot, observations, &threat_sets);
         let d = shard.get_mut(slot);
         d.output_seq = r.output_seq as u32;
-        d.user = r
-            .user_id
-            .as_deref()
-            .map_or(CompactStr::EMPTY, CompactStr::new);
         d.os = r
             .os_version
             .as_deref()
             .map_or(OsVersion::UNKNOWN, OsVersion::parse);
-        d.observations = observations;
         d.management = r.management;
         d.ownership = r.ownership;
         d.flags = 0;
@@ -160,7 +189,17 @@ impl Engine {
 
     /// Drops the state of a partition this instance no longer owns.
     pub fn drop_partition(&mut self, partition: i32) -> usize {
-        self.shards.remove(&partition).map_or(0, |(_, s)| s.len())
+        let Some((_, shard)) = self.shards.remove(&partition) else {
+            return 0;
+        };
+        let mut tenants = self.tenants.write();
+        for (_, d) in shard.iter() {
+            tenants.tables(d.tenant).users.release(d.user);
+        }
+        for t in 0..tenants.len() as u32 {
+            tenants.tables_mut(t).users.sweep();
+        }
+        shard.len()
     }
 
     /// The changelog record of one device, if held.
@@ -170,9 +209,17 @@ impl Engine {
         tenant: &str,
         device: &str,
     ) -> Option<DeviceStateRecord> {
-        let t = self.tenants.read().get(tenant)?;
+        let tenants = self.tenants.read();
+        let t = tenants.get(tenant)?;
         let shard = self.shards.get(&partition)?;
         let slot = shard.find(t, device)?;
-        Some(to_record(tenant, device, shard.get(slot), &self.catalogue))
+        Some(to_record(
+            tenant,
+            tenants.tables(t),
+            device,
+            &shard,
+            slot,
+            &self.catalogue,
+        ))
     }
 }

@@ -13,6 +13,12 @@ pub(super) fn split(key: Option<&[u8]>) -> Result<(&str, &str), Rejection> {
     key::split_key(key).map_err(|d| Rejection::new(RejectReason::InvalidField, format!("key: {d}")))
 }
 
+/// A one-part `tenant` key, or `INVALID_FIELD`.
+pub(super) fn single(key: Option<&[u8]>) -> Result<&str, Rejection> {
+    key::single_key(key)
+        .map_err(|d| Rejection::new(RejectReason::InvalidField, format!("key: {d}")))
+}
+
 /// A payload tenant that differs from the key's is `TENANT_MISMATCH`.
 pub(super) fn check_tenant(key_tenant: &str, payload_tenant: &str) -> Applied {
     if key_tenant != payload_tenant {

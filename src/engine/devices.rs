@@ -1,5 +1,7 @@
 //! Per-partition device state: a compact slab of [`Device`] records, a hash index from
-//! (tenant, device id) to slab slot, and an index from (tenant, platform) to slots for fan-out.
+//! (tenant, device id) to slab slot, an index from (tenant, platform) to slots for fan-out, an
+//! index from (tenant, user) to slots for membership changes, and the threat lists of the
+//! observations that carry threats (a side table: most observations carry none).
 //!
 //! The slab grows in fixed chunks and the hash index holds 4-byte slots only, so memory stays
 //! close to `size_of::<Device>()` per device instead of doubling with every table resize.
@@ -14,6 +16,7 @@ use crate::model::{ComplianceState, HealthState, Management, Ownership, Platform
 
 use super::compact::{CompactStr, OsVersion};
 use super::tables::TenantId;
+use super::users::{ThreatSetId, UserId, NO_THREATS, NO_USER};
 
 const CHUNK: usize = 4096;
 
@@ -40,7 +43,8 @@ pub struct Device {
     pub tenant: TenantId,
     pub output_seq: u32,
     pub id: CompactStr,
-    pub user: CompactStr,
+    /// The device's user in its tenant's user table, or [`NO_USER`].
+    pub user: UserId,
     pub os: OsVersion,
     pub observations: SmallVec<[Observation; 1]>,
     /// Position in the (tenant, platform) fan-out list.
@@ -58,7 +62,7 @@ impl Device {
             tenant,
             output_seq: 0,
             id: CompactStr::new(id),
-            user: CompactStr::EMPTY,
+            user: NO_USER,
             os: OsVersion::UNKNOWN,
             observations: SmallVec::new(),
             index_pos: 0,
@@ -113,6 +117,10 @@ pub struct DeviceShard {
     chunks: Vec<Vec<Option<Device>>>,
     free: Vec<Slot>,
     by_platform: HashMap<(TenantId, Platform), Vec<Slot>>,
+    /// Slots of devices with a user, hashed by (tenant, user): several per user.
+    by_user: HashTable<Slot>,
+    /// Threat lists of observations that carry threats.
+    threats: hashbrown::HashMap<(Slot, PartnerIdx), ThreatSetId>,
     dirty: Vec<Slot>,
     retired: Vec<(TenantId, String)>,
     len: usize,
@@ -121,6 +129,10 @@ pub struct DeviceShard {
 
 fn hash_key(tenant: TenantId, id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), tenant as u64)
+}
+
+fn hash_user(tenant: TenantId, user: UserId) -> u64 {
+    (((tenant as u64) << 32) | user as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl DeviceShard {
@@ -196,6 +208,92 @@ impl DeviceShard {
         slot
     }
 
+    /// Sets a device's user, keeping the user index (the caller keeps the user table's counts).
+    pub fn set_user(&mut self, slot: Slot, user: UserId) {
+        let (tenant, old) = {
+            let d = self.get(slot);
+            (d.tenant, d.user)
+        };
+        if old == user {
+            return;
+        }
+        if old != NO_USER {
+            if let Ok(e) = self
+                .by_user
+                .find_entry(hash_user(tenant, old), |&s| s == slot)
+            {
+                e.remove();
+            }
+        }
+        self.get_mut(slot).user = user;
+        if user != NO_USER {
+            let chunks = &self.chunks;
+            self.by_user
+                .insert_unique(hash_user(tenant, user), slot, |&s| {
+                    let d = chunks[s as usize / CHUNK][s as usize % CHUNK]
+                        .as_ref()
+                        .expect("indexed slot in use");
+                    hash_user(d.tenant, d.user)
+                });
+        }
+    }
+
+    /// Slots of the devices of `user` in `tenant`.
+    pub fn devices_of_user(&self, tenant: TenantId, user: UserId) -> Vec<Slot> {
+        let chunks = &self.chunks;
+        self.by_user
+            .iter_hash(hash_user(tenant, user))
+            .copied()
+            .filter(|&s| {
+                chunks[s as usize / CHUNK][s as usize % CHUNK]
+                    .as_ref()
+                    .is_some_and(|d| d.tenant == tenant && d.user == user)
+            })
+            .collect()
+    }
+
+    /// The threat list of `partner`'s latest observation of the device.
+    pub fn threats(&self, slot: Slot, partner: PartnerIdx) -> ThreatSetId {
+        self.threats
+            .get(&(slot, partner))
+            .copied()
+            .unwrap_or(NO_THREATS)
+    }
+
+    /// Records an observation and its threat list, replacing the partner's previous one.
+    pub fn observe(&mut self, slot: Slot, obs: Observation, threats: ThreatSetId) {
+        if threats == NO_THREATS {
+            self.threats.remove(&(slot, obs.partner));
+        } else {
+            self.threats.insert((slot, obs.partner), threats);
+        }
+        self.get_mut(slot).observe(obs);
+    }
+
+    /// Replaces a device's observations and their threat lists (restore).
+    pub fn set_observations(
+        &mut self,
+        slot: Slot,
+        observations: SmallVec<[Observation; 1]>,
+        threats: &[(PartnerIdx, ThreatSetId)],
+    ) {
+        let old: SmallVec<[PartnerIdx; 4]> = self
+            .get(slot)
+            .observations
+            .iter()
+            .map(|o| o.partner)
+            .collect();
+        for p in old {
+            self.threats.remove(&(slot, p));
+        }
+        for &(p, set) in threats {
+            if set != NO_THREATS && observations.iter().any(|o| o.partner == p) {
+                self.threats.insert((slot, p), set);
+            }
+        }
+        self.get_mut(slot).observations = observations;
+    }
+
     /// Sets a device's compliance state, keeping the noncompliant count.
     pub fn set_compliance(&mut self, slot: Slot, state: ComplianceState) {
         let d = self.get_mut(slot);
@@ -250,14 +348,27 @@ impl DeviceShard {
     }
 
     /// Removes a device because the changelog says it is gone: nothing to write back.
-    pub fn remove_restored(&mut self, slot: Slot) {
-        self.remove(slot);
+    pub fn remove_restored(&mut self, slot: Slot) -> Device {
+        let d = self.remove(slot);
         self.retired.pop();
+        d
     }
 
-    /// Removes a device, remembering a changelog tombstone for it.
+    /// Removes a device, remembering a changelog tombstone for it. The caller releases its
+    /// user in the user table.
     pub fn remove(&mut self, slot: Slot) -> Device {
         self.unlink(slot);
+        let user = self.get(slot).user;
+        self.set_user(slot, NO_USER);
+        let partners: SmallVec<[PartnerIdx; 4]> = self
+            .get(slot)
+            .observations
+            .iter()
+            .map(|o| o.partner)
+            .collect();
+        for p in partners {
+            self.threats.remove(&(slot, p));
+        }
         let hash = {
             let d = self.get(slot);
             d.id.with_str(|id| hash_key(d.tenant, id))
@@ -266,9 +377,10 @@ impl DeviceShard {
             entry.remove();
         }
         self.set_compliance(slot, ComplianceState::Unknown);
-        let device = self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+        let mut device = self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
             .take()
             .expect("slot in use");
+        device.user = user;
         self.free.push(slot);
         self.dirty.retain(|&s| s != slot);
         self.retired.push((device.tenant, device.id.as_string()));
@@ -296,16 +408,16 @@ impl DeviceShard {
     /// Hands every device retired since the last call to `f` as `None`, then every changed one.
     /// Tombstones go first: a device retired and then re-created in the same batch is live, and
     /// its record must be the last one written for its key.
-    pub fn drain_changes(&mut self, mut f: impl FnMut(TenantId, &str, Option<&Device>)) {
+    pub fn drain_changes(&mut self, mut f: impl FnMut(&DeviceShard, TenantId, &str, Option<Slot>)) {
         for (tenant, id) in std::mem::take(&mut self.retired) {
-            f(tenant, &id, None);
+            f(self, tenant, &id, None);
         }
         let dirty = std::mem::take(&mut self.dirty);
         for slot in dirty {
             let d = self.get_mut(slot);
             d.set(flags::DIRTY, false);
             let d = self.get(slot);
-            d.id.with_str(|id| f(d.tenant, id, Some(d)));
+            d.id.with_str(|id| f(self, d.tenant, id, Some(slot)));
         }
     }
 
@@ -332,6 +444,9 @@ impl DeviceShard {
                 .values()
                 .map(|v| v.capacity() * 4)
                 .sum::<usize>()
+            + self.by_user.capacity() * (std::mem::size_of::<Slot>() + 1)
+            + self.threats.capacity()
+                * (std::mem::size_of::<((Slot, PartnerIdx), ThreatSetId)>() + 1)
     }
 }
 
@@ -369,7 +484,7 @@ mod tests {
         assert_eq!(s.find(0, "dev-3"), None);
         assert_eq!(s.len(), 9_999);
         let mut seen = Vec::new();
-        s.drain_changes(|t, id, d| seen.push((t, id.to_owned(), d.is_some())));
+        s.drain_changes(|_, t, id, d| seen.push((t, id.to_owned(), d.is_some())));
         assert_eq!(seen, vec![(0, "dev-3".to_owned(), false)]);
         // Every listed slot still points at a device of that tenant and platform.
         for t in 0..3 {

@@ -45,12 +45,13 @@ pub fn evaluate_compliance(
                 .to_owned()
         });
     }
-    let Some((limit, policy_id)) = view.compliance_limit.as_ref() else {
+    if !view.any_compliance_policy {
+        // No COMPLIANCE policy applies: the tenant's `no_policy_state`.
         return ComplianceVerdict {
-            state: ComplianceState::NotEvaluated,
+            state: view.no_policy_state,
             worst_level: None,
         };
-    };
+    }
     if view.counting.is_empty() {
         return ComplianceVerdict {
             state: ComplianceState::NotEvaluated,
@@ -64,11 +65,12 @@ pub fn evaluate_compliance(
         match obs.and_then(|o| o.health.level()) {
             Some(level) => {
                 worst = worst.max(Some(level));
-                if level > *limit {
+                if level > cp.limit {
                     pass = false;
                     note(cp.partner, ReasonCode::LevelExceedsPolicy, &|| {
                         format!(
-                            "reported level {level} exceeds {limit} allowed by policy {policy_id}"
+                            "reported level {level} exceeds {} allowed by policy {}",
+                            cp.limit, cp.policy_id
                         )
                     });
                 }
@@ -137,11 +139,13 @@ enum Outcome {
     /// The partner counts but has no usable level for the device.
     NoData,
     Within,
-    Exceeds(ThreatLevel),
+    /// Above the limit, or without usable data under `block_on_missing_data` (no level).
+    Exceeds(Option<ThreatLevel>),
 }
 
 /// Evaluates an unenrolled (MAM) device: `BLOCK` until remediation then `UNBLOCK`; `WIPE` once
-/// per incident (an incident ends when the level is back within every wipe policy).
+/// per incident (an incident ends when the level is back within every wipe policy). A policy
+/// with `block_on_missing_data` treats the chosen partner's lack of usable data as exceeding.
 pub fn evaluate_app_protection(view: &PlatformView, device: &Device) -> MamDecision {
     let blocked = device.has(flags::MAM_BLOCKED);
     let wipe_incident = device.has(flags::WIPE_INCIDENT);
@@ -156,8 +160,9 @@ pub fn evaluate_app_protection(view: &PlatformView, device: &Device) -> MamDecis
             return (None, Outcome::NoPartner);
         };
         match device.observation(partner).and_then(|o| o.health.level()) {
+            None if p.block_on_missing_data => (Some(partner), Outcome::Exceeds(None)),
             None => (Some(partner), Outcome::NoData),
-            Some(l) if l > p.limit => (Some(partner), Outcome::Exceeds(l)),
+            Some(l) if l > p.limit => (Some(partner), Outcome::Exceeds(Some(l))),
             Some(_) => (Some(partner), Outcome::Within),
         }
     };
@@ -190,10 +195,10 @@ pub fn evaluate_app_protection(view: &PlatformView, device: &Device) -> MamDecis
         }
     }
     // The action for the first policy exceeded: (policy index, partner, level).
-    let exceeded = |action, (i, partner, level): (usize, _, ThreatLevel)| MamAction {
+    let exceeded = |action, (i, partner, level): (usize, _, Option<ThreatLevel>)| MamAction {
         action,
         partner,
-        level: Some(level),
+        level,
         policy: Some(i),
     };
     if let Some(first) = first_wipe_exceeded {

@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::catalogue::Catalogue;
 use crate::model::*;
 
+pub use super::assignment::Scope;
+use super::assignment::{ceiling, scope_of};
 use super::connector::{traffic_refusal, ConnectorState};
-use super::devices::{flags, DeviceShard};
+use super::devices::{flags, Device, DeviceShard};
 use super::evaluate::evaluate_compliance;
-use super::tables::Tenants;
+use super::tables::{TenantTables, Tenants};
 use super::Engine;
 
 /// One partner's view of a device.
@@ -28,6 +30,29 @@ pub struct PartnerExplanation {
     pub age_ms: i64,
     pub counts: bool,
     pub why: String,
+    /// The worst threats (at most 3) of the partner's latest report.
+    #[serde(default)]
+    pub threats: Vec<Threat>,
+}
+
+/// Whether one policy of the device's tenant and platform applies to it, and what it judges.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyExplanation {
+    pub policy_id: String,
+    pub kind: PolicyKind,
+    pub applies: bool,
+    /// Why it applies or not: all users, a group included or excluded, no user.
+    pub scope: Scope,
+    /// The partners whose data it judges on this platform, with the ceiling it sets for each
+    /// (COMPLIANCE), or the partner its priority chooses (APP_PROTECTION).
+    pub judges: Vec<PartnerCeiling>,
+}
+
+/// A partner and the highest level a policy allows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartnerCeiling {
+    pub partner_id: String,
+    pub max_level: ThreatLevel,
 }
 
 /// A device's state and its current decision.
@@ -40,10 +65,18 @@ pub struct DeviceExplanation {
     pub management: Management,
     pub enrolled: bool,
     pub os_version: Option<String>,
+    /// The device's user, and the groups the user is in.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
     pub compliance: ComplianceState,
     pub mam_blocked: bool,
     pub mam_wipe_incident: bool,
     pub partners: Vec<PartnerExplanation>,
+    /// Every policy of the tenant for the device's platform and management.
+    #[serde(default)]
+    pub policies: Vec<PolicyExplanation>,
     pub decision: Decision,
 }
 
@@ -106,7 +139,8 @@ impl EngineReader {
                 continue;
             };
             let d = shard.get(slot);
-            let view = tables.view(d.platform);
+            let view = tables.view(d.platform, d.user);
+            let group_names = tables.group_names(d.user);
             let partners = d
                 .observations
                 .iter()
@@ -159,6 +193,7 @@ impl EngineReader {
                         age_ms: now - o.observed_at,
                         counts,
                         why,
+                        threats: tables.threats(shard.threats(slot, o.partner)).to_vec(),
                     }
                 })
                 .collect();
@@ -173,6 +208,12 @@ impl EngineReader {
                             .into_iter()
                             .map(|n| Reason {
                                 partner_id: self.catalogue.partner(n.partner).id.clone(),
+                                threats: match n.code {
+                                    ReasonCode::LevelExceedsPolicy => {
+                                        tables.threats(shard.threats(slot, n.partner)).to_vec()
+                                    }
+                                    _ => Vec::new(),
+                                },
                                 code: n.code,
                                 detail: n.detail,
                             })
@@ -199,14 +240,84 @@ impl EngineReader {
                 management: d.management,
                 enrolled: d.has(flags::ENROLLED),
                 os_version: d.os.to_text(),
+                user_id: tables.users.name(d.user),
+                groups: group_names
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
                 compliance: d.compliance,
                 mam_blocked: d.has(flags::MAM_BLOCKED),
                 mam_wipe_incident: d.has(flags::WIPE_INCIDENT),
                 partners,
+                policies: self.explain_policies(tables, d, group_names.as_deref()),
                 decision,
             });
         }
         None
+    }
+
+    /// Every policy of the device's platform and kind (COMPLIANCE for enrolled devices,
+    /// APP_PROTECTION for the others): whether it applies and what it judges.
+    fn explain_policies(
+        &self,
+        tables: &TenantTables,
+        d: &Device,
+        groups: Option<&[&str]>,
+    ) -> Vec<PolicyExplanation> {
+        let kind = match d.management {
+            Management::Mdm => PolicyKind::Compliance,
+            Management::Mam => PolicyKind::AppProtection,
+        };
+        tables
+            .policies
+            .values()
+            .filter(|p| p.platform == d.platform && p.kind == kind)
+            .map(|p| {
+                let scope = scope_of(p, groups);
+                let judges = match kind {
+                    PolicyKind::Compliance => tables
+                        .connectors
+                        .iter()
+                        .filter(|(_, c)| {
+                            c.config
+                                .as_ref()
+                                .is_some_and(|c| c.compliance_enabled(d.platform))
+                        })
+                        .filter_map(|(&idx, _)| {
+                            let partner = self.catalogue.partner(idx);
+                            let covers =
+                                partner.compliance && partner.platforms.contains(d.platform);
+                            let max_level = ceiling(p, partner.defender).filter(|_| covers)?;
+                            Some(PartnerCeiling {
+                                partner_id: partner.id.clone(),
+                                max_level,
+                            })
+                        })
+                        .collect(),
+                    PolicyKind::AppProtection => {
+                        let priority = p.partner_priority.unwrap_or(PartnerPriority::DefenderFirst);
+                        tables
+                            .mam_partner(&self.catalogue, d.platform, priority)
+                            .zip(p.max_level.allowed())
+                            .map(|(idx, max_level)| PartnerCeiling {
+                                partner_id: self.catalogue.partner(idx).id.clone(),
+                                max_level,
+                            })
+                            .into_iter()
+                            .collect()
+                    }
+                };
+                PolicyExplanation {
+                    policy_id: p.policy_id.clone(),
+                    kind,
+                    applies: scope.applies(),
+                    scope,
+                    judges,
+                }
+            })
+            .collect()
     }
 
     /// Explains every connector of a tenant.

@@ -17,6 +17,19 @@ pub fn split_key(key: Option<&[u8]>) -> Result<(&str, &str), String> {
     }
 }
 
+/// A one-part key (`tenant`), explaining what is wrong otherwise.
+pub fn single_key(key: Option<&[u8]>) -> Result<&str, String> {
+    let key = key.ok_or_else(|| "record has no key; expected \"tenant\"".to_owned())?;
+    let key = std::str::from_utf8(key).map_err(|e| format!("key is not UTF-8: {e}"))?;
+    if key.is_empty() {
+        return Err("key is empty; expected \"tenant\"".to_owned());
+    }
+    if key.contains('/') {
+        return Err(format!("key {key:?} must be the tenant alone, without '/'"));
+    }
+    Ok(key)
+}
+
 /// The usual case of [`split_key`] in one pass, eight bytes at a time: an ASCII key with
 /// exactly one `/`, neither first nor last. `None` for anything else (the caller then takes the
 /// general path, which also explains what is wrong). Runs for every device input.

@@ -9,6 +9,7 @@
 //! explanations (`explain`). This file keeps the types and the `apply` / `advance` dispatch.
 
 pub mod app_sync;
+pub mod assignment;
 pub mod changelog;
 pub mod checks;
 pub mod compact;
@@ -21,13 +22,16 @@ pub mod explain;
 pub mod heartbeats;
 pub mod ids;
 pub mod key;
+pub mod memberships;
 pub mod ownership;
 pub mod partitioner;
 pub mod policies;
 pub mod reevaluate;
 pub mod tables;
+pub mod tenant_settings;
 pub mod threat_reports;
 pub mod timers;
+pub mod users;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -70,6 +74,8 @@ pub enum Body {
     Policy(Option<ThreatPolicy>),
     Enrollment(Option<DeviceEnrollment>),
     Inventory(AppInventory),
+    Membership(Option<GroupMembership>),
+    Settings(Option<TenantSettings>),
 }
 
 /// An input with its record key and the partition that owns its device.
@@ -187,6 +193,14 @@ impl Engine {
 
     /// Applies one input at wall-clock `now`, appending what to publish to `out`.
     pub fn apply(&mut self, event: &Event<'_>, now: i64, out: &mut Vec<Output>) {
+        if let Body::Settings(s) = &event.body {
+            let result = checks::single(event.key)
+                .and_then(|tenant| self.apply_settings(tenant, s.as_ref(), now, out));
+            if let Err(r) = result {
+                out.push(Output::Rejected(r));
+            }
+            return;
+        }
         let result = checks::split(event.key).and_then(|(tenant, id)| {
             let input = Input {
                 tenant,
@@ -203,6 +217,9 @@ impl Engine {
                 Body::Enrollment(Some(e)) => self.apply_enrollment(input, e),
                 Body::Enrollment(None) => self.retire(input),
                 Body::Inventory(i) => self.apply_inventory(input, i),
+                Body::Membership(m) => self.apply_membership(input, m.as_ref()),
+                // Keyed by the tenant alone: applied above.
+                Body::Settings(_) => Ok(()),
             }
         });
         if let Err(r) = result {

@@ -1,8 +1,10 @@
 //! Threat policies from the admin side: a tombstone deletes the policy; one older than the one
 //! held is `STALE`. A COMPLIANCE policy with an action or partner priority, an APP_PROTECTION
 //! policy without `BLOCK` or `WIPE` (`WARN` is not an MTD action) or with a `NOT_SET` level,
-//! and macOS app protection are refused (`POLICY_REFUSED`). A change re-evaluates the tenant's
-//! devices on the platforms whose view it changes.
+//! and macOS app protection are refused (`POLICY_REFUSED`), as are the 1.1 fields on the other
+//! kind (`block_on_missing_data` on COMPLIANCE, `defender_max_level` on APP_PROTECTION) and an
+//! empty group id. A change re-evaluates the tenant's devices whose view it changes: on the
+//! policy's platform, those whose users' groups put them in scope of the old or new version.
 
 use crate::model::*;
 
@@ -76,11 +78,18 @@ impl Engine {
 fn validate(p: &ThreatPolicy) -> Applied {
     let refuse = |d: String| Err(Rejection::new(RejectReason::PolicyRefused, d));
     let id = &p.policy_id;
+    let groups = p.include_groups.iter().flatten().chain(&p.exclude_groups);
+    if groups.into_iter().any(String::is_empty) {
+        return refuse(format!(
+            "policy {id}: a group id in include_groups or exclude_groups is empty"
+        ));
+    }
     match p.kind {
         PolicyKind::Compliance => {
-            if p.action.is_some() || p.partner_priority.is_some() {
+            if p.action.is_some() || p.partner_priority.is_some() || p.block_on_missing_data {
                 return refuse(format!(
-                    "policy {id}: action and partner_priority apply to APP_PROTECTION policies only"
+                    "policy {id}: action, partner_priority and block_on_missing_data apply to \
+                     APP_PROTECTION policies only"
                 ));
             }
         }
@@ -101,6 +110,11 @@ fn validate(p: &ThreatPolicy) -> Applied {
             if p.max_level == PolicyLevel::NotSet {
                 return refuse(format!(
                     "policy {id}: APP_PROTECTION needs a max_level (NOT_SET is for COMPLIANCE)"
+                ));
+            }
+            if p.defender_max_level.is_some() {
+                return refuse(format!(
+                    "policy {id}: defender_max_level applies to COMPLIANCE policies only"
                 ));
             }
             if p.platform == Platform::Macos {

@@ -10,6 +10,7 @@ use super::devices::{flags, DeviceShard, Slot};
 use super::evaluate::{evaluate_app_protection, evaluate_compliance, ReasonNote};
 use super::ids;
 use super::tables::{TenantId, TenantTables};
+use super::users::UserId;
 use super::{Engine, Output};
 
 /// Everything re-evaluating devices of one tenant needs, for one cause at one instant.
@@ -37,7 +38,7 @@ impl Reevaluation<'_> {
     /// Enrolled devices: a compliance change when the state differs from the one held.
     fn compliance(&mut self, shard: &mut DeviceShard, slot: Slot) {
         let device = shard.get(slot);
-        let view = self.tables.view(device.platform);
+        let view = self.tables.view(device.platform, device.user);
         let verdict = evaluate_compliance(view, device, None);
         if verdict.state == device.compliance {
             return;
@@ -56,7 +57,7 @@ impl Reevaluation<'_> {
             ),
             tenant_id: self.tenant_name.to_owned(),
             device_id,
-            user_id: (!device.user.is_empty()).then(|| device.user.as_string()),
+            user_id: self.tables.users.name(device.user),
             platform: device.platform,
             previous: device.compliance,
             current: verdict.state,
@@ -65,6 +66,12 @@ impl Reevaluation<'_> {
                 .drain(..)
                 .map(|r| Reason {
                     partner_id: self.catalogue.partner(r.partner).id.clone(),
+                    threats: match r.code {
+                        ReasonCode::LevelExceedsPolicy => {
+                            self.tables.threats(shard.threats(slot, r.partner)).to_vec()
+                        }
+                        _ => Vec::new(),
+                    },
                     code: r.code,
                     detail: r.detail,
                 })
@@ -83,7 +90,7 @@ impl Reevaluation<'_> {
     /// Unenrolled (MAM) devices: block, unblock and wipe actions as app protection decides.
     fn app_protection(&mut self, shard: &mut DeviceShard, slot: Slot) {
         let device = shard.get(slot);
-        let view = self.tables.view(device.platform);
+        let view = self.tables.view(device.platform, device.user);
         let decision = evaluate_app_protection(view, device);
         let before = (
             device.has(flags::MAM_BLOCKED),
@@ -93,7 +100,7 @@ impl Reevaluation<'_> {
             return;
         }
         let device_id = device.id.as_string();
-        let user = (!device.user.is_empty()).then(|| device.user.as_string());
+        let user = self.tables.users.name(device.user);
         let mut seq = device.output_seq;
         for a in &decision.actions {
             let policy = a.policy.map(|i| &view.app_policies[i]);
@@ -119,6 +126,10 @@ impl Reevaluation<'_> {
                 policy_id: policy.map(|p| p.policy_id.clone()).unwrap_or_default(),
                 issued_at: self.now,
                 cause_event_id: self.cause.to_owned(),
+                threats: a
+                    .partner
+                    .map(|p| self.tables.threats(shard.threats(slot, p)).to_vec())
+                    .unwrap_or_default(),
             }));
             seq = seq.wrapping_add(1);
         }
@@ -131,8 +142,9 @@ impl Reevaluation<'_> {
 }
 
 impl Engine {
-    /// Rebuilds a tenant's views and re-evaluates its devices on every platform whose view
-    /// changed, in every shard; other tenants are never touched.
+    /// Rebuilds a tenant's views and re-evaluates, in every shard, the tenant's devices whose
+    /// view changed: on a changed platform, those whose user's group set got another view.
+    /// Other tenants and unaffected devices are never evaluated.
     pub(super) fn fan_out(
         &mut self,
         tenant: TenantId,
@@ -141,14 +153,60 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let mut tenants = self.tenants.write();
+        tenants.tables_mut(tenant).users.sweep();
         let changed = tenants.tables_mut(tenant).rebuild_views(&self.catalogue);
-        if changed.is_empty() {
+        if changed.iter().all(Option::is_none) {
             return;
         }
         // Readers may look again while the devices are re-evaluated.
         let tenants = parking_lot::RwLockWriteGuard::downgrade(tenants);
-        let mut partitions: Vec<i32> = self.shards.iter().map(|s| *s.key()).collect();
-        partitions.sort_unstable();
+        let tables = tenants.tables(tenant);
+        let partitions = partitions(&self.shards);
+        let mut run = Reevaluation {
+            catalogue: &self.catalogue,
+            tables,
+            tenant_name: tenants.name(tenant),
+            cause,
+            now,
+            reasons: &mut self.reasons,
+            out,
+        };
+        for &partition in &partitions {
+            let Some(mut shard) = self.shards.get_mut(&partition) else {
+                continue;
+            };
+            for &platform in Platform::ALL {
+                let Some(sets) = &changed[platform.code() as usize] else {
+                    continue;
+                };
+                let slots: Vec<Slot> = shard
+                    .on_platform(tenant, platform)
+                    .iter()
+                    .copied()
+                    .filter(|&slot| {
+                        let set = tables.users.groups(shard.get(slot).user);
+                        sets.get(set as usize).copied().unwrap_or(true)
+                    })
+                    .collect();
+                for slot in slots {
+                    run.device(&mut shard, slot);
+                }
+            }
+        }
+    }
+
+    /// Re-evaluates the devices of one user of `tenant` in every shard (after a membership
+    /// change), through the shards' user index.
+    pub(super) fn reevaluate_user(
+        &mut self,
+        tenant: TenantId,
+        user: UserId,
+        now: i64,
+        cause: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let tenants = self.tenants.read();
+        let partitions = partitions(&self.shards);
         let mut run = Reevaluation {
             catalogue: &self.catalogue,
             tables: tenants.tables(tenant),
@@ -158,15 +216,12 @@ impl Engine {
             reasons: &mut self.reasons,
             out,
         };
-        for partition in partitions {
+        for &partition in &partitions {
             let Some(mut shard) = self.shards.get_mut(&partition) else {
                 continue;
             };
-            for &platform in &changed {
-                let slots: Vec<Slot> = shard.on_platform(tenant, platform).to_vec();
-                for slot in slots {
-                    run.device(&mut shard, slot);
-                }
+            for slot in shard.devices_of_user(tenant, user) {
+                run.device(&mut shard, slot);
             }
         }
     }
@@ -193,4 +248,11 @@ impl Engine {
             .device(&mut shard, slot);
         }
     }
+}
+
+/// The partitions held, in order (outputs follow a fixed order).
+fn partitions(shards: &dashmap::DashMap<i32, DeviceShard>) -> Vec<i32> {
+    let mut partitions: Vec<i32> = shards.iter().map(|s| *s.key()).collect();
+    partitions.sort_unstable();
+    partitions
 }

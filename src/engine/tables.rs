@@ -1,29 +1,42 @@
-//! The global tables every instance holds in full: tenants, their connectors and policies, and
-//! per (tenant, platform) a precomputed view of what applies, so evaluating a device is a few
-//! array reads.
+//! The global tables every instance holds in full: tenants, their connectors, policies,
+//! settings and users with their groups, and per (tenant, platform, scope) a precomputed view
+//! of what applies, so evaluating a device is a few array reads.
+//!
+//! A scope is the set of policies that apply to a user; users whose group sets give the same
+//! applicable policies share one view, so a tenant with many group combinations still builds
+//! only as many views as there are distinct assignments.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use smallvec::SmallVec;
 
 use crate::catalogue::{Catalogue, PartnerIdx};
-use crate::model::{PartnerPriority, Platform, PolicyKind, ThreatLevel, ThreatPolicy};
+use crate::model::{
+    ComplianceState, NoPolicyState, PartnerPriority, Platform, PolicyKind, Threat, ThreatLevel,
+    ThreatPolicy,
+};
 
+use super::assignment::{ceiling, ResolvedScope};
 use super::compact::OsVersion;
 use super::connector::ConnectorState;
 use super::policies::Enforcement;
+use super::users::{GroupId, Interner, SetId, ThreatSetId, UserId, Users};
 
 /// Interned tenant id; stable for the life of the process, never written anywhere.
 pub type TenantId = u32;
 
-/// A partner whose data counts for compliance on one platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A partner whose data counts for compliance on one platform, for the devices of one scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountingPartner {
     pub partner: PartnerIdx,
     pub defender: bool,
     pub blocked_on_missing_data: bool,
     /// Set when `unsupported_os_blocked` is on and the partner published a minimum.
     pub min_os: Option<OsVersion>,
+    /// The strictest ceiling the applicable policies set for this partner's data, and the
+    /// first policy (by id) that sets it.
+    pub limit: ThreatLevel,
+    pub policy_id: String,
 }
 
 /// An app protection policy with the partner its priority selects.
@@ -33,89 +46,243 @@ pub struct AppPolicy {
     pub limit: ThreatLevel,
     pub action: Enforcement,
     pub partner: Option<PartnerIdx>,
+    /// No usable data from the partner counts as exceeding.
+    pub block_on_missing_data: bool,
 }
 
-/// What applies to devices of one tenant on one platform.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What applies to the devices of one tenant on one platform whose users share a scope (the
+/// same applicable policies).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlatformView {
-    /// Strictest compliance limit and the policy that sets it; `None` when no rule is on.
-    pub compliance_limit: Option<(ThreatLevel, String)>,
+    /// Some COMPLIANCE policy applies; without one the device takes `no_policy_state`.
+    pub any_compliance_policy: bool,
+    pub no_policy_state: ComplianceState,
     pub counting: SmallVec<[CountingPartner; 2]>,
-    /// Partners whose toggle is on but whose data is ignored (connector unresponsive too long).
+    /// Partners judged by an applicable policy whose toggle is on but whose data is ignored
+    /// (connector unresponsive too long).
     pub ignored: SmallVec<[PartnerIdx; 2]>,
     /// Two or more non-Defender partners count: each must have submitted a scan.
     pub multi_vendor: bool,
-    /// App protection policies ordered by policy id.
+    /// Applicable app protection policies ordered by policy id.
     pub app_policies: Vec<AppPolicy>,
 }
 
-/// One tenant's configuration.
+impl Default for PlatformView {
+    fn default() -> Self {
+        PlatformView {
+            any_compliance_policy: false,
+            no_policy_state: ComplianceState::NotEvaluated,
+            counting: SmallVec::new(),
+            ignored: SmallVec::new(),
+            multi_vendor: false,
+            app_policies: Vec::new(),
+        }
+    }
+}
+
+/// The views of one platform: one per distinct scope, and the scope of every group set.
 #[derive(Debug, Default)]
+pub struct PlatformScopes {
+    scope_of_set: Vec<u32>,
+    views: Vec<PlatformView>,
+    by_key: HashMap<Vec<u16>, u32>,
+}
+
+impl PlatformScopes {
+    /// The view for users in group set `set`.
+    pub fn view(&self, set: SetId) -> &PlatformView {
+        static EMPTY: std::sync::OnceLock<PlatformView> = std::sync::OnceLock::new();
+        match self.scope_of_set.get(set as usize) {
+            Some(&scope) => &self.views[scope as usize],
+            None => EMPTY.get_or_init(PlatformView::default),
+        }
+    }
+
+    /// Distinct scopes.
+    pub fn scopes(&self) -> usize {
+        self.views.len()
+    }
+}
+
+/// Tenant settings in effect (the defaults until a record arrives).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsState {
+    pub no_policy_state: NoPolicyState,
+    pub report_validity_days: Option<i32>,
+    /// `updated_at` of the record held.
+    pub updated_at: Option<i64>,
+}
+
+/// One tenant's configuration.
+#[derive(Debug)]
 pub struct TenantTables {
     pub connectors: BTreeMap<PartnerIdx, ConnectorState>,
     pub policies: BTreeMap<String, ThreatPolicy>,
-    pub views: [PlatformView; 4],
+    pub settings: SettingsState,
+    pub users: Users,
+    pub groups: Interner<str>,
+    /// Sorted group sets; id 0 is the empty set.
+    pub group_sets: Interner<[GroupId]>,
+    /// Threat lists (worst first, at most 3); id 0 is the empty list.
+    pub threat_sets: Interner<[Threat]>,
+    platforms: [PlatformScopes; 4],
 }
 
+impl Default for TenantTables {
+    fn default() -> Self {
+        let mut t = TenantTables {
+            connectors: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            settings: SettingsState::default(),
+            users: Users::default(),
+            groups: Interner::default(),
+            group_sets: Interner::starting_with(Box::new([])),
+            threat_sets: Interner::starting_with(Box::new([])),
+            platforms: Default::default(),
+        };
+        for p in &mut t.platforms {
+            p.scope_of_set.push(0);
+            p.views.push(PlatformView::default());
+            p.by_key.insert(Vec::new(), 0);
+        }
+        t
+    }
+}
+
+/// Per platform, which group sets got another view (`None`: no set did).
+pub type ChangedSets = [Option<Vec<bool>>; 4];
+
 impl TenantTables {
-    /// Rebuilds the per-platform views; returns the platforms whose view changed.
-    pub fn rebuild_views(&mut self, catalogue: &Catalogue) -> SmallVec<[Platform; 4]> {
-        let mut changed = SmallVec::new();
+    /// Rebuilds every platform's views; returns, per platform, the group sets whose view
+    /// changed.
+    pub fn rebuild_views(&mut self, catalogue: &Catalogue) -> ChangedSets {
+        let mut changed: ChangedSets = Default::default();
         for &platform in Platform::ALL {
-            let view = self.build_view(catalogue, platform);
-            let slot = &mut self.views[platform.code() as usize];
-            if *slot != view {
-                *slot = view;
-                changed.push(platform);
+            let mut fresh = PlatformScopes::default();
+            let policies = self.platform_policies(platform);
+            for set in 0..self.group_sets.len() as SetId {
+                let scope = self.scope_for(catalogue, platform, &policies, &mut fresh, set);
+                fresh.scope_of_set.push(scope);
             }
+            let old = &self.platforms[platform.code() as usize];
+            let diff: Vec<bool> = (0..self.group_sets.len() as SetId)
+                .map(|s| old.view(s) != fresh.view(s))
+                .collect();
+            if diff.iter().any(|&d| d) {
+                changed[platform.code() as usize] = Some(diff);
+            }
+            self.platforms[platform.code() as usize] = fresh;
         }
         changed
     }
 
-    fn build_view(&self, catalogue: &Catalogue, platform: Platform) -> PlatformView {
-        let mut view = PlatformView::default();
-        for policy in self.policies.values() {
-            if policy.platform != platform {
+    /// Gives a newly interned group set its scope on every platform.
+    pub fn scope_new_set(&mut self, catalogue: &Catalogue, set: SetId) {
+        for &platform in Platform::ALL {
+            if self.platforms[platform.code() as usize].scope_of_set.len() > set as usize {
                 continue;
             }
-            match policy.kind {
-                PolicyKind::Compliance => {
-                    if let Some(limit) = policy.max_level.allowed() {
-                        let stricter = view
-                            .compliance_limit
-                            .as_ref()
-                            .is_none_or(|(l, _)| limit < *l);
-                        if stricter {
-                            view.compliance_limit = Some((limit, policy.policy_id.clone()));
-                        }
-                    }
-                }
-                PolicyKind::AppProtection => {
-                    let action = policy.action.and_then(Enforcement::of);
-                    let (Some(limit), Some(action)) = (policy.max_level.allowed(), action) else {
-                        continue;
-                    };
-                    let partner = self.mam_partner(
-                        catalogue,
-                        platform,
-                        policy
-                            .partner_priority
-                            .unwrap_or(PartnerPriority::DefenderFirst),
-                    );
-                    view.app_policies.push(AppPolicy {
-                        policy_id: policy.policy_id.clone(),
-                        limit,
-                        action,
-                        partner,
-                    });
-                }
+            let mut scopes = std::mem::take(&mut self.platforms[platform.code() as usize]);
+            let policies = self.platform_policies(platform);
+            let scope = self.scope_for(catalogue, platform, &policies, &mut scopes, set);
+            drop(policies);
+            scopes.scope_of_set.push(scope);
+            self.platforms[platform.code() as usize] = scopes;
+        }
+    }
+
+    /// The policies of `platform` (both kinds, by id) with their groups resolved.
+    fn platform_policies(&self, platform: Platform) -> Vec<(&ThreatPolicy, ResolvedScope)> {
+        self.policies
+            .values()
+            .filter(|p| p.platform == platform)
+            .map(|p| (p, ResolvedScope::new(p, &self.groups)))
+            .collect()
+    }
+
+    /// The scope of group set `set`: found by the applicable policies, built on first sight.
+    fn scope_for(
+        &self,
+        catalogue: &Catalogue,
+        platform: Platform,
+        policies: &[(&ThreatPolicy, ResolvedScope)],
+        scopes: &mut PlatformScopes,
+        set: SetId,
+    ) -> u32 {
+        let groups = self.group_sets.resolve(set);
+        let key: Vec<u16> = policies
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, scope))| scope.applies(groups))
+            .map(|(i, _)| i as u16)
+            .collect();
+        if let Some(&scope) = scopes.by_key.get(&key) {
+            return scope;
+        }
+        let applicable: Vec<&ThreatPolicy> = key.iter().map(|&i| policies[i as usize].0).collect();
+        let view = self.build_view(catalogue, platform, &applicable);
+        let scope = scopes.views.len() as u32;
+        scopes.views.push(view);
+        scopes.by_key.insert(key, scope);
+        scope
+    }
+
+    fn build_view(
+        &self,
+        catalogue: &Catalogue,
+        platform: Platform,
+        applicable: &[&ThreatPolicy],
+    ) -> PlatformView {
+        let compliance: Vec<&ThreatPolicy> = applicable
+            .iter()
+            .copied()
+            .filter(|p| p.kind == PolicyKind::Compliance)
+            .collect();
+        let mut view = PlatformView {
+            any_compliance_policy: !compliance.is_empty(),
+            no_policy_state: self.settings.no_policy_state.state(),
+            ..PlatformView::default()
+        };
+        for policy in applicable {
+            if policy.kind != PolicyKind::AppProtection {
+                continue;
             }
+            let action = policy.action.and_then(Enforcement::of);
+            let (Some(limit), Some(action)) = (policy.max_level.allowed(), action) else {
+                continue;
+            };
+            let partner = self.mam_partner(
+                catalogue,
+                platform,
+                policy
+                    .partner_priority
+                    .unwrap_or(PartnerPriority::DefenderFirst),
+            );
+            view.app_policies.push(AppPolicy {
+                policy_id: policy.policy_id.clone(),
+                limit,
+                action,
+                partner,
+                block_on_missing_data: policy.block_on_missing_data,
+            });
         }
         for (&idx, conn) in &self.connectors {
             let partner = catalogue.partner(idx);
             if !partner.compliance || !partner.platforms.contains(platform) {
                 continue;
             }
+            // The strictest ceiling of the applicable policies that judge this partner.
+            let mut judged: Option<(ThreatLevel, &str)> = None;
+            for p in &compliance {
+                if let Some(c) = ceiling(p, partner.defender) {
+                    if judged.is_none_or(|(l, _)| c < l) {
+                        judged = Some((c, &p.policy_id));
+                    }
+                }
+            }
+            let Some((limit, policy_id)) = judged else {
+                continue;
+            };
             let toggled = conn
                 .config
                 .as_ref()
@@ -128,6 +295,8 @@ impl TenantTables {
                     defender: partner.defender,
                     blocked_on_missing_data: cfg.blocked_on_missing_data(platform),
                     min_os: (cfg.unsupported_os_blocked && min.is_known()).then_some(min),
+                    limit,
+                    policy_id: policy_id.to_owned(),
                 });
             } else if toggled && conn.published.compliance_ignored {
                 view.ignored.push(idx);
@@ -139,7 +308,7 @@ impl TenantTables {
 
     /// The single partner that counts for app protection under `priority`: Defender or the
     /// first third party in catalogue order.
-    fn mam_partner(
+    pub fn mam_partner(
         &self,
         catalogue: &Catalogue,
         platform: Platform,
@@ -151,7 +320,7 @@ impl TenantTables {
                 .filter(|(&idx, c)| {
                     let p = catalogue.partner(idx);
                     p.defender == defender
-                        && p.platforms.contains(platform)
+                        && p.mam_platforms.contains(platform)
                         && c.counts_for_mam(platform)
                 })
                 .map(|(&idx, _)| idx)
@@ -163,9 +332,35 @@ impl TenantTables {
         }
     }
 
-    /// The view for `platform`.
-    pub fn view(&self, platform: Platform) -> &PlatformView {
-        &self.views[platform.code() as usize]
+    /// The view for a device of `user` on `platform`.
+    pub fn view(&self, platform: Platform, user: UserId) -> &PlatformView {
+        self.platforms[platform.code() as usize].view(self.users.groups(user))
+    }
+
+    /// The scopes of `platform`.
+    pub fn scopes(&self, platform: Platform) -> &PlatformScopes {
+        &self.platforms[platform.code() as usize]
+    }
+
+    /// The threats of threat set `id`.
+    pub fn threats(&self, id: ThreatSetId) -> &[Threat] {
+        if (id as usize) < self.threat_sets.len() {
+            self.threat_sets.resolve(id)
+        } else {
+            &[]
+        }
+    }
+
+    /// The names of the groups of user `user` (`None` for [`super::users::NO_USER`]).
+    pub fn group_names(&self, user: UserId) -> Option<Vec<&str>> {
+        let entry = self.users.get(user)?;
+        Some(
+            self.group_sets
+                .resolve(entry.groups)
+                .iter()
+                .map(|&g| self.groups.resolve(g))
+                .collect(),
+        )
     }
 }
 

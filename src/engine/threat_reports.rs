@@ -1,14 +1,16 @@
 //! Device threat reports: the latest report of each partner decides its view of a device. A
 //! redelivery of the latest report is `DUPLICATE`, an older one `STALE`; MDM reports of an
 //! app-protection-only partner, reports for a blocked connector and reports naming another
-//! platform than the enrollment are refused.
+//! platform than the enrollment are refused. The report's worst threats (at most 3) are kept
+//! with the observation, interned per tenant.
 
 use crate::model::*;
 
 use super::checks::{connector_accepts, not_older};
-use super::compact::{CompactStr, OsVersion};
+use super::compact::OsVersion;
 use super::devices::{flags, Device, Observation};
 use super::reevaluate::Reevaluation;
+use super::users::{self, NO_THREATS, NO_USER};
 use super::{ids, Applied, Engine, Input, Rejection};
 
 impl Engine {
@@ -32,21 +34,47 @@ impl Engine {
             ));
         }
         self.check_skew("observed_at", r.observed_at, now)?;
-        let tenants = self.tenants.read();
+        let worst = users::worst_threats(&r.threats);
+        let mut tenants = self.tenants.read();
         let tenant = tenants.get(kt).ok_or_else(|| {
             Rejection::new(
                 RejectReason::ConnectorUnavailable,
                 format!("connector {kt}/{} is not configured", r.partner_id),
             )
         })?;
-        let tables = tenants.tables(tenant);
-        let status = tables
+        let status = tenants
+            .tables(tenant)
             .connectors
             .get(&partner)
             .map(|c| c.published.status)
             .unwrap_or(ConnectorStatus::Unavailable);
         connector_accepts(status, kt, &r.partner_id)?;
+        // A user or threat list the tenant has not seen is interned under the write lock; the
+        // usual report finds both and never takes it. Only one writer (this engine) exists, so
+        // nothing else changes between the two guards.
+        let user = r.user_id.as_deref().filter(|u| !u.is_empty());
+        let tables = tenants.tables(tenant);
+        let need_user = user.is_some_and(|u| tables.users.find(u).is_none());
+        let need_threats = !worst.is_empty() && tables.threat_sets.get(&worst[..]).is_none();
+        if need_user || need_threats {
+            drop(tenants);
+            let mut writer = self.tenants.write();
+            let tables = writer.tables_mut(tenant);
+            if let (true, Some(u)) = (need_user, user) {
+                tables.users.intern(u);
+            }
+            if need_threats {
+                tables.threat_sets.intern_boxed(worst.as_slice().into());
+            }
+            drop(writer);
+            tenants = self.tenants.read();
+        }
+        let tables = tenants.tables(tenant);
         let fingerprint = ids::event_fingerprint(&r.event_id);
+        let threat_set = match worst.is_empty() {
+            true => NO_THREATS,
+            false => tables.threat_sets.get(&worst[..]).unwrap_or(NO_THREATS),
+        };
         let mut shard = self.shards.entry(input.partition).or_default();
         let slot = match shard.find(tenant, kd) {
             Some(slot) => {
@@ -73,21 +101,24 @@ impl Engine {
             }
             None => shard.insert(Device::new(tenant, kd, r.platform, r.management)),
         };
-        let d = shard.get_mut(slot);
-        d.observe(Observation {
-            observed_at: r.observed_at,
-            event_fingerprint: fingerprint,
-            partner,
-            health: r.health_state,
-        });
+        shard.observe(
+            slot,
+            Observation {
+                observed_at: r.observed_at,
+                event_fingerprint: fingerprint,
+                partner,
+                health: r.health_state,
+            },
+            threat_set,
+        );
         // The enrollment is authoritative; until there is one the report describes the device.
-        if !d.has(flags::ENROLLED) {
-            d.management = r.management;
-            if let Some(u) = &r.user_id {
-                if !d.user.eq_str(u) {
-                    d.user = CompactStr::new(u);
-                }
+        if !shard.get(slot).has(flags::ENROLLED) {
+            if let Some(u) = user {
+                let user = tables.users.find(u).unwrap_or(NO_USER);
+                users::assign(&tables.users, &mut shard, slot, user);
             }
+            let d = shard.get_mut(slot);
+            d.management = r.management;
             if let Some(os) = &r.os_version {
                 d.os = OsVersion::parse(os);
             }

@@ -79,6 +79,7 @@ symbols! {
         MissingPartnerData = "MISSING_PARTNER_DATA",
         UnsupportedOs = "UNSUPPORTED_OS",
         PartnerComplianceIgnored = "PARTNER_COMPLIANCE_IGNORED",
+        ReportExpired = "REPORT_EXPIRED",
     }
     /// App protection action issued for an unenrolled device.
     AppAction { Block = "BLOCK", Unblock = "UNBLOCK", Wipe = "WIPE" }
@@ -106,7 +107,12 @@ symbols! {
         PolicyRefused = "POLICY_REFUSED",
         AppSyncDisabled = "APP_SYNC_DISABLED",
         Spoofed = "SPOOFED",
+        ConflictingConnector = "CONFLICTING_CONNECTOR",
+        NotEnrolled = "NOT_ENROLLED",
     }
+    /// Tenant setting `no_policy_state`: the state of an enrolled device no COMPLIANCE policy
+    /// applies to (Intune's "mark devices with no compliance policy assigned as").
+    NoPolicyState { NotEvaluated = "NOT_EVALUATED", Compliant = "COMPLIANT", Noncompliant = "NONCOMPLIANT" }
 }
 
 impl HealthState {
@@ -133,5 +139,31 @@ impl PolicyLevel {
             PolicyLevel::Medium => Some(ThreatLevel::Medium),
             PolicyLevel::High => Some(ThreatLevel::High),
         }
+    }
+}
+
+impl NoPolicyState {
+    /// The compliance state this setting gives a device no policy applies to.
+    pub fn state(self) -> ComplianceState {
+        match self {
+            NoPolicyState::NotEvaluated => ComplianceState::NotEvaluated,
+            NoPolicyState::Compliant => ComplianceState::Compliant,
+            NoPolicyState::Noncompliant => ComplianceState::Noncompliant,
+        }
+    }
+}
+
+// The `symbols!` macro derives the enum, so `#[derive(Default)]` cannot mark the variant.
+#[allow(clippy::derivable_impls)]
+impl Default for NoPolicyState {
+    fn default() -> Self {
+        NoPolicyState::NotEvaluated
+    }
+}
+
+impl ThreatSeverity {
+    /// Rank for "worst first": `CRITICAL` highest.
+    pub fn rank(self) -> u8 {
+        self as u8
     }
 }

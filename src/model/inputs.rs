@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::enums::*;
 
 /// One threat inside a report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Threat {
     pub category: String,
     pub name: String,
@@ -182,6 +182,70 @@ pub struct ThreatPolicy {
     pub action: Option<PolicyAction>,
     #[serde(default)]
     pub partner_priority: Option<PartnerPriority>,
+    pub updated_at: i64,
+    /// Groups whose users the policy applies to; `None` = every user of the tenant.
+    #[serde(default)]
+    pub include_groups: Option<Vec<String>>,
+    /// Groups whose users it never applies to; exclusion wins over inclusion.
+    #[serde(default)]
+    pub exclude_groups: Vec<String>,
+    /// COMPLIANCE only: Defender's own ceiling. `None` = Defender is held to `max_level`;
+    /// `NOT_SET` = Defender's data is not judged; a level = Defender's ceiling, and `max_level`
+    /// then judges third-party partners only.
+    #[serde(default)]
+    pub defender_max_level: Option<PolicyLevel>,
+    /// APP_PROTECTION only: no usable data from the chosen partner counts as exceeding.
+    #[serde(default)]
+    pub block_on_missing_data: bool,
+}
+
+impl ThreatPolicy {
+    /// A policy with the 1.0 fields given and every 1.1 field at its default.
+    pub fn new(
+        tenant_id: &str,
+        policy_id: &str,
+        kind: PolicyKind,
+        platform: Platform,
+        max_level: PolicyLevel,
+        updated_at: i64,
+    ) -> Self {
+        ThreatPolicy {
+            tenant_id: tenant_id.to_owned(),
+            policy_id: policy_id.to_owned(),
+            kind,
+            platform,
+            max_level,
+            action: None,
+            partner_priority: None,
+            updated_at,
+            include_groups: None,
+            exclude_groups: Vec::new(),
+            defender_max_level: None,
+            block_on_missing_data: false,
+        }
+    }
+}
+
+/// Topic `mtd.group-memberships.v1` (compacted), key `tenant/user`; a tombstone = the user is
+/// in no group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembership {
+    pub tenant_id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub updated_at: i64,
+}
+
+/// Topic `mtd.tenant-settings.v1` (compacted), key `tenant`; a tombstone = the defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSettings {
+    pub tenant_id: String,
+    #[serde(default)]
+    pub no_policy_state: NoPolicyState,
+    /// Days after which a partner's latest report counts as no usable data; `None` = never.
+    #[serde(default)]
+    pub report_validity_days: Option<i32>,
     pub updated_at: i64,
 }
 

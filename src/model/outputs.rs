@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::enums::*;
-use super::inputs::AppInfo;
+use super::inputs::{AppInfo, Threat};
 
 /// One reason of a compliance decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -11,6 +11,9 @@ pub struct Reason {
     pub partner_id: String,
     pub code: ReasonCode,
     pub detail: String,
+    /// For `LEVEL_EXCEEDS_POLICY`: the worst threats (at most 3) of the report that exceeded.
+    #[serde(default)]
+    pub threats: Vec<Threat>,
 }
 
 /// Topic `mtd.compliance-changes.v1`, key `tenant/device`: one per real change.
@@ -51,6 +54,9 @@ pub struct AppProtectionAction {
     pub policy_id: String,
     pub issued_at: i64,
     pub cause_event_id: String,
+    /// The worst threats (at most 3) of the partner's report behind the action.
+    #[serde(default)]
+    pub threats: Vec<Threat>,
 }
 
 /// Topic `mtd.connector-status.v1`, key `tenant/partner`: one per status change.

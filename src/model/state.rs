@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::enums::*;
+use super::inputs::Threat;
 
 /// What one partner last said about a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,6 +13,9 @@ pub struct PartnerObservation {
     pub observed_at: i64,
     /// Fingerprint of the report's `event_id`, to recognise a redelivered report.
     pub event_fingerprint: i32,
+    /// The worst threats (at most 3) of the last applied report.
+    #[serde(default)]
+    pub threats: Vec<Threat>,
 }
 
 /// Changelog topic `mtd.device-state.v1` (compacted), key `tenant/device`; a tombstone

@@ -94,6 +94,8 @@ pub fn all_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<(String, bool)> {
     v.extend([
         (t.connectors.clone(), true),
         (t.policies.clone(), true),
+        (t.group_memberships.clone(), true),
+        (t.tenant_settings.clone(), true),
         (t.device_enrollments.clone(), true),
         (t.app_inventory.clone(), false),
         (t.compliance_changes.clone(), false),

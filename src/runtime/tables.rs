@@ -1,5 +1,5 @@
-//! The global tables: connector settings, policies and heartbeats, read in full by every
-//! instance (no consumer group) before device traffic, then followed live.
+//! The global tables: connector settings, policies, group memberships, tenant settings and
+//! heartbeats, read in full by every instance (no consumer group) before device traffic, then followed live.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -37,6 +37,8 @@ impl TableReader {
         let mut topics: Vec<String> = vec![
             cfg.topics.connectors.clone(),
             cfg.topics.policies.clone(),
+            cfg.topics.group_memberships.clone(),
+            cfg.topics.tenant_settings.clone(),
             cfg.topics.connector_status.clone(),
         ];
         topics.extend(cfg.heartbeat_topics(partners).into_iter().map(|(t, _)| t));

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use mtdgate::engine::explain::{ConnectorExplanation, DeviceExplanation};
-use mtdgate::model::{ConnectorConfig, Management, Platform};
+use mtdgate::engine::explain::{ConnectorExplanation, DeviceExplanation, PartnerCeiling, Scope};
+use mtdgate::model::{ConnectorConfig, Management, Platform, PolicyKind, Threat};
 use mtdgate::runtime::clock::{Clock, SystemClock};
 
 /// `mtdgate explain` options.
@@ -301,6 +301,7 @@ pub fn render_device(d: &DeviceExplanation) -> String {
         },
         or_dash(d.os_version.as_deref()),
     );
+    let _ = writeln!(out, "  user          {}", user_line(d));
     let decision = &d.decision;
     if mdm {
         let _ = writeln!(
@@ -349,7 +350,32 @@ pub fn render_device(d: &DeviceExplanation) -> String {
             ],
             &rows,
         );
+        let threats: Vec<Vec<String>> = d
+            .partners
+            .iter()
+            .flat_map(|p| {
+                p.threats.iter().map(|t| {
+                    vec![
+                        p.partner_id.clone(),
+                        t.severity.to_string(),
+                        t.category.clone(),
+                        t.name.clone(),
+                    ]
+                })
+            })
+            .collect();
+        if !threats.is_empty() {
+            out.push_str("\n  threats (worst first, of each partner's latest report)\n");
+            table(
+                &mut out,
+                "    ",
+                &["PARTNER", "SEVERITY", "CATEGORY", "NAME"],
+                &threats,
+            );
+        }
     }
+    out.push('\n');
+    render_policies(&mut out, d);
     out.push('\n');
     if mdm {
         if decision.reasons.is_empty() {
@@ -360,22 +386,109 @@ pub fn render_device(d: &DeviceExplanation) -> String {
             );
         } else {
             out.push_str("  decision reasons\n");
+            // A reason's threats follow it, one line each, under its detail.
             let rows: Vec<Vec<String>> = decision
                 .reasons
                 .iter()
-                .map(|r| vec![r.partner_id.clone(), r.code.to_string(), r.detail.clone()])
+                .flat_map(|r| {
+                    std::iter::once(vec![
+                        r.partner_id.clone(),
+                        r.code.to_string(),
+                        r.detail.clone(),
+                    ])
+                    .chain(r.threats.iter().map(|t| {
+                        vec![
+                            String::new(),
+                            String::new(),
+                            format!("threat {}", threat(t)),
+                        ]
+                    }))
+                })
                 .collect();
             table(&mut out, "    ", &["PARTNER", "CODE", "DETAIL"], &rows);
         }
     } else if decision.app_protection_policies.is_empty() {
-        out.push_str("  no app protection policy applies\n");
+        out.push_str("  decision: no app protection policy applies\n");
     } else {
-        out.push_str("  app protection policies\n");
+        out.push_str("  decision: app protection policies in force\n");
         for p in &decision.app_protection_policies {
             let _ = writeln!(out, "    {p}");
         }
     }
     out
+}
+
+/// `alice, in groups contractors, sales`; `alice, in no group`; `none (...)` without a user.
+fn user_line(d: &DeviceExplanation) -> String {
+    match &d.user_id {
+        None => "none (only policies for all users can apply)".to_owned(),
+        Some(u) if d.groups.is_empty() => format!("{u}, in no group"),
+        Some(u) => format!("{u}, in groups {}", d.groups.join(", ")),
+    }
+}
+
+/// `HIGH network: rogue-access-point`.
+fn threat(t: &Threat) -> String {
+    format!("{} {}: {}", t.severity, t.category, t.name)
+}
+
+/// Why a policy applies to the device or not.
+fn scope_text(s: &Scope) -> String {
+    match s {
+        Scope::AllUsers => "all users".to_owned(),
+        Scope::Included { group } => format!("group {group} included"),
+        Scope::Excluded { group } => format!("excluded by group {group}"),
+        Scope::NotIncluded => "not in an included group".to_owned(),
+        Scope::NoUser => "no user (assigned to groups only)".to_owned(),
+    }
+}
+
+/// `lookout max LOW, microsoft-defender-for-endpoint max MEDIUM`.
+fn judges_text(kind: PolicyKind, judges: &[PartnerCeiling]) -> String {
+    if judges.is_empty() {
+        return match kind {
+            PolicyKind::Compliance => "no partner's data".to_owned(),
+            PolicyKind::AppProtection => "no partner chosen".to_owned(),
+        };
+    }
+    judges
+        .iter()
+        .map(|j| format!("{} max {}", j.partner_id, j.max_level))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The policies of the device's platform and kind: whether each applies, why, and whose data
+/// it judges with which ceiling.
+fn render_policies(out: &mut String, d: &DeviceExplanation) {
+    let kind = match d.management {
+        Management::Mdm => PolicyKind::Compliance,
+        Management::Mam => PolicyKind::AppProtection,
+    };
+    if d.policies.is_empty() {
+        let _ = writeln!(out, "  no {kind} policy for {} devices", d.platform);
+        return;
+    }
+    let applying = d.policies.iter().filter(|p| p.applies).count();
+    let _ = writeln!(
+        out,
+        "  {kind} policies for {}: {applying} of {} apply",
+        d.platform,
+        d.policies.len()
+    );
+    let rows: Vec<Vec<String>> = d
+        .policies
+        .iter()
+        .map(|p| {
+            vec![
+                p.policy_id.clone(),
+                yes_no(p.applies).to_owned(),
+                scope_text(&p.scope),
+                judges_text(p.kind, &p.judges),
+            ]
+        })
+        .collect();
+    table(out, "    ", &["POLICY", "APPLIES", "WHY", "JUDGES"], &rows);
 }
 
 fn settings_summary(c: Option<&ConnectorConfig>) -> String {
@@ -479,6 +592,7 @@ pub fn render_connectors(tenant: &str, list: &[ConnectorExplanation], now: i64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mtdgate::engine::explain::PolicyExplanation;
 
     #[test]
     fn times_read_well() {
@@ -507,6 +621,157 @@ mod tests {
         assert!(text.contains("compliance    NONCOMPLIANT"), "{text}");
         assert!(text.contains("LEVEL_EXCEEDS_POLICY"), "{text}");
         assert!(text.contains("4s ago"), "{text}");
+        // An answer without the 1.1 fields (an older instance) still reads and renders.
+        assert!(text.contains("  user          none"), "{text}");
+        assert!(!text.contains("threat"), "{text}");
+    }
+
+    /// An iOS device of a user in two groups, under an all-users policy, a Defender-only
+    /// policy of one group and a policy its other group is excluded from, with a partner whose
+    /// report has threats (the README's example).
+    fn assigned_device() -> DeviceExplanation {
+        use mtdgate::engine::explain::{Decision, PartnerExplanation};
+        use mtdgate::model::{
+            ComplianceState, HealthState, Reason, ReasonCode, ThreatLevel, ThreatSeverity,
+        };
+        const DEFENDER: &str = "microsoft-defender-for-endpoint";
+        let ceiling = |partner: &str, max_level| PartnerCeiling {
+            partner_id: partner.into(),
+            max_level,
+        };
+        let policy = |id: &str, scope: Scope, judges| PolicyExplanation {
+            policy_id: id.into(),
+            kind: PolicyKind::Compliance,
+            applies: scope.applies(),
+            scope,
+            judges,
+        };
+        let threats = vec![
+            Threat {
+                category: "network".into(),
+                name: "rogue-access-point".into(),
+                severity: ThreatSeverity::High,
+            },
+            Threat {
+                category: "app".into(),
+                name: "sideloaded-app".into(),
+                severity: ThreatSeverity::Medium,
+            },
+        ];
+        let partner = |id: &str, health, threats| PartnerExplanation {
+            partner_id: id.into(),
+            health_state: health,
+            level: health.level(),
+            observed_at: 1_709_528_767_000,
+            age_ms: 65_000,
+            counts: true,
+            why: "connector counts for compliance on this platform".into(),
+            threats,
+        };
+        DeviceExplanation {
+            tenant_id: "acme".into(),
+            device_id: "d1".into(),
+            partition: 3,
+            platform: Platform::Ios,
+            management: Management::Mdm,
+            enrolled: true,
+            os_version: Some("17.4".into()),
+            user_id: Some("alice".into()),
+            groups: vec!["contractors".into(), "sales".into()],
+            compliance: ComplianceState::Noncompliant,
+            mam_blocked: false,
+            mam_wipe_incident: false,
+            partners: vec![
+                partner("lookout", HealthState::High, threats.clone()),
+                partner(DEFENDER, HealthState::Secured, vec![]),
+            ],
+            policies: vec![
+                policy(
+                    "baseline",
+                    Scope::AllUsers,
+                    vec![
+                        ceiling("lookout", ThreatLevel::Medium),
+                        ceiling(DEFENDER, ThreatLevel::Medium),
+                    ],
+                ),
+                policy(
+                    "defender-only",
+                    Scope::Included {
+                        group: "sales".into(),
+                    },
+                    vec![ceiling(DEFENDER, ThreatLevel::Low)],
+                ),
+                policy("hr", Scope::NotIncluded, vec![]),
+                policy(
+                    "strict",
+                    Scope::Excluded {
+                        group: "contractors".into(),
+                    },
+                    vec![
+                        ceiling("lookout", ThreatLevel::Secured),
+                        ceiling(DEFENDER, ThreatLevel::Secured),
+                    ],
+                ),
+            ],
+            decision: Decision {
+                state: Some(ComplianceState::Noncompliant),
+                worst_level: Some(ThreatLevel::High),
+                reasons: vec![Reason {
+                    partner_id: "lookout".into(),
+                    code: ReasonCode::LevelExceedsPolicy,
+                    detail: "reported level HIGH exceeds MEDIUM allowed by policy baseline".into(),
+                    threats,
+                }],
+                app_protection_policies: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn device_shows_assignment_ceilings_and_threats() {
+        let d = assigned_device();
+        let text = render_device(&d);
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        for want in [
+            "  user          alice, in groups contractors, sales",
+            "  threats (worst first, of each partner's latest report)",
+            "    PARTNER  SEVERITY  CATEGORY  NAME",
+            "    lookout  HIGH      network   rogue-access-point",
+            "    lookout  MEDIUM    app       sideloaded-app",
+            "  COMPLIANCE policies for IOS: 2 of 4 apply",
+            "    POLICY         APPLIES  WHY                            JUDGES",
+            "    baseline       yes      all users                      lookout max MEDIUM, microsoft-defender-for-endpoint max MEDIUM",
+            "    defender-only  yes      group sales included           microsoft-defender-for-endpoint max LOW",
+            "    hr             no       not in an included group       no partner's data",
+            "    strict         no       excluded by group contractors  lookout max SECURED, microsoft-defender-for-endpoint max SECURED",
+            "    lookout  LEVEL_EXCEEDS_POLICY  reported level HIGH exceeds MEDIUM allowed by policy baseline",
+            "                                   threat HIGH network: rogue-access-point",
+            "                                   threat MEDIUM app: sideloaded-app",
+        ] {
+            assert!(lines.contains(&want), "{want:?} missing:\n{text}");
+        }
+        // The API's JSON reads back into the same explanation.
+        let back: DeviceExplanation = serde_json::from_str(&json(&d)).unwrap();
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn the_readme_example_is_what_the_cli_prints() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("  $ mtdgate explain acme d1\n")
+            .expect("README shows `mtdgate explain acme d1`");
+        let block = &readme[start..];
+        let block = &block[block.find('\n').unwrap() + 1..block.find("  ```").unwrap()];
+        let shown: String = block
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+            .collect();
+        let printed: String = render_device(&assigned_device())
+            .lines()
+            .map(|l| format!("{}\n", l.trim_end()))
+            .collect();
+        assert_eq!(shown, printed);
     }
 
     #[test]
@@ -521,10 +786,31 @@ mod tests {
             management: Management::Mam,
             enrolled: false,
             os_version: None,
+            user_id: None,
+            groups: vec![],
             compliance: ComplianceState::Unknown,
             mam_blocked: true,
             mam_wipe_incident: true,
             partners: vec![],
+            policies: vec![
+                PolicyExplanation {
+                    policy_id: "block".into(),
+                    kind: PolicyKind::AppProtection,
+                    applies: true,
+                    scope: Scope::AllUsers,
+                    judges: vec![],
+                },
+                PolicyExplanation {
+                    policy_id: "sales-only".into(),
+                    kind: PolicyKind::AppProtection,
+                    applies: false,
+                    scope: Scope::NoUser,
+                    judges: vec![PartnerCeiling {
+                        partner_id: "lookout".into(),
+                        max_level: mtdgate::model::ThreatLevel::Medium,
+                    }],
+                },
+            ],
             decision: Decision {
                 state: None,
                 worst_level: None,
@@ -542,7 +828,21 @@ mod tests {
             text.contains("no partner has reported this device"),
             "{text}"
         );
-        assert!(text.contains("    block (BLOCK above LOW)"), "{text}");
+        assert!(
+            text.contains(
+                "  decision: app protection policies in force\n    block (BLOCK above LOW)\n"
+            ),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        for want in [
+            "  user          none (only policies for all users can apply)",
+            "  APP_PROTECTION policies for ANDROID: 1 of 2 apply",
+            "    block       yes      all users                          no partner chosen",
+            "    sales-only  no       no user (assigned to groups only)  lookout max MEDIUM",
+        ] {
+            assert!(lines.contains(&want), "{want:?} missing:\n{text}");
+        }
         // What the API serialises is what the CLI reads back.
         let back: DeviceExplanation = serde_json::from_str(&json(&d)).unwrap();
         assert_eq!(back, d);

@@ -67,13 +67,35 @@ impl Harness {
         platform: Platform,
         m: Management,
     ) -> Vec<Output> {
+        self.enroll_as(tenant, device, platform, m, Ownership::Corporate)
+    }
+
+    /// Enrolls an MDM device with `ownership`.
+    pub fn enroll_owned(
+        &mut self,
+        tenant: &str,
+        device: &str,
+        platform: Platform,
+        ownership: Ownership,
+    ) -> Vec<Output> {
+        self.enroll_as(tenant, device, platform, Management::Mdm, ownership)
+    }
+
+    fn enroll_as(
+        &mut self,
+        tenant: &str,
+        device: &str,
+        platform: Platform,
+        m: Management,
+        ownership: Ownership,
+    ) -> Vec<Output> {
         let e = DeviceEnrollment {
             tenant_id: tenant.into(),
             device_id: device.into(),
             user_id: format!("user-of-{device}"),
             platform,
             management: m,
-            ownership: Ownership::Corporate,
+            ownership,
             os_version: Some("17.4".into()),
             enrolled_at: self.now,
         };

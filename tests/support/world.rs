@@ -150,6 +150,10 @@ pub fn compliance_policy(
         action: None,
         partner_priority: None,
         updated_at: T0,
+        include_groups: None,
+        exclude_groups: Vec::new(),
+        defender_max_level: None,
+        block_on_missing_data: false,
     }
 }
 
@@ -414,6 +418,7 @@ impl Member {
                 },
                 observed_at: now - 1_000 * (k as i64 + 1),
                 event_fingerprint: (self.bits >> (16 + 8 * k)) as i32,
+                threats: Vec::new(),
             })
             .collect();
         DeviceStateRecord {
@@ -471,6 +476,7 @@ pub fn fanout_device(i: usize, tenant: &str, now: i64) -> DeviceStateRecord {
             health_state: HealthState::Secured,
             observed_at: now - 1_000,
             event_fingerprint: mix(i as u64) as i32,
+            threats: Vec::new(),
         }],
     }
 }
@@ -478,4 +484,287 @@ pub fn fanout_device(i: usize, tenant: &str, now: i64) -> DeviceStateRecord {
 /// The device id of [`fanout_device`] `i`.
 pub fn fanout_device_id(i: usize) -> String {
     uuid(7 * i as u64 + 3)
+}
+
+// The contract 1.1 population: the mixed population's devices, each device's user in 3 groups of
+// its tenant's directory, policies assigned to groups, and one device in ten carrying threats.
+
+/// Departments of each tenant's directory in the 1.1 population (groups `0..20`).
+pub const DEPARTMENTS: usize = 20;
+/// Locations (groups `20..40`).
+pub const LOCATIONS: usize = 20;
+/// Roles (groups `40..50`).
+pub const ROLES: usize = 10;
+/// The size of each tenant's group pool: every user is in one department, one location and one
+/// role, so in 3 of these groups.
+pub const DIRECTORY_GROUPS: usize = DEPARTMENTS + LOCATIONS + ROLES;
+/// The departments the strict policies of [`directory_tables`] include.
+pub const FINANCE: usize = 0;
+pub const EXECUTIVES: usize = 1;
+/// The roles [`directory_tables`] names: front-line staff get a stricter app protection policy,
+/// contractors are excluded from the tenant-wide policies and held to their own.
+pub const FRONTLINE: usize = DIRECTORY_GROUPS - 2;
+pub const CONTRACTORS: usize = DIRECTORY_GROUPS - 1;
+
+/// The id of group `g` of tenant number `t`: a UUID, as Entra ID's group object ids are.
+pub fn group_id(t: usize, g: usize) -> String {
+    uuid((1 << 62) | ((t as u64) << 8) | g as u64)
+}
+
+/// An index below `n` from the random `r`, small ones more likely (`n * u^2` for a uniform `u`:
+/// the first of 20 draws 22%, the last 2.5%), as a directory has a few large departments and a
+/// head office.
+fn skewed(r: u64, n: usize) -> usize {
+    let u = (r >> 11) as f64 / (1u64 << 53) as f64;
+    ((u * u * n as f64) as usize).min(n - 1)
+}
+
+/// The groups (department, location, role: pool indexes, see [`DIRECTORY_GROUPS`]) of the user
+/// of device `i` of the 1.1 population, each drawn [`skewed`]: of the 4,000 combinations, a
+/// tenant's users share a few hundred common ones.
+pub fn directory_groups(i: usize) -> [usize; 3] {
+    let mut r = Rng(i as u64 ^ 0x6469_7265_6374);
+    [
+        skewed(r.next(), DEPARTMENTS),
+        DEPARTMENTS + skewed(r.next(), LOCATIONS),
+        DEPARTMENTS + LOCATIONS + skewed(r.next(), ROLES),
+    ]
+}
+
+/// The membership record of user `user_id` of tenant number `t` in `groups` (pool indexes).
+pub fn membership(t: usize, user_id: &str, groups: &[usize], updated_at: i64) -> GroupMembership {
+    GroupMembership {
+        tenant_id: tenant_name(t),
+        user_id: user_id.to_owned(),
+        groups: groups.iter().map(|&g| group_id(t, g)).collect(),
+        updated_at,
+    }
+}
+
+/// A tenant of the 1.1 population: [`mixed_tables`]' connectors and heartbeats, with policies
+/// assigned to groups. iOS: MEDIUM for everyone but contractors, SECURED for finance and the
+/// executives, LOW for contractors; app protection BLOCK over MEDIUM for everyone and over LOW
+/// for finance, executives and front-line staff. Android: MEDIUM for everyone (Defender held to
+/// HIGH), SECURED for finance and executives but not contractors; WIPE over HIGH for everyone
+/// but contractors. Locations are named by no policy.
+pub fn directory_tables(t: usize, now: i64) -> Tables {
+    use Platform::{Android, Ios};
+    use PolicyAction::{Block, Wipe};
+    use PolicyLevel::{High, Low, Medium, Secured};
+    let tenant = tenant_name(t);
+    let g = |groups: &[usize]| -> Vec<String> { groups.iter().map(|&k| group_id(t, k)).collect() };
+    let strict = Some(g(&[FINANCE, EXECUTIVES]));
+    let mut tables = mixed_tables(&tenant, partners_of(t), now);
+    tables.policies = vec![
+        ThreatPolicy {
+            exclude_groups: g(&[CONTRACTORS]),
+            ..compliance_policy(&tenant, "mtd-ios", Ios, Medium)
+        },
+        ThreatPolicy {
+            include_groups: strict.clone(),
+            ..compliance_policy(&tenant, "mtd-ios-strict", Ios, Secured)
+        },
+        ThreatPolicy {
+            include_groups: Some(g(&[CONTRACTORS])),
+            ..compliance_policy(&tenant, "mtd-ios-contractors", Ios, Low)
+        },
+        ThreatPolicy {
+            defender_max_level: Some(High),
+            ..compliance_policy(&tenant, "mtd-android", Android, Medium)
+        },
+        ThreatPolicy {
+            include_groups: strict,
+            exclude_groups: g(&[CONTRACTORS]),
+            ..compliance_policy(&tenant, "mtd-android-strict", Android, Secured)
+        },
+        app_policy(&tenant, "app-ios", Ios, Medium, Block),
+        ThreatPolicy {
+            include_groups: Some(g(&[FINANCE, EXECUTIVES, FRONTLINE])),
+            ..app_policy(&tenant, "app-ios-strict", Ios, Low, Block)
+        },
+        ThreatPolicy {
+            exclude_groups: g(&[CONTRACTORS]),
+            ..app_policy(&tenant, "app-android", Android, High, Wipe)
+        },
+    ];
+    tables
+}
+
+/// The threat names of the 1.1 population, most common first: 13 malware, adware and riskware
+/// families in 20 variants each and 17 device, OS, network and phishing findings (277 names).
+pub fn threat_pool() -> &'static [Threat] {
+    &threat_table().0
+}
+
+/// [`threat_pool`] and its cumulative Zipf weights (the k-th name 1/k as likely as the first).
+fn threat_table() -> &'static (Vec<Threat>, Vec<f64>) {
+    use ThreatSeverity::{Critical, High, Low, Medium};
+    static TABLE: std::sync::OnceLock<(Vec<Threat>, Vec<f64>)> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let families = [
+            ("malware", "Trojan.AndroidOS.Joker", High),
+            ("malware", "Trojan.AndroidOS.Hiddad", Medium),
+            ("malware", "Trojan-Banker.AndroidOS.Anubis", Critical),
+            ("malware", "Trojan-Spy.AndroidOS.SpyNote", Critical),
+            ("malware", "Backdoor.AndroidOS.Triada", Critical),
+            ("malware", "Trojan-Dropper.AndroidOS.SharkBot", Critical),
+            ("malware", "Spyware.iOS.Pegasus", Critical),
+            ("malware", "Spyware.iOS.Predator", Critical),
+            ("adware", "Adware.AndroidOS.HiddenAds", Low),
+            ("adware", "Adware.AndroidOS.Ewind", Low),
+            ("riskware", "Riskware.AndroidOS.SMSreg", Medium),
+            ("riskware", "Riskware.iOS.EnterpriseSigned", Medium),
+            ("riskware", "PUA.AndroidOS.Hypeads", Low),
+        ];
+        let findings = [
+            ("app", "SideloadedApp", Medium),
+            ("app", "UntrustedEnterpriseProfile", Medium),
+            ("app", "AppWithExcessivePermissions", Low),
+            ("device", "RootDetected", High),
+            ("device", "JailbreakDetected", High),
+            ("device", "DeveloperOptionsEnabled", Low),
+            ("device", "UsbDebuggingEnabled", Low),
+            ("device", "NoScreenLock", Medium),
+            ("device", "StorageEncryptionDisabled", Medium),
+            ("os", "OutdatedOsVersion", Medium),
+            ("os", "VulnerableKernel", High),
+            ("network", "ManInTheMiddle", High),
+            ("network", "RogueAccessPoint", Medium),
+            ("network", "SslStrip", High),
+            ("network", "UnsecuredWifi", Low),
+            ("phishing", "PhishingSite", High),
+            ("phishing", "SmishingLink", Medium),
+        ];
+        let threat = |category: &str, name: String, severity| Threat {
+            category: category.into(),
+            name,
+            severity,
+        };
+        let mut pool: Vec<Threat> = findings
+            .iter()
+            .map(|&(c, n, s)| threat(c, n.into(), s))
+            .collect();
+        for v in 0..20u8 {
+            for &(c, n, s) in &families {
+                pool.push(threat(c, format!("{n}.{}", (b'a' + v) as char), s));
+            }
+        }
+        // Ranks in a fixed shuffled order, so that no one kind of threat is all the head.
+        let mut ranked: Vec<(u64, Threat)> = pool
+            .into_iter()
+            .enumerate()
+            .map(|(k, t)| (mix(k as u64 ^ 0x7468), t))
+            .collect();
+        ranked.sort_by_key(|(r, _)| *r);
+        let pool: Vec<Threat> = ranked.into_iter().map(|(_, t)| t).collect();
+        let mut total = 0.0;
+        let cumulative = (1..=pool.len())
+            .map(|k| {
+                total += 1.0 / k as f64;
+                total
+            })
+            .collect();
+        (pool, cumulative)
+    })
+}
+
+/// A name from [`threat_pool`] by its Zipf weight, from the random `r`.
+fn zipf_threat(r: u64) -> &'static Threat {
+    let (pool, cumulative) = threat_table();
+    let u = (r >> 11) as f64 / (1u64 << 53) as f64 * cumulative[cumulative.len() - 1];
+    let k = cumulative.partition_point(|&c| c <= u).min(pool.len() - 1);
+    &pool[k]
+}
+
+/// The threats of device `i`'s report in the 1.1 population: one device in ten carries 1 to 3
+/// (one in 60% of those, two in 30%, three in 10%), distinct names drawn from [`threat_pool`]
+/// by Zipf weight (a few families make most of the detections); the others none.
+pub fn directory_threats(i: usize) -> Vec<Threat> {
+    let mut r = Rng(i as u64 ^ 0x7468_7265_6174);
+    if r.below(10) != 0 {
+        return Vec::new();
+    }
+    let n = match r.below(10) {
+        0..=5 => 1,
+        6..=8 => 2,
+        _ => 3,
+    };
+    let mut threats: Vec<Threat> = Vec::with_capacity(n);
+    while threats.len() < n {
+        let t = zipf_threat(r.next());
+        if !threats.contains(t) {
+            threats.push(t.clone());
+        }
+    }
+    threats
+}
+
+/// The health a partner reports with `threats`: from the worst severity (LOW -> LOW, MEDIUM ->
+/// MEDIUM, HIGH and CRITICAL -> HIGH); without threats, from `r`: SECURED 70%, LOW 25%,
+/// ACTIVATED 5%.
+pub fn health_with(threats: &[Threat], r: u64) -> HealthState {
+    match threats.iter().map(|t| t.severity.rank()).max() {
+        Some(worst) if worst >= ThreatSeverity::High.rank() => HealthState::High,
+        Some(worst) if worst >= ThreatSeverity::Medium.rank() => HealthState::Medium,
+        Some(_) => HealthState::Low,
+        None => match r % 100 {
+            0..=69 => HealthState::Secured,
+            70..=94 => HealthState::Low,
+            _ => HealthState::Activated,
+        },
+    }
+}
+
+/// One device of the 1.1 population: a [`Member`] of the mixed population (so one user per
+/// device), its user's groups, and the threats its first partner reports.
+#[derive(Debug, Clone)]
+pub struct DirectoryDevice {
+    pub member: Member,
+    /// Department, location and role (pool indexes).
+    pub groups: [usize; 3],
+    /// What its tenant's first partner reports ([`directory_threats`]); later partners report
+    /// none.
+    pub threats: Vec<Threat>,
+}
+
+/// Device `i` of the 1.1 population of `tenants` tenants.
+pub fn directory_device(i: usize, tenants: usize) -> DirectoryDevice {
+    DirectoryDevice {
+        member: member(i, tenants),
+        groups: directory_groups(i),
+        threats: directory_threats(i),
+    }
+}
+
+impl DirectoryDevice {
+    /// The membership record of the device's user.
+    pub fn membership(&self, updated_at: i64) -> GroupMembership {
+        membership(
+            self.member.tenant,
+            &self.member.user_id,
+            &self.groups,
+            updated_at,
+        )
+    }
+
+    /// The report of its tenant's `k`-th partner: the first carries [`Self::threats`] with a
+    /// health to match ([`health_with`]), the others no threats.
+    pub fn report(&self, k: usize, event_id: String, observed_at: i64) -> DeviceThreatReport {
+        let m = &self.member;
+        let threats = if k == 0 {
+            self.threats.clone()
+        } else {
+            Vec::new()
+        };
+        let health = health_with(&threats, m.bits >> (16 + 8 * k));
+        let mut r = m.report(
+            &tenant_name(m.tenant),
+            m.partners[k],
+            health,
+            event_id,
+            observed_at,
+        );
+        r.threats = threats;
+        r
+    }
 }

@@ -176,6 +176,18 @@ impl Processor {
                 .transpose()
                 .map(Body::Policy)
                 .map_err(rejection_of)
+        } else if topic == t.group_memberships {
+            payload
+                .map(codec::decode::<GroupMembership>)
+                .transpose()
+                .map(Body::Membership)
+                .map_err(rejection_of)
+        } else if topic == t.tenant_settings {
+            payload
+                .map(codec::decode::<TenantSettings>)
+                .transpose()
+                .map(Body::Settings)
+                .map_err(rejection_of)
         } else if let Some(bound) = self.heartbeat_topics.get(topic) {
             let Some(b) = payload else {
                 return Ok(());

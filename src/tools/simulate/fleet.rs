@@ -107,6 +107,10 @@ impl Tenant {
                 action,
                 partner_priority: None,
                 updated_at: now,
+                include_groups: None,
+                exclude_groups: Vec::new(),
+                defender_max_level: None,
+                block_on_missing_data: false,
             };
             policies.push(policy(
                 format!("compliance-{name}"),
