@@ -391,6 +391,29 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Reads until `done` holds for the records read so far (panics after `timeout`, naming
+    /// `what`), then returns them all.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[(String, Value)]) -> bool,
+    ) -> &[(String, Value)] {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.records) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; got {} records: {:#?}",
+                self.records.len(),
+                self.records
+            );
+            self.poll_once(Duration::from_millis(100));
+        }
+        &self.records
+    }
+}
+
 /// Field `f` of every record as strings.
 pub fn field(records: &[(String, Value)], f: &str) -> Vec<String> {
     records
@@ -497,6 +520,68 @@ pub fn enrollment_json(device: &str, now: i64) -> Value {
     serde_json::json!({
         "tenant_id": "acme", "device_id": device, "user_id": "alice", "platform": "IOS",
         "management": "MDM", "ownership": "CORPORATE", "os_version": "17.4", "enrolled_at": now,
+    })
+}
+
+/// The enrollment of `acme/device` for `user` on `platform` with `ownership`: MDM, OS 17.4.
+pub fn enrollment_for_json(
+    device: &str,
+    user: &str,
+    platform: &str,
+    ownership: &str,
+    now: i64,
+) -> Value {
+    serde_json::json!({
+        "tenant_id": "acme", "device_id": device, "user_id": user, "platform": platform,
+        "management": "MDM", "ownership": ownership, "os_version": "17.4", "enrolled_at": now,
+    })
+}
+
+/// The groups of user `acme/user` (contract 1.1 `GroupMembership`).
+pub fn membership_json(user: &str, groups: &[&str], updated_at: i64) -> Value {
+    serde_json::json!({
+        "tenant_id": "acme", "user_id": user, "groups": groups, "updated_at": updated_at,
+    })
+}
+
+/// Tenant `acme`'s settings (contract 1.1 `TenantSettings`): `no_policy_state` (a
+/// `NoPolicyState` symbol), reports that never expire.
+pub fn settings_json(no_policy_state: &str, updated_at: i64) -> Value {
+    serde_json::json!({
+        "tenant_id": "acme", "no_policy_state": no_policy_state, "report_validity_days": null,
+        "updated_at": updated_at,
+    })
+}
+
+/// A heartbeat of `acme/partner` sent at `now`, for `cfg`'s topic.
+pub fn heartbeat_record(cfg: &Config, partner: &str, now: i64) -> Record {
+    (
+        cfg.topics.connector_heartbeats.clone(),
+        format!("acme/{partner}"),
+        serde_json::json!({"tenant_id": "acme", "partner_id": partner, "sent_at": now}),
+    )
+}
+
+/// One threat of a report: `{category, name, severity}` (severity a `ThreatSeverity` symbol).
+pub fn threat_json(category: &str, name: &str, severity: &str) -> Value {
+    serde_json::json!({"category": category, "name": name, "severity": severity})
+}
+
+/// The App Sync inventory of `acme/device` claiming `ownership`: one managed app
+/// (`com.example.managed`) and one unmanaged (`com.example.personal`).
+pub fn inventory_json(device: &str, ownership: &str, collected_at: i64) -> Value {
+    let app = |id: &str, managed: bool| {
+        serde_json::json!({
+            "app_id": id, "version": "1.0.0", "short_version": "1.0", "name": id,
+            "bundle_size": 1024, "dynamic_size": 0, "ad_hoc_signed": false,
+            "from_app_store": true, "beta": false, "device_vpp": false, "validated": true,
+            "managed": managed,
+        })
+    };
+    serde_json::json!({
+        "tenant_id": "acme", "device_id": device, "ownership": ownership,
+        "collected_at": collected_at,
+        "apps": [app("com.example.managed", true), app("com.example.personal", false)],
     })
 }
 
