@@ -1,35 +1,71 @@
-//! Resident memory per tracked device.
+//! Resident memory per tracked device, as `mtdgate bench`'s memory part measures it, with the
+//! allocator's live bytes beside it.
 //!
-//! Fills one engine with N devices the way live traffic does (through `Engine::apply`: MDM
-//! enrollments and partner threat reports, MAM devices first seen in a report), draining the
-//! changelog every batch as the runtime does, and reports the growth of the process's resident
-//! set (`VmRSS`) divided by N. The bar is 200 bytes per device at 10 million devices.
+//! Fills one engine with N devices the way `mtdgate bench --memory-child` does (the same
+//! populations: `src/tools/bench/population.rs`, included here) and reports the growth of the
+//! process's resident set (`VmRSS`) divided by N, and the growth of the bytes live in the
+//! allocator (a counting wrapper around mimalloc, the binary's allocator), so that allocator
+//! overhead and memory freed but kept by the allocator can be told from the engine's own data.
+//! The bar is 200 bytes per device at 10 million devices.
 //!
 //! ```text
-//! cargo run --release --example memory -- 1000000
-//! cargo run --release --example memory -- 10000000
+//! cargo run --release --example memory -- 1000000 directory   # contract 1.1's population
+//! cargo run --release --example memory -- 10000000 mixed      # 1.0's, through Engine::apply
+//! cargo run --release --example memory -- 1000000 restored    # 1.0's, restored from the changelog
 //! ```
 
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use mtdgate::engine::devices::Device;
-use mtdgate::engine::{Body, Engine};
-use mtdgate::model::*;
+use mtdgate::engine::partitioner::partition_for;
+use mtdgate::engine::users::UserEntry;
+use mtdgate::engine::Engine;
+use mtdgate::model::Platform;
 
 /// The world builders the tests and the benchmarks share.
 #[path = "../tests/support/world.rs"]
 mod world;
 
-use world::{apply, T0};
+/// The populations of `mtdgate bench`'s memory and reload parts.
+#[path = "../src/tools/bench/population.rs"]
+#[allow(dead_code)]
+mod population;
 
-/// The allocator the `mtdgate` binary uses, so the figure matches it.
+use population::{Filled, Population, PARTITIONS, TENANTS};
+
+/// mimalloc (the `mtdgate` binary's allocator, so the figure matches it), counting the bytes
+/// live.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const TENANTS: usize = 1_000;
-const PARTITIONS: i32 = 12;
-/// Records per changelog drain, like one runtime transaction.
-const BATCH: usize = 10_000;
+static GLOBAL: Counting = Counting;
 
 /// Resident set size of this process, in bytes.
 fn rss() -> usize {
@@ -46,107 +82,137 @@ fn rss() -> usize {
     kb * 1024
 }
 
-fn health(r: u64) -> HealthState {
-    match r % 100 {
-        0..=59 => HealthState::Secured,
-        60..=84 => HealthState::Low,
-        85..=91 => HealthState::Medium,
-        92..=96 => HealthState::High,
-        _ => HealthState::Activated,
+/// VmRSS and live allocator bytes at one moment.
+#[derive(Clone, Copy)]
+struct Mark {
+    rss: usize,
+    live: usize,
+}
+
+fn mark() -> Mark {
+    Mark {
+        rss: rss(),
+        live: LIVE.load(Ordering::Relaxed),
     }
 }
 
-fn drain(engine: &Engine) -> usize {
-    let mut n = 0;
-    for p in 0..PARTITIONS {
-        engine.drain_changelog(p, |_, _| n += 1);
-    }
-    n
+fn report(what: &str, from: Mark, to: Mark, n: usize) {
+    println!(
+        "{what}: VmRSS {} -> {} MiB, {:.1} B/device; live heap {:.1} B/device",
+        from.rss >> 20,
+        to.rss >> 20,
+        to.rss.saturating_sub(from.rss) as f64 / n as f64,
+        to.live.saturating_sub(from.live) as f64 / n as f64,
+    );
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let n: usize = args
+        .next()
         .map(|a| a.replace('_', "").parse().expect("device count"))
         .unwrap_or(1_000_000);
-    println!("devices: {n}, tenants: {TENANTS}, partitions: {PARTITIONS}");
+    let which = args.next().unwrap_or_else(|| "directory".into());
+    println!("devices: {n}, tenants: {TENANTS}, partitions: {PARTITIONS}, population: {which}");
     println!(
-        "size_of::<Device>() = {} bytes, size_of::<Option<Device>>() = {} bytes",
+        "size_of::<Device>() = {} B, size_of::<Option<Device>>() = {} B, \
+         size_of::<Option<UserEntry>>() = {} B",
         std::mem::size_of::<Device>(),
-        std::mem::size_of::<Option<Device>>()
+        std::mem::size_of::<Option<Device>>(),
+        std::mem::size_of::<Option<UserEntry>>()
     );
 
-    let before = rss();
     let mut engine = world::engine();
-    let now = T0 + 1_000;
-    // The mixed population's tenants: Lookout, and Defender too for every third tenant.
-    for t in 0..TENANTS {
-        let tables = world::mixed_tables(&world::tenant_name(t), world::partners_of(t), now);
-        tables.apply_all(&mut engine, now);
-    }
-    let mut out = Vec::new();
-
     let started = Instant::now();
-    let mut events = 0usize;
-    let mut two_partners = 0usize;
-    for i in 0..n {
-        // Four in five devices are enrolled (MDM); the rest are MAM, first seen in a report.
-        let m = world::member(i, TENANTS);
-        let tenant = world::tenant_name(m.tenant);
-        let partition = (i % PARTITIONS as usize) as i32;
-        let key = format!("{tenant}/{}", m.device_id);
-        if let Some(e) = m.enrollment(&tenant, T0) {
-            let body = Body::Enrollment(Some(e));
-            apply(&mut engine, partition, &key, body, now, &mut out);
-            events += 1;
+    let (before, after) = match which.as_str() {
+        "restored" => {
+            let now = world::T0;
+            let restore = |engine: &mut Engine, i: usize| {
+                let r = world::mixed_state(i, TENANTS, now);
+                let key = format!("{}/{}", r.tenant_id, r.device_id);
+                let p = partition_for(key.as_bytes(), PARTITIONS);
+                engine.restore(p, &key, Some(&r)).expect("restore");
+            };
+            restore(&mut engine, 0);
+            let before = mark();
+            for i in 1..=n {
+                restore(&mut engine, i);
+            }
+            (before, mark())
         }
-        if m.partners.len() > 1 {
-            two_partners += 1;
-        }
-        for (k, &p) in m.partners.iter().enumerate() {
-            let health = health(m.bits >> (16 + 8 * k));
-            let observed_at = T0 + (i as i64 % 1_000);
-            let rep = m.report(&tenant, p, health, format!("{p}-{i}"), observed_at);
-            apply(
-                &mut engine,
-                partition,
-                &key,
-                Body::Threat(rep),
-                now,
-                &mut out,
+        "mixed" | "directory" => {
+            let pop = if which == "mixed" {
+                Population::Mixed
+            } else {
+                Population::Directory
+            };
+            let now = world::T0 + 1_000;
+            let mut filled = Filled::default();
+            population::load_tables(&mut engine, pop, now);
+            if pop == Population::Directory {
+                population::apply_memberships(&mut engine, 0..1, now, &mut filled);
+            }
+            population::apply_devices(&mut engine, pop, 0..1, now, &mut filled);
+            let before = mark();
+            if pop == Population::Directory {
+                population::apply_memberships(&mut engine, 1..n + 1, now, &mut filled);
+                report("memberships", before, mark(), n);
+            }
+            population::apply_devices(&mut engine, pop, 1..n + 1, now, &mut filled);
+            assert_eq!(filled.rejected, 0, "the population's inputs were rejected");
+            println!(
+                "applied {} events: {} devices with two partners, {} with threats, {} \
+                 compliance changes, {} app actions, {} changelog records",
+                filled.events,
+                filled.two_partners,
+                filled.threatened,
+                filled.compliance_changes,
+                filled.app_actions,
+                filled.changelog_records
             );
-            events += 1;
+            (before, mark())
         }
-        out.clear();
-        if i % BATCH == BATCH - 1 {
-            drain(&engine);
-        }
-    }
-    drain(&engine);
-    drop(out);
-    let elapsed = started.elapsed();
-    let after = rss();
+        other => panic!("population {other:?}: expected restored, mixed or directory"),
+    };
+    println!("filled in {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(engine.device_count(), n + 1);
+    report("in all", before, after, n);
 
-    assert_eq!(engine.device_count(), n);
-    let approx: usize = engine.shards().iter().map(|s| s.approx_bytes()).sum();
-    let grown = after.saturating_sub(before);
+    let per = |b: usize| b as f64 / n as f64;
+    let shards: usize = engine.shards().iter().map(|s| s.approx_bytes()).sum();
+    let tenants = engine.tenants();
+    let (mut users, mut user_bytes, mut groups, mut sets, mut threat_sets, mut views) =
+        (0, 0, 0, 0, 0, 0);
+    for t in 0..TENANTS {
+        let Some(id) = tenants.get(&world::tenant_name(t)) else {
+            continue;
+        };
+        let tables = tenants.tables(id);
+        users += tables.users.len();
+        user_bytes += tables.users.approx_bytes();
+        groups += tables.groups.len();
+        sets += tables.group_sets.len();
+        threat_sets += tables.threat_sets.len();
+        views += Platform::ALL
+            .iter()
+            .map(|&p| tables.scopes(p).scopes())
+            .sum::<usize>();
+    }
     println!(
-        "applied {events} events in {:.1} s ({:.0} events/s)",
-        elapsed.as_secs_f64(),
-        events as f64 / elapsed.as_secs_f64()
+        "approx: device shards {:.1} B/device, users {:.1} B/device ({users} users)",
+        per(shards),
+        per(user_bytes)
     );
     println!(
-        "devices with two partner observations: {two_partners} ({:.0}%)",
-        100.0 * two_partners as f64 / n as f64
+        "interned: {groups} groups, {sets} group sets, {threat_sets} threat lists, {views} views"
     );
+    drop(tenants);
+    let i = population::interned(&engine);
     println!(
-        "VmRSS before: {} MiB, after: {} MiB",
-        before >> 20,
-        after >> 20
-    );
-    println!(
-        "resident bytes per device: {:.1} (shard structures, approx: {:.1})",
-        grown as f64 / n as f64,
-        approx as f64 / n as f64
+        "interned values, requested bytes (est., without spare capacity): group sets {:.1} \
+         B/device, threat lists {:.1} B/device, group names {:.1} B/device",
+        per(i.group_set_bytes),
+        per(i.threat_list_bytes),
+        per(i.group_bytes)
     );
 }

@@ -14,7 +14,8 @@
 //! `commit_transaction`/`flush`, which wait in 100 ms steps), to tell that cost from the rest.
 //! | `restore` | device states/s restored from the changelog | reading the same partitions the same way without decoding or applying |
 //! | `fanout` | a connector flipping to ignored over 1M devices: clock moved -> 1M changes read back | one transaction with the same records, written by a plain producer |
-//! | `memory` | resident bytes per device in a fresh process (1M and 10M devices) | the size of one slab slot |
+//! | `memory` | resident bytes per device in a fresh process (1M and 10M devices): restored, and filled live with the 1.0 and the 1.1 populations | the size of one slab slot; for the 1.1 population, the live 1.0 population |
+//! | `reload` | a membership table reload re-evaluating 100,000 users' devices in a 1M-device engine (engine only) | as many membership records that change no policy's scope |
 //!
 //! Every run uses fresh topic names and consumer groups and deletes its topics at the end.
 
@@ -25,6 +26,8 @@ mod kafka;
 mod latency;
 mod memory;
 mod pipe;
+mod population;
+mod reload;
 mod restore;
 mod throughput;
 /// The world builders the tests, `benches/core.rs` and `examples/memory.rs` share.
@@ -50,15 +53,18 @@ pub enum Part {
     Fanout,
     /// Resident bytes per tracked device.
     Memory,
+    /// A membership table reload re-evaluating users' devices, in the engine alone.
+    Reload,
 }
 
 impl Part {
-    pub const ALL: [Part; 5] = [
+    pub const ALL: [Part; 6] = [
         Part::Throughput,
         Part::Latency,
         Part::Restore,
         Part::Fanout,
         Part::Memory,
+        Part::Reload,
     ];
 
     fn name(self) -> &'static str {
@@ -68,6 +74,37 @@ impl Part {
             Part::Restore => "restore",
             Part::Fanout => "fanout",
             Part::Memory => "memory",
+            Part::Reload => "reload",
+        }
+    }
+}
+
+/// How the memory part's child process fills its engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryPopulation {
+    /// The 1.0 population restored from changelog records.
+    Restored,
+    /// The 1.0 population through `Engine::apply`, as live traffic.
+    Mixed,
+    /// Contract 1.1's population (groups, group-assigned policies, threats) through `apply`.
+    Directory,
+}
+
+impl MemoryPopulation {
+    fn name(self) -> &'static str {
+        match self {
+            MemoryPopulation::Restored => "restored",
+            MemoryPopulation::Mixed => "mixed",
+            MemoryPopulation::Directory => "directory",
+        }
+    }
+
+    /// How the devices got into the engine, for the log.
+    fn how(self) -> &'static str {
+        match self {
+            MemoryPopulation::Restored => "restored (1.0 population)",
+            MemoryPopulation::Mixed => "applied live (1.0 population)",
+            MemoryPopulation::Directory => "applied live (1.1 population, memberships included)",
         }
     }
 }
@@ -109,6 +146,12 @@ pub struct BenchArgs {
     /// Device counts of the memory part (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub memory_devices: Vec<usize>,
+    /// Devices (one user each) of the engine the reload part changes memberships in.
+    #[arg(long)]
+    pub reload_devices: Option<usize>,
+    /// Users whose membership records the reload part changes.
+    #[arg(long)]
+    pub reload_users: Option<usize>,
     /// Seconds of traffic in the latency part.
     #[arg(long)]
     pub latency_seconds: Option<f64>,
@@ -127,6 +170,9 @@ pub struct BenchArgs {
     /// Internal: fill an engine with N devices in this fresh process and print its memory.
     #[arg(long, hide = true)]
     pub memory_child: Option<usize>,
+    /// Internal: how the memory child fills its engine.
+    #[arg(long, hide = true, value_enum, default_value_t = MemoryPopulation::Restored)]
+    pub memory_population: MemoryPopulation,
 }
 
 /// Sizes after `--quick` and the explicit options.
@@ -138,6 +184,8 @@ pub struct Sizes {
     pub restore_devices: usize,
     pub fanout_devices: usize,
     pub memory_devices: Vec<usize>,
+    pub reload_devices: usize,
+    pub reload_users: usize,
     pub latency_seconds: f64,
     pub latency_devices: usize,
 }
@@ -163,6 +211,10 @@ impl BenchArgs {
             } else {
                 vec![1_000_000, 10_000_000]
             },
+            reload_devices: self
+                .reload_devices
+                .unwrap_or(if q { 50_000 } else { 1_000_000 }),
+            reload_users: self.reload_users.unwrap_or(if q { 5_000 } else { 100_000 }),
             latency_seconds: self.latency_seconds.unwrap_or(if q { 3.0 } else { 20.0 }),
             latency_devices: if q { 500 } else { 10_000 },
         }
@@ -338,7 +390,7 @@ impl Report {
 /// Runs `mtdgate bench`; prints figures as they are measured and the final table.
 pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     if let Some(n) = args.memory_child {
-        memory::child(n);
+        memory::child(n, args.memory_population);
         return Ok(Report::default());
     }
     let sizes = args.sizes();
@@ -391,6 +443,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             Part::Restore => restore::run(&env, &sizes, &mut report),
             Part::Fanout => fanout::run(&env, &sizes, &mut report),
             Part::Memory => memory::run(&sizes, &mut report),
+            Part::Reload => reload::run(&sizes, &mut report),
         };
         match result {
             Ok(()) => println!(
