@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use mtdgate::engine::devices::Device;
 use mtdgate::engine::partitioner::partition_for;
-use mtdgate::engine::users::UserEntry;
+use mtdgate::engine::users::USER_COLUMN_BYTES;
 use mtdgate::engine::Engine;
 use mtdgate::model::Platform;
 
@@ -116,10 +116,10 @@ fn main() {
     println!("devices: {n}, tenants: {TENANTS}, partitions: {PARTITIONS}, population: {which}");
     println!(
         "size_of::<Device>() = {} B, size_of::<Option<Device>>() = {} B, \
-         size_of::<Option<UserEntry>>() = {} B",
+         user columns {} B/user",
         std::mem::size_of::<Device>(),
         std::mem::size_of::<Option<Device>>(),
-        std::mem::size_of::<Option<UserEntry>>()
+        USER_COLUMN_BYTES
     );
 
     let mut engine = world::engine();

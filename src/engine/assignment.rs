@@ -63,8 +63,13 @@ pub struct ResolvedScope {
 }
 
 impl ResolvedScope {
-    pub fn new(policy: &ThreatPolicy, groups: &Interner<str>) -> Self {
-        let ids = |names: &[String]| names.iter().filter_map(|n| groups.get(n)).collect();
+    pub fn new(policy: &ThreatPolicy, groups: &Interner<Box<str>>) -> Self {
+        let ids = |names: &[String]| {
+            names
+                .iter()
+                .filter_map(|n| groups.get(n.as_str()))
+                .collect()
+        };
         ResolvedScope {
             include: policy.include_groups.as_deref().map(ids),
             exclude: ids(&policy.exclude_groups),
@@ -134,9 +139,9 @@ mod tests {
 
     #[test]
     fn resolved_scope_agrees_with_names() {
-        let mut groups: Interner<str> = Interner::default();
-        let sales = groups.intern_boxed("sales".into());
-        let contractors = groups.intern_boxed("contractors".into());
+        let mut groups: Interner<Box<str>> = Interner::default();
+        let sales = groups.intern("sales".into());
+        let contractors = groups.intern("contractors".into());
         let p = policy(Some(&["sales", "unknown"]), &["contractors"]);
         let r = ResolvedScope::new(&p, &groups);
         let mut both = vec![sales, contractors];

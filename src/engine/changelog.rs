@@ -10,7 +10,7 @@ use crate::catalogue::{Catalogue, PartnerIdx};
 use crate::model::{DeviceStateRecord, PartnerObservation};
 
 use super::compact::OsVersion;
-use super::devices::{flags, Device, DeviceShard, Observation, Slot};
+use super::devices::{flags, Device, DeviceShard, Observation, Observations, Slot};
 use super::tables::TenantTables;
 use super::users::{self, worst_threats, ThreatSetId, NO_USER};
 use super::Engine;
@@ -63,7 +63,7 @@ pub fn to_record(
                 health_state: o.health,
                 observed_at: o.observed_at,
                 event_fingerprint: o.event_fingerprint as i32,
-                threats: tables.threats(shard.threats(slot, o.partner)).to_vec(),
+                threats: tables.threats(shard.threats(slot, o.partner)),
             })
             .collect(),
     }
@@ -127,7 +127,7 @@ impl Engine {
                 device: r.device_id.clone(),
             });
         }
-        let mut observations = smallvec::SmallVec::new();
+        let mut observations: SmallVec<[Observation; 4]> = SmallVec::new();
         for p in &r.partners {
             let partner = self.catalogue.index(&p.partner_id).ok_or_else(|| {
                 RestoreError::UnknownPartner {
@@ -154,7 +154,7 @@ impl Engine {
             for p in r.partners.iter().filter(|p| !p.threats.is_empty()) {
                 let idx = self.catalogue.index(&p.partner_id).expect("checked above");
                 let worst = worst_threats(&p.threats);
-                threat_sets.push((idx, tables.threat_sets.intern_boxed(worst.into())));
+                threat_sets.push((idx, tables.threat_sets.intern(&worst)));
             }
             match r.user_id.as_deref().filter(|u| !u.is_empty()) {
                 Some(u) => tables.users.intern(u),
@@ -171,7 +171,7 @@ impl Engine {
         shard.set_platform(slot, r.platform);
         shard.set_compliance(slot, r.compliance);
         users::assign(&tables.users, &mut shard, slot, user);
-        shard.set_observations(slot, observations, &threat_sets);
+        shard.set_observations(slot, Observations::from_sorted(&observations), &threat_sets);
         let d = shard.get_mut(slot);
         d.output_seq = r.output_seq as u32;
         d.os = r

@@ -29,6 +29,70 @@ pub struct Observation {
     pub health: HealthState,
 }
 
+/// A device's observations, one per partner, sorted by partner: one inline in 16 bytes (the
+/// enum's tag lives in the health state's spare values), two in one 32-byte allocation, more
+/// in a vector. A `SmallVec` with one inline slot takes 24 bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Observations {
+    #[default]
+    Empty,
+    One(Observation),
+    Two(Box<[Observation; 2]>),
+    More(Box<Vec<Observation>>),
+}
+
+impl Observations {
+    /// Observations already sorted by partner, one per partner.
+    pub fn from_sorted(list: &[Observation]) -> Self {
+        match list {
+            [] => Observations::Empty,
+            [o] => Observations::One(*o),
+            [a, b] => Observations::Two(Box::new([*a, *b])),
+            more => Observations::More(Box::new(more.to_vec())),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Observation] {
+        match self {
+            Observations::Empty => &[],
+            Observations::One(o) => std::slice::from_ref(o),
+            Observations::Two(b) => &b[..],
+            Observations::More(v) => v,
+        }
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Observation> {
+        self.as_slice().iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// Replaces the partner's observation, or adds it in partner order.
+    pub fn upsert(&mut self, obs: Observation) {
+        let slot = match self {
+            Observations::Empty => None,
+            Observations::One(o) => Some(std::slice::from_mut(o)),
+            Observations::Two(b) => Some(&mut b[..]),
+            Observations::More(v) => Some(&mut v[..]),
+        }
+        .and_then(|all| all.iter_mut().find(|o| o.partner == obs.partner));
+        if let Some(slot) = slot {
+            *slot = obs;
+            return;
+        }
+        let mut all: SmallVec<[Observation; 4]> = self.iter().copied().collect();
+        all.push(obs);
+        all.sort_by_key(|o| o.partner);
+        *self = Observations::from_sorted(&all);
+    }
+}
+
 /// Flag bits of [`Device::flags`].
 pub mod flags {
     pub const ENROLLED: u8 = 1;
@@ -46,7 +110,7 @@ pub struct Device {
     /// The device's user in its tenant's user table, or [`NO_USER`].
     pub user: UserId,
     pub os: OsVersion,
-    pub observations: SmallVec<[Observation; 1]>,
+    pub observations: Observations,
     /// Position in the (tenant, platform) fan-out list.
     index_pos: u32,
     pub platform: Platform,
@@ -64,7 +128,7 @@ impl Device {
             id: CompactStr::new(id),
             user: NO_USER,
             os: OsVersion::UNKNOWN,
-            observations: SmallVec::new(),
+            observations: Observations::Empty,
             index_pos: 0,
             platform,
             management,
@@ -93,17 +157,7 @@ impl Device {
 
     /// Records an observation, replacing the partner's previous one.
     pub fn observe(&mut self, obs: Observation) {
-        match self
-            .observations
-            .iter_mut()
-            .find(|o| o.partner == obs.partner)
-        {
-            Some(slot) => *slot = obs,
-            None => {
-                self.observations.push(obs);
-                self.observations.sort_by_key(|o| o.partner);
-            }
-        }
+        self.observations.upsert(obs);
     }
 }
 
@@ -274,7 +328,7 @@ impl DeviceShard {
     pub fn set_observations(
         &mut self,
         slot: Slot,
-        observations: SmallVec<[Observation; 1]>,
+        observations: Observations,
         threats: &[(PartnerIdx, ThreatSetId)],
     ) {
         let old: SmallVec<[PartnerIdx; 4]> = self
@@ -456,11 +510,31 @@ mod tests {
 
     #[test]
     fn device_is_small() {
+        assert_eq!(std::mem::size_of::<Observations>(), 16);
         assert!(
-            std::mem::size_of::<Option<Device>>() <= 112,
+            std::mem::size_of::<Option<Device>>() <= 72,
             "{}",
             std::mem::size_of::<Option<Device>>()
         );
+    }
+
+    #[test]
+    fn observations_stay_sorted_and_unique() {
+        let o = |partner, at| Observation {
+            observed_at: at,
+            event_fingerprint: 0,
+            partner,
+            health: HealthState::Secured,
+        };
+        let mut list = Observations::default();
+        for (p, at) in [(5, 1), (2, 2), (5, 3), (9, 4), (1, 5), (2, 6)] {
+            list.upsert(o(p, at));
+        }
+        let got: Vec<_> = list.iter().map(|o| (o.partner, o.observed_at)).collect();
+        assert_eq!(got, [(1, 5), (2, 6), (5, 3), (9, 4)]);
+        assert!(matches!(list, Observations::More(_)));
+        let two = Observations::from_sorted(&[o(1, 1), o(2, 2)]);
+        assert!(matches!(two, Observations::Two(_)));
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl EngineReader {
                         age_ms: now - o.observed_at,
                         counts,
                         why,
-                        threats: tables.threats(shard.threats(slot, o.partner)).to_vec(),
+                        threats: tables.threats(shard.threats(slot, o.partner)),
                     }
                 })
                 .collect();
@@ -210,7 +210,7 @@ impl EngineReader {
                                 partner_id: self.catalogue.partner(n.partner).id.clone(),
                                 threats: match n.code {
                                     ReasonCode::LevelExceedsPolicy => {
-                                        tables.threats(shard.threats(slot, n.partner)).to_vec()
+                                        tables.threats(shard.threats(slot, n.partner))
                                     }
                                     _ => Vec::new(),
                                 },

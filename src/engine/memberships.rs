@@ -34,8 +34,7 @@ impl Engine {
             // A tombstone for a user never seen: nothing changes.
             (None, None) => return Ok(()),
         };
-        let entry = tables.users.get(user).expect("interned user");
-        let (before, held_at) = (entry.groups, entry.membership_at());
+        let (before, held_at) = (tables.users.groups(user), tables.users.membership_at(user));
         let cause = match m {
             Some(m) => {
                 if let Some(old) = held_at {
@@ -44,12 +43,12 @@ impl Engine {
                 let mut ids: Vec<GroupId> = m
                     .groups
                     .iter()
-                    .map(|g| tables.groups.intern_boxed(g.as_str().into()))
+                    .map(|g| tables.groups.intern(g.as_str().into()))
                     .collect();
                 ids.sort_unstable();
                 ids.dedup();
                 let known = tables.group_sets.len();
-                let set = tables.group_sets.intern_boxed(ids.into());
+                let set = tables.group_sets.intern(&ids);
                 if tables.group_sets.len() > known {
                     tables.scope_new_set(&self.catalogue, set);
                 }

@@ -68,7 +68,7 @@ impl Reevaluation<'_> {
                     partner_id: self.catalogue.partner(r.partner).id.clone(),
                     threats: match r.code {
                         ReasonCode::LevelExceedsPolicy => {
-                            self.tables.threats(shard.threats(slot, r.partner)).to_vec()
+                            self.tables.threats(shard.threats(slot, r.partner))
                         }
                         _ => Vec::new(),
                     },
@@ -128,7 +128,7 @@ impl Reevaluation<'_> {
                 cause_event_id: self.cause.to_owned(),
                 threats: a
                     .partner
-                    .map(|p| self.tables.threats(shard.threats(slot, p)).to_vec())
+                    .map(|p| self.tables.threats(shard.threats(slot, p)))
                     .unwrap_or_default(),
             }));
             seq = seq.wrapping_add(1);

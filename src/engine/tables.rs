@@ -20,7 +20,9 @@ use super::assignment::{ceiling, ResolvedScope};
 use super::compact::OsVersion;
 use super::connector::ConnectorState;
 use super::policies::Enforcement;
-use super::users::{GroupId, Interner, SetId, ThreatSetId, UserId, Users};
+use super::users::{
+    GroupId, Interner, ListInterner, SetId, ThreatLists, ThreatSetId, UserId, Users,
+};
 
 /// Interned tenant id; stable for the life of the process, never written anywhere.
 pub type TenantId = u32;
@@ -83,18 +85,40 @@ impl Default for PlatformView {
 /// The views of one platform: one per distinct scope, and the scope of every group set.
 #[derive(Debug, Default)]
 pub struct PlatformScopes {
-    scope_of_set: Vec<u32>,
+    /// The scope of each group set, two bytes per set: a tenant has far fewer distinct
+    /// assignments per platform than 65,535; scopes past that are found in `overflow`.
+    scope_of_set: Vec<u16>,
+    overflow: HashMap<SetId, u32>,
     views: Vec<PlatformView>,
     by_key: HashMap<Vec<u16>, u32>,
 }
+
+const OVERFLOW: u16 = u16::MAX;
 
 impl PlatformScopes {
     /// The view for users in group set `set`.
     pub fn view(&self, set: SetId) -> &PlatformView {
         static EMPTY: std::sync::OnceLock<PlatformView> = std::sync::OnceLock::new();
-        match self.scope_of_set.get(set as usize) {
-            Some(&scope) => &self.views[scope as usize],
+        let scope = match self.scope_of_set.get(set as usize) {
+            Some(&OVERFLOW) => self.overflow.get(&set).copied(),
+            Some(&scope) => Some(scope as u32),
+            None => None,
+        };
+        match scope {
+            Some(scope) => &self.views[scope as usize],
             None => EMPTY.get_or_init(PlatformView::default),
+        }
+    }
+
+    /// Records the scope of the next group set.
+    fn push(&mut self, scope: u32) {
+        let set = self.scope_of_set.len() as SetId;
+        match u16::try_from(scope) {
+            Ok(s) if s != OVERFLOW => self.scope_of_set.push(s),
+            _ => {
+                self.overflow.insert(set, scope);
+                self.scope_of_set.push(OVERFLOW);
+            }
         }
     }
 
@@ -120,11 +144,11 @@ pub struct TenantTables {
     pub policies: BTreeMap<String, ThreatPolicy>,
     pub settings: SettingsState,
     pub users: Users,
-    pub groups: Interner<str>,
+    pub groups: Interner<Box<str>>,
     /// Sorted group sets; id 0 is the empty set.
-    pub group_sets: Interner<[GroupId]>,
+    pub group_sets: ListInterner<GroupId>,
     /// Threat lists (worst first, at most 3); id 0 is the empty list.
-    pub threat_sets: Interner<[Threat]>,
+    pub threat_sets: ThreatLists,
     platforms: [PlatformScopes; 4],
 }
 
@@ -136,8 +160,8 @@ impl Default for TenantTables {
             settings: SettingsState::default(),
             users: Users::default(),
             groups: Interner::default(),
-            group_sets: Interner::starting_with(Box::new([])),
-            threat_sets: Interner::starting_with(Box::new([])),
+            group_sets: ListInterner::default(),
+            threat_sets: ThreatLists::default(),
             platforms: Default::default(),
         };
         for p in &mut t.platforms {
@@ -162,7 +186,7 @@ impl TenantTables {
             let policies = self.platform_policies(platform);
             for set in 0..self.group_sets.len() as SetId {
                 let scope = self.scope_for(catalogue, platform, &policies, &mut fresh, set);
-                fresh.scope_of_set.push(scope);
+                fresh.push(scope);
             }
             let old = &self.platforms[platform.code() as usize];
             let diff: Vec<bool> = (0..self.group_sets.len() as SetId)
@@ -186,7 +210,7 @@ impl TenantTables {
             let policies = self.platform_policies(platform);
             let scope = self.scope_for(catalogue, platform, &policies, &mut scopes, set);
             drop(policies);
-            scopes.scope_of_set.push(scope);
+            scopes.push(scope);
             self.platforms[platform.code() as usize] = scopes;
         }
     }
@@ -342,23 +366,21 @@ impl TenantTables {
         &self.platforms[platform.code() as usize]
     }
 
-    /// The threats of threat set `id`.
-    pub fn threats(&self, id: ThreatSetId) -> &[Threat] {
-        if (id as usize) < self.threat_sets.len() {
-            self.threat_sets.resolve(id)
-        } else {
-            &[]
-        }
+    /// The threats of threat list `id`.
+    pub fn threats(&self, id: ThreatSetId) -> Vec<Threat> {
+        self.threat_sets.resolve(id)
     }
 
     /// The names of the groups of user `user` (`None` for [`super::users::NO_USER`]).
     pub fn group_names(&self, user: UserId) -> Option<Vec<&str>> {
-        let entry = self.users.get(user)?;
+        if !self.users.contains(user) {
+            return None;
+        }
         Some(
             self.group_sets
-                .resolve(entry.groups)
+                .resolve(self.users.groups(user))
                 .iter()
-                .map(|&g| self.groups.resolve(g))
+                .map(|&g| self.groups.resolve(g).as_ref())
                 .collect(),
         )
     }

@@ -64,7 +64,7 @@ impl Engine {
                 tables.users.intern(u);
             }
             if need_threats {
-                tables.threat_sets.intern_boxed(worst.as_slice().into());
+                tables.threat_sets.intern(&worst);
             }
             drop(writer);
             tenants = self.tenants.read();

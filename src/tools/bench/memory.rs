@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use crate::tools::simulate::group;
 use mtdgate::engine::devices::Device;
 use mtdgate::engine::partitioner::partition_for;
-use mtdgate::engine::users::UserEntry;
+use mtdgate::engine::users::USER_COLUMN_BYTES;
 use mtdgate::engine::Engine;
 use mtdgate::model::Platform;
 
@@ -150,9 +150,9 @@ fn breakdown(engine: &Engine, n: usize) {
             .sum::<usize>();
     }
     println!(
-        "INFO size_of::<Option<Device>>() = {} B, size_of::<Option<UserEntry>>() = {} B",
+        "INFO size_of::<Option<Device>>() = {} B, user columns {} B/user",
         std::mem::size_of::<Option<Device>>(),
-        std::mem::size_of::<Option<UserEntry>>()
+        USER_COLUMN_BYTES
     );
     println!(
         "INFO approx: device shards (slab, indexes, threat side table) {:.1} B/device, \

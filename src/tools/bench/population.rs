@@ -17,7 +17,7 @@
 
 use mtdgate::engine::partitioner::partition_for;
 use mtdgate::engine::{Body, Engine, Output};
-use mtdgate::model::HealthState;
+use mtdgate::model::{HealthState, Platform};
 
 use super::world;
 
@@ -199,14 +199,10 @@ pub struct Interned {
     pub group_bytes: usize,
 }
 
-/// [`Interned`] of the tenants of both populations. An `Interner` holds each value twice (its
-/// list of values and its hash map's keys are separate boxes); a group set also has a scope
-/// per platform (`u32`).
+/// [`Interned`] of the tenants of both populations, from the interners' own estimates; a
+/// group set also has a scope per platform (`u32`).
 pub fn interned(engine: &Engine) -> Interned {
     use std::mem::size_of;
-    // A value's slot in the list (a box) and its map entry (a box and a u32, one control byte).
-    let entry = size_of::<Box<[u32]>>() + size_of::<(Box<[u32]>, u32)>() + 1;
-    let string = |s: &String| s.len();
     let tenants = engine.tenants();
     let mut n = Interned::default();
     for t in 0..TENANTS {
@@ -215,23 +211,12 @@ pub fn interned(engine: &Engine) -> Interned {
         };
         let tables = tenants.tables(id);
         n.groups += tables.groups.len();
-        for g in 0..tables.groups.len() as u32 {
-            n.group_bytes += entry + 2 * tables.groups.resolve(g).len();
-        }
+        n.group_bytes += tables.groups.approx_bytes(|g| g.len());
         n.group_sets += tables.group_sets.len();
-        for s in 0..tables.group_sets.len() as u32 {
-            let set = tables.group_sets.resolve(s);
-            n.group_set_bytes += entry + 2 * size_of_val(set) + 4 * size_of::<u32>();
-        }
+        n.group_set_bytes += tables.group_sets.approx_bytes()
+            + tables.group_sets.len() * Platform::ALL.len() * size_of::<u32>();
         n.threat_lists += tables.threat_sets.len();
-        for s in 0..tables.threat_sets.len() as u32 {
-            let list = tables.threat_sets.resolve(s);
-            let strings: usize = list
-                .iter()
-                .map(|t| string(&t.category) + string(&t.name))
-                .sum();
-            n.threat_list_bytes += entry + 2 * (size_of_val(list) + strings);
-        }
+        n.threat_list_bytes += tables.threat_sets.approx_bytes();
     }
     n
 }
