@@ -1,6 +1,7 @@
 //! Property tests of the rule engine: random input histories over a small universe of tenants,
-//! partners and devices, checked for determinism, tenant isolation, idempotence, "outputs only
-//! on real change" and changelog restore.
+//! partners, devices, users and groups, checked for determinism, tenant isolation, idempotence,
+//! "outputs only on real change", changelog restore, and (contract 1.1) that a membership or
+//! policy change touches exactly the devices it should, as re-evaluating them would.
 
 mod support;
 
@@ -23,6 +24,14 @@ const PARTNERS: [&str; 5] = [LOOKOUT, ZIMPERIUM, MDE, WSC, UNKNOWN_VENDOR];
 const DEVICES: [&str; 4] = ["d0", "d1", "3f2504e0-4f89-11d3-9a0c-0305e82c3301", "d3"];
 const PARTITIONS: i32 = 2;
 const POLICIES: [&str; 3] = ["p0", "p1", "p2"];
+/// The same user names in every tenant: enrollments, reports and memberships name them.
+const USERS: [&str; 3] = ["user-0", "user-1", "user-2"];
+/// Groups of memberships and policies. Memberships put users in the first [`MEMBER_GROUPS`]
+/// only, so a policy naming `g3` names a group nobody is in; [`EMPTY_GROUP`] is an empty
+/// (invalid) group id.
+const GROUPS: [&str; 4] = ["g0", "g1", "g2", "g3"];
+const MEMBER_GROUPS: u8 = 3;
+const EMPTY_GROUP: u8 = u8::MAX;
 const OS_VERSIONS: [&str; 5] = ["15.8", "16.0", "17.4", "18", "beta"];
 const MIN: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
@@ -74,8 +83,8 @@ enum Op {
     Enroll {
         tenant: u8,
         device: u8,
-        /// `None` retires the device.
-        spec: Option<(Platform, Management, Ownership, u8, Option<u8>)>,
+        /// `None` retires the device; a `None` user is an empty user id (no user).
+        spec: Option<EnrollSpec>,
     },
     Inventory {
         tenant: u8,
@@ -83,11 +92,28 @@ enum Op {
         ownership: Ownership,
         managed: Vec<bool>,
     },
+    Membership {
+        tenant: u8,
+        user: u8,
+        /// `None` is a tombstone (the user is in no group).
+        groups: Option<Vec<u8>>,
+        lag: i64,
+        /// The payload names another tenant than the key.
+        mismatch: bool,
+    },
+    Settings {
+        tenant: u8,
+        /// `None` is a tombstone (the defaults).
+        spec: Option<SettingsSpec>,
+    },
     /// Moves the clock forward and fires due timers.
     Advance(i64),
     /// Drains the changelog of every partition.
     Flush,
 }
+
+/// Platform, management, ownership, user and OS version of an enrollment.
+type EnrollSpec = (Platform, Management, Ownership, Option<u8>, Option<u8>);
 
 #[derive(Debug, Clone)]
 struct ConnectorSpec {
@@ -107,6 +133,28 @@ struct PolicySpec {
     action: Option<PolicyAction>,
     priority: Option<PartnerPriority>,
     lag: i64,
+    /// `include_groups`: `None` = every user.
+    include: Option<Vec<u8>>,
+    exclude: Vec<u8>,
+    defender_max_level: Option<PolicyLevel>,
+    block_on_missing_data: bool,
+}
+
+#[derive(Debug, Clone)]
+struct SettingsSpec {
+    no_policy_state: NoPolicyState,
+    /// `report_validity_days`: `None`, or an out-of-range value (refused).
+    validity: Option<i32>,
+    lag: i64,
+    mismatch: bool,
+}
+
+fn group_name(g: u8) -> &'static str {
+    GROUPS.get(g as usize).copied().unwrap_or("")
+}
+
+fn group_names(groups: &[u8]) -> Vec<String> {
+    groups.iter().map(|&g| group_name(g).to_owned()).collect()
 }
 
 impl Op {
@@ -118,7 +166,9 @@ impl Op {
             | Op::Connector { tenant, .. }
             | Op::Policy { tenant, .. }
             | Op::Enroll { tenant, .. }
-            | Op::Inventory { tenant, .. } => Some(tenant),
+            | Op::Inventory { tenant, .. }
+            | Op::Membership { tenant, .. }
+            | Op::Settings { tenant, .. } => Some(tenant),
             Op::Advance(_) | Op::Flush => None,
         }
     }
@@ -127,7 +177,12 @@ impl Op {
     fn is_table_input(&self) -> bool {
         matches!(
             self,
-            Op::Heartbeat { .. } | Op::Connector { .. } | Op::Policy { .. } | Op::Advance(_)
+            Op::Heartbeat { .. }
+                | Op::Connector { .. }
+                | Op::Policy { .. }
+                | Op::Membership { .. }
+                | Op::Settings { .. }
+                | Op::Advance(_)
         )
     }
 
@@ -157,7 +212,7 @@ impl Op {
                     tenant_id: if *mismatch { "tx".into() } else { t.into() },
                     partner_id: PARTNERS[*partner as usize].into(),
                     device_id: d.into(),
-                    user_id: user.map(|u| format!("user-{u}")),
+                    user_id: user.map(|u| USERS[u as usize].into()),
                     platform: *platform,
                     management: *management,
                     ownership: *ownership,
@@ -244,6 +299,10 @@ impl Op {
                     action: s.action,
                     partner_priority: s.priority,
                     updated_at: now - s.lag,
+                    include_groups: s.include.as_deref().map(group_names),
+                    exclude_groups: group_names(&s.exclude),
+                    defender_max_level: s.defender_max_level,
+                    block_on_missing_data: s.block_on_missing_data,
                 });
                 (0, format!("{t}/{id}"), Body::Policy(body))
             }
@@ -259,7 +318,7 @@ impl Op {
                         |(platform, management, ownership, user, os)| DeviceEnrollment {
                             tenant_id: t.into(),
                             device_id: d.into(),
-                            user_id: format!("user-{user}"),
+                            user_id: user.map_or(String::new(), |u| USERS[u as usize].into()),
                             platform,
                             management,
                             ownership,
@@ -310,6 +369,33 @@ impl Op {
                     format!("{t}/{d}"),
                     Body::Inventory(inv),
                 )
+            }
+            Op::Membership {
+                tenant,
+                user,
+                groups,
+                lag,
+                mismatch,
+            } => {
+                let t = TENANTS[*tenant as usize];
+                let u = USERS[*user as usize];
+                let body = groups.as_ref().map(|g| GroupMembership {
+                    tenant_id: if *mismatch { "tx".into() } else { t.into() },
+                    user_id: u.into(),
+                    groups: group_names(g),
+                    updated_at: now - lag,
+                });
+                (0, format!("{t}/{u}"), Body::Membership(body))
+            }
+            Op::Settings { tenant, spec } => {
+                let t = TENANTS[*tenant as usize];
+                let body = spec.as_ref().map(|s| TenantSettings {
+                    tenant_id: if s.mismatch { "tx".into() } else { t.into() },
+                    no_policy_state: s.no_policy_state,
+                    report_validity_days: s.validity,
+                    updated_at: now - s.lag,
+                });
+                (0, t.to_owned(), Body::Settings(body))
             }
             Op::Advance(_) | Op::Flush => return None,
         })
@@ -469,22 +555,41 @@ fn policy_op() -> impl Strategy<Value = Op> {
         proptest::option::weighted(0.7, select(PolicyAction::ALL)),
         proptest::option::weighted(0.4, select(PartnerPriority::ALL)),
         prop_oneof![8 => Just(0i64), 1 => Just(HOUR)],
+        (
+            assignment(),
+            proptest::option::weighted(0.3, select(PolicyLevel::ALL)),
+            proptest::bool::weighted(0.3),
+        ),
     )
-        .prop_map(|(kind, platform, max_level, action, priority, lag)| {
-            // Mostly valid policies: the app protection fields only on app protection ones.
-            let (action, priority) = match kind {
-                PolicyKind::Compliance if lag == 0 => (None, None),
-                _ => (action, priority),
-            };
-            PolicySpec {
+        .prop_map(
+            |(
                 kind,
                 platform,
                 max_level,
                 action,
                 priority,
                 lag,
-            }
-        });
+                ((include, exclude), dml, bomd),
+            )| {
+                // Mostly valid policies: the app protection fields only on app protection ones.
+                let (action, priority) = match kind {
+                    PolicyKind::Compliance if lag == 0 => (None, None),
+                    _ => (action, priority),
+                };
+                PolicySpec {
+                    kind,
+                    platform,
+                    max_level,
+                    action,
+                    priority,
+                    lag,
+                    include,
+                    exclude,
+                    defender_max_level: dml,
+                    block_on_missing_data: bomd,
+                }
+            },
+        );
     (
         tenant(),
         0..POLICIES.len() as u8,
@@ -497,21 +602,94 @@ fn policy_op() -> impl Strategy<Value = Op> {
         })
 }
 
-fn enroll_op() -> impl Strategy<Value = Op> {
+/// A policy's `include_groups` (half the time every user; else a few groups, now and then none
+/// or only the group nobody is in) and `exclude_groups` (mostly none).
+fn assignment() -> impl Strategy<Value = (Option<Vec<u8>>, Vec<u8>)> {
+    let group = 0..GROUPS.len() as u8;
+    (
+        proptest::option::of(prop_oneof![
+            6 => proptest::collection::vec(group.clone(), 1..3),
+            1 => Just(Vec::new()),
+        ]),
+        prop_oneof![
+            3 => Just(Vec::new()),
+            1 => proptest::collection::vec(group, 1..3),
+        ],
+    )
+}
+
+fn user() -> impl Strategy<Value = u8> {
+    0..USERS.len() as u8
+}
+
+fn membership_op() -> impl Strategy<Value = Op> {
+    membership(tenant())
+}
+
+/// A user's groups (mostly from the member groups, rarely an empty group id), a tombstone now
+/// and then.
+fn membership(tenant: impl Strategy<Value = u8>) -> impl Strategy<Value = Op> {
+    let group = prop_oneof![30 => 0..MEMBER_GROUPS, 1 => Just(EMPTY_GROUP)];
+    (
+        tenant,
+        user(),
+        proptest::option::weighted(0.85, proptest::collection::vec(group, 0..3)),
+        prop_oneof![8 => Just(0i64), 1 => Just(HOUR)],
+        proptest::bool::weighted(0.03),
+    )
+        .prop_map(|(tenant, user, groups, lag, mismatch)| Op::Membership {
+            tenant,
+            user,
+            groups,
+            lag,
+            mismatch,
+        })
+}
+
+/// `no_policy_state` of any value; `report_validity_days` null, or now and then out of range
+/// (refused). Tombstones now and then.
+fn settings_op() -> impl Strategy<Value = Op> {
     let spec = (
-        platform(),
-        management(),
-        ownership(),
-        0u8..3,
-        proptest::option::of(0..OS_VERSIONS.len() as u8),
-    );
-    (tenant(), device(), proptest::option::weighted(0.8, spec)).prop_map(
-        |(tenant, device, spec)| Op::Enroll {
+        select(NoPolicyState::ALL),
+        prop_oneof![12 => Just(None), 1 => Just(Some(0)), 1 => Just(Some(121))],
+        prop_oneof![8 => Just(0i64), 1 => Just(HOUR)],
+        proptest::bool::weighted(0.03),
+    )
+        .prop_map(|(no_policy_state, validity, lag, mismatch)| SettingsSpec {
+            no_policy_state,
+            validity,
+            lag,
+            mismatch,
+        });
+    (tenant(), proptest::option::weighted(0.8, spec))
+        .prop_map(|(tenant, spec)| Op::Settings { tenant, spec })
+}
+
+fn enroll_op() -> impl Strategy<Value = Op> {
+    enrollment(tenant(), true)
+}
+
+/// An enrollment (mostly on the platform the device reports, mostly with a user of the pool),
+/// or when `retire` now and then a retirement.
+fn enrollment(tenant: impl Strategy<Value = u8>, retire: bool) -> impl Strategy<Value = Op> {
+    (tenant, device()).prop_flat_map(move |(tenant, device)| {
+        let spec = (
+            platform_of(device),
+            management(),
+            ownership(),
+            proptest::option::weighted(0.85, user()),
+            proptest::option::of(0..OS_VERSIONS.len() as u8),
+        );
+        let spec = match retire {
+            true => proptest::option::weighted(0.8, spec).boxed(),
+            false => spec.prop_map(Some).boxed(),
+        };
+        spec.prop_map(move |spec| Op::Enroll {
             tenant,
             device,
             spec,
-        },
-    )
+        })
+    })
 }
 
 fn inventory_op() -> impl Strategy<Value = Op> {
@@ -581,9 +759,9 @@ fn good_policy(tenant: impl Strategy<Value = u8>) -> impl Strategy<Value = Op> {
         tenant,
         0..POLICIES.len() as u8,
         prop_oneof![
-            Just(Platform::Ios),
-            Just(Platform::Android),
-            Just(Platform::Windows)
+            3 => Just(Platform::Ios),
+            3 => Just(Platform::Android),
+            1 => Just(Platform::Windows)
         ],
         prop_oneof![
             Just(PolicyLevel::Secured),
@@ -596,23 +774,45 @@ fn good_policy(tenant: impl Strategy<Value = u8>) -> impl Strategy<Value = Op> {
             Just(PolicyAction::Wipe)
         ]),
         proptest::option::weighted(0.3, select(PartnerPriority::ALL)),
+        (
+            assignment(),
+            proptest::option::weighted(0.3, select(PolicyLevel::ALL)),
+            proptest::bool::weighted(0.3),
+        ),
     )
         .prop_map(
-            |(tenant, policy, platform, max_level, action, priority)| Op::Policy {
+            |(
                 tenant,
                 policy,
-                spec: Some(PolicySpec {
-                    kind: if action.is_some() {
-                        PolicyKind::AppProtection
-                    } else {
-                        PolicyKind::Compliance
-                    },
-                    platform,
-                    max_level,
-                    action,
-                    priority: action.and(priority),
-                    lag: 0,
-                }),
+                platform,
+                max_level,
+                action,
+                priority,
+                ((include, exclude), dml, bomd),
+            )| {
+                let app = action.is_some();
+                Op::Policy {
+                    tenant,
+                    policy,
+                    spec: Some(PolicySpec {
+                        kind: if app {
+                            PolicyKind::AppProtection
+                        } else {
+                            PolicyKind::Compliance
+                        },
+                        platform,
+                        max_level,
+                        action,
+                        priority: action.and(priority),
+                        lag: 0,
+                        include,
+                        exclude,
+                        // Defender's own ceiling on COMPLIANCE policies, missing data blocking
+                        // on APP_PROTECTION ones.
+                        defender_max_level: dml.filter(|_| !app),
+                        block_on_missing_data: bomd && app,
+                    }),
+                }
             },
         )
 }
@@ -636,34 +836,68 @@ fn op() -> impl Strategy<Value = Op> {
         2 => connector_op(),
         1 => good_connector_op(),
         2 => policy_op(),
-        1 => good_policy_op(),
+        2 => good_policy_op(),
         4 => enroll_op(),
         1 => inventory_op(),
+        4 => membership_op(),
+        1 => settings_op(),
         3 => advance_op(),
         1 => Just(Op::Flush),
     ]
 }
 
-/// What a tenant using MTD starts with: Lookout and Defender connectors set up and a few valid
-/// policies.
+/// The steps of [`op`] mixed for the assignment properties: more memberships, valid policies,
+/// enrollments and valid connectors, fewer clock steps, so that more devices are held and
+/// more table changes reach them.
+fn assignment_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => threat_op(),
+        2 => heartbeat_op(),
+        1 => connector_op(),
+        2 => good_connector_op(),
+        1 => policy_op(),
+        4 => good_policy_op(),
+        5 => enroll_op(),
+        6 => membership_op(),
+        1 => settings_op(),
+        1 => advance_op(),
+        1 => Just(Op::Flush),
+    ]
+}
+
+/// What a tenant using MTD starts with: Lookout and Defender connectors set up, a few valid
+/// policies, a few enrolled devices and a few users' memberships.
 fn tenant_setup(t: u8) -> impl Strategy<Value = Vec<Op>> {
     (
         good_connector(Just(t), Just(0u8)),
         good_connector(Just(t), Just(2u8)),
         proptest::collection::vec(good_policy(Just(t)), 1..4),
+        proptest::collection::vec(enrollment(Just(t), false), 1..5),
+        proptest::collection::vec(membership(Just(t)), 0..3),
     )
-        .prop_map(|(a, b, mut ops)| {
+        .prop_map(|(a, b, mut ops, devices, members)| {
             ops.insert(0, b);
             ops.insert(0, a);
+            ops.extend(devices);
+            ops.extend(members);
             ops
         })
 }
 
 /// A history: every tenant set up, then random steps.
 fn history(max: usize) -> impl Strategy<Value = Vec<Op>> {
+    history_of(op(), max)
+}
+
+/// A history whose steps after the set-up are [`assignment_op`]s.
+fn assignment_history(max: usize) -> impl Strategy<Value = Vec<Op>> {
+    history_of(assignment_op(), max)
+}
+
+fn history_of(op: impl Strategy<Value = Op>, max: usize) -> impl Strategy<Value = Vec<Op>> {
     (
         (tenant_setup(0), tenant_setup(1), tenant_setup(2)),
-        proptest::collection::vec(op(), 0..max),
+        proptest::collection::vec(op, 0..max),
     )
         .prop_map(|((a, b, c), tail)| {
             let mut ops = a;
@@ -685,13 +919,115 @@ enum Step {
     Changelog(Changelog),
 }
 
+/// What the tables hold, as the accepted inputs say (an input is accepted when it publishes no
+/// rejection: policies, memberships and settings are applied whole or not at all). Judges
+/// assignments with the contract's rule, independently of the engine's precomputed views.
+#[derive(Debug, Clone, Default)]
+struct Model {
+    /// Groups of each (tenant, user) with a membership held.
+    groups: BTreeMap<(String, String), Vec<String>>,
+    /// Policies held, by (tenant, policy id).
+    policies: BTreeMap<(String, String), ThreatPolicy>,
+    /// `no_policy_state` of each tenant with settings held.
+    no_policy: BTreeMap<String, NoPolicyState>,
+}
+
+impl Model {
+    fn accept(&mut self, key: &str, body: &Body) {
+        let (t, id) = key.split_once('/').unwrap_or((key, ""));
+        let k = (t.to_owned(), id.to_owned());
+        match body {
+            Body::Membership(Some(m)) => {
+                self.groups.insert(k, m.groups.clone());
+            }
+            Body::Membership(None) => {
+                self.groups.remove(&k);
+            }
+            Body::Policy(Some(p)) => {
+                self.policies.insert(k, p.clone());
+            }
+            Body::Policy(None) => {
+                self.policies.remove(&k);
+            }
+            Body::Settings(Some(s)) => {
+                self.no_policy.insert(t.to_owned(), s.no_policy_state);
+            }
+            Body::Settings(None) => {
+                self.no_policy.remove(t);
+            }
+            _ => {}
+        }
+    }
+
+    /// The groups of a device's user (`None`: the device has no user; a user without a
+    /// membership is in no group).
+    fn groups_of(&self, tenant: &str, user: Option<&str>) -> Option<Vec<String>> {
+        user.map(|u| {
+            self.groups
+                .get(&(tenant.to_owned(), u.to_owned()))
+                .cloned()
+                .unwrap_or_default()
+        })
+    }
+
+    fn no_policy_state(&self, tenant: &str) -> ComplianceState {
+        self.no_policy
+            .get(tenant)
+            .copied()
+            .unwrap_or_default()
+            .state()
+    }
+
+    /// Whether some COMPLIANCE policy of the tenant applies to an MDM device of `user` on
+    /// `platform`.
+    fn any_compliance_policy(&self, tenant: &str, user: Option<&str>, platform: Platform) -> bool {
+        let groups = self.groups_of(tenant, user);
+        self.policies
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .any(|(_, p)| applies(p, Management::Mdm, platform, groups.as_deref()))
+    }
+}
+
+/// The contract's assignment rule: kind and platform match (COMPLIANCE for enrolled devices,
+/// APP_PROTECTION for unenrolled ones), and the user is in scope: `include_groups` null takes
+/// everyone, devices without a user included; a list takes the users in one of its groups; a
+/// user in an excluded group is out whatever the inclusion says.
+fn applies(
+    p: &ThreatPolicy,
+    management: Management,
+    platform: Platform,
+    groups: Option<&[String]>,
+) -> bool {
+    let kind = match management {
+        Management::Mdm => PolicyKind::Compliance,
+        Management::Mam => PolicyKind::AppProtection,
+    };
+    if p.kind != kind || p.platform != platform {
+        return false;
+    }
+    let Some(groups) = groups else {
+        return p.include_groups.is_none();
+    };
+    if p.exclude_groups.iter().any(|g| groups.contains(g)) {
+        return false;
+    }
+    p.include_groups
+        .as_ref()
+        .is_none_or(|include| include.iter().any(|g| groups.contains(g)))
+}
+
 struct Run {
     h: Harness,
+    model: Model,
 }
 
 impl Run {
     fn new() -> Self {
-        Run { h: Harness::new() }
+        Run {
+            h: Harness::new(),
+            model: Model::default(),
+        }
     }
 
     fn engine(&self) -> &Engine {
@@ -706,7 +1042,11 @@ impl Run {
                 // Only clock steps move the clock, so leaving other tenants' events out of a
                 // history does not shift the time of the rest.
                 let (partition, key, body) = op.event(self.h.now).expect("device or table input");
-                Step::Outputs(self.h.apply_at(partition, &key, body))
+                let out = self.h.apply_at(partition, &key, body.clone());
+                if rejections(&out).is_empty() {
+                    self.model.accept(&key, &body);
+                }
+                Step::Outputs(out)
             }
         }
     }
@@ -732,8 +1072,10 @@ impl Run {
     }
 }
 
+type Records = BTreeMap<String, DeviceStateRecord>;
+
 /// Every (tenant, device) record held, by key.
-fn records(engine: &Engine) -> BTreeMap<String, DeviceStateRecord> {
+fn records(engine: &Engine) -> Records {
     let mut all = BTreeMap::new();
     for t in TENANTS {
         for (i, d) in DEVICES.iter().enumerate() {
@@ -779,13 +1121,142 @@ fn sorted(out: &[Output]) -> Vec<String> {
     v
 }
 
+/// The partition of the device of a `tenant/device` key.
+fn partition_of_key(key: &str) -> i32 {
+    let device = DEVICES
+        .iter()
+        .position(|d| key.split_once('/').is_some_and(|(_, k)| k == *d))
+        .expect("known device") as u8;
+    partition_of(device)
+}
+
+/// The `tenant/device` key of a device output (compliance change or app protection action).
+fn device_key(o: &Output) -> Option<String> {
+    match o {
+        Output::Compliance(c) => Some(format!("{}/{}", c.tenant_id, c.device_id)),
+        Output::AppAction(a) => Some(format!("{}/{}", a.tenant_id, a.device_id)),
+        _ => None,
+    }
+}
+
+/// The device outputs of a step in a canonical order, without what names the cause (output
+/// ids and `cause_event_id`), so that outputs of different causes at one instant compare.
+fn device_outputs(out: &[Output]) -> Vec<String> {
+    let mut v: Vec<String> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Compliance(c) => {
+                let mut c = c.clone();
+                c.change_id.clear();
+                c.cause_event_id.clear();
+                Some(format!("{c:?}"))
+            }
+            Output::AppAction(a) => {
+                let mut a = a.clone();
+                a.action_id.clear();
+                a.cause_event_id.clear();
+                Some(format!("{a:?}"))
+            }
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Re-evaluates every device of every partition against the tables held, returning what that
+/// publishes (nothing when the state held is what the tables give).
+fn reconcile_all(run: &mut Run) -> Vec<Output> {
+    let mut out = Vec::new();
+    for p in 0..PARTITIONS {
+        run.h.engine.reconcile(p, run.h.now, &mut out);
+    }
+    out
+}
+
+/// Every output is a device output for a device `allowed` accepts, or a rejection.
+fn only_devices(
+    out: &[Output],
+    allowed: impl Fn(&str) -> bool,
+    op: &Op,
+) -> Result<(), TestCaseError> {
+    for o in out {
+        match device_key(o) {
+            Some(key) => prop_assert!(allowed(&key), "{:?} published for {}: {:?}", op, key, o),
+            None => prop_assert!(
+                matches!(o, Output::Rejected(_)),
+                "{:?} published {:?}",
+                op,
+                o
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The same devices are held, and every device `touched` rejects holds the same state.
+fn untouched_unchanged(
+    before: &Records,
+    after: &Records,
+    touched: impl Fn(&str) -> bool,
+    op: &Op,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "{:?}",
+        op
+    );
+    for (key, r) in before {
+        if !touched(key) {
+            prop_assert_eq!(Some(r), after.get(key), "{:?} changed {}", op, key);
+        }
+    }
+    Ok(())
+}
+
+/// The reference for a table change, the last step of `ops`: a fresh instance replays the
+/// table inputs of `ops` (so holds the tables as they are after the change), restores `before`
+/// (every device's state just before it) and re-evaluates every device. The change must have
+/// published the same device outputs, up to what names the cause, and left the same state.
+fn same_as_reevaluation(
+    ops: &[Op],
+    before: &Records,
+    out: &[Output],
+    after: &Records,
+) -> Result<(), TestCaseError> {
+    let mut fresh = Run::new();
+    for op in ops.iter().filter(|op| op.is_table_input()) {
+        fresh.step(op);
+    }
+    for (key, record) in before {
+        fresh
+            .h
+            .engine
+            .restore(partition_of_key(key), key, Some(record))
+            .unwrap();
+    }
+    let again = reconcile_all(&mut fresh);
+    let op = ops.last();
+    prop_assert_eq!(device_outputs(out), device_outputs(&again), "{:?}", op);
+    prop_assert_eq!(after, &records(fresh.engine()), "{:?}", op);
+    Ok(())
+}
+
 /// 96 cases by default (a couple of seconds in debug); `PROPTEST_CASES` runs more.
 fn config() -> ProptestConfig {
+    config_times(1)
+}
+
+/// `times` the cases of [`config`]: for the assignment properties, whose interesting steps (a
+/// membership or policy change that reaches a device) are a small part of a history.
+fn config_times(times: u32) -> ProptestConfig {
+    let cases: u32 = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(96);
     ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(96),
+        cases: cases * times,
         max_shrink_iters: 2_000,
         ..ProptestConfig::default()
     }
@@ -807,7 +1278,9 @@ proptest! {
 
     /// Another tenant's events, interleaved anywhere, never change what a tenant sees: its
     /// events publish exactly the same, other tenants' events publish nothing of it, timers
-    /// publish the same for it, and its device state and changelog records are the same.
+    /// publish the same for it, and its device state and changelog records are the same. The
+    /// events include group memberships and tenant settings, with the same user and group
+    /// names in every tenant.
     #[test]
     fn other_tenants_never_change_a_tenant_outputs(ops in history(60)) {
         let focus = TENANTS[FOCUS as usize];
@@ -856,8 +1329,8 @@ proptest! {
         prop_assert_eq!(m, alone_run.flush());
     }
 
-    /// Applying any event twice in a row changes nothing the second time: at most a rejection
-    /// (DUPLICATE, STALE or the first application's own rejection), and every device record is
+    /// Applying any event twice in a row changes nothing the second time: at most rejections
+    /// (DUPLICATE, STALE or the first application's own rejections), and every device record is
     /// unchanged. An app inventory is forwarded, not state: a repeat forwards the same again.
     /// Firing timers twice at the same instant publishes nothing the second time.
     #[test]
@@ -882,21 +1355,25 @@ proptest! {
             }
             let rejected = rejections(&second);
             prop_assert_eq!(rejected.len(), second.len(), "{:?} repeated published {:?}", op, second);
-            prop_assert!(rejected.len() <= 1, "{:?}", second);
-            if let Some(r) = rejected.first() {
-                let same = rejections(&first).first() == Some(r);
-                prop_assert!(
-                    same || matches!(r.reason, RejectReason::Duplicate | RejectReason::Stale),
-                    "{:?}: first {:?}, then {:?}", op, first, r
-                );
-            }
+            // The first application's own rejections again (a connector's refused app
+            // protection toggles are reported on every copy), or one DUPLICATE or STALE.
+            let same = rejected == rejections(&first);
+            let one_repeat = rejected.len() == 1
+                && matches!(rejected[0].reason, RejectReason::Duplicate | RejectReason::Stale);
+            prop_assert!(
+                same || one_repeat,
+                "{:?}: first {:?}, then {:?}", op, first, second
+            );
         }
     }
 
     /// Outputs only on real change: every compliance change changes the state and chains from
     /// the device's previous one (a new or re-created device starts at UNKNOWN); BLOCK and
     /// UNBLOCK alternate per device starting with BLOCK; connector status changes chain and
-    /// change the status or the ignore flag.
+    /// change the status or the ignore flag. A device some COMPLIANCE policy applies to is
+    /// NONCOMPLIANT exactly when a failing reason is given; one no policy applies to (by the
+    /// contract's assignment rule, judged on the accepted inputs) takes the tenant's
+    /// `no_policy_state`, and so does every enrolled device held at the end.
     #[test]
     fn changes_are_real_and_chain(ops in history(60)) {
         let mut run = Run::new();
@@ -917,9 +1394,18 @@ proptest! {
                         prop_assert_ne!(c.previous, c.current, "{:?}", c);
                         let last = compliance.insert(key, c.current).unwrap_or(ComplianceState::Unknown);
                         prop_assert_eq!(c.previous, last, "{:?}", c);
-                        // NONCOMPLIANT exactly when a reason other than an ignored partner is given.
-                        let failing = c.reasons.iter().any(|r| r.code != ReasonCode::PartnerComplianceIgnored);
-                        prop_assert_eq!(c.current == ComplianceState::Noncompliant, failing, "{:?}", c);
+                        let model = &run.model;
+                        if model.any_compliance_policy(&c.tenant_id, c.user_id.as_deref(), c.platform) {
+                            // NONCOMPLIANT exactly when a reason other than an ignored partner
+                            // is given.
+                            let failing = c.reasons.iter().any(|r| r.code != ReasonCode::PartnerComplianceIgnored);
+                            prop_assert_eq!(c.current == ComplianceState::Noncompliant, failing, "{:?}", c);
+                        } else {
+                            // No COMPLIANCE policy applies: the tenant's no_policy_state, for
+                            // no reason.
+                            prop_assert_eq!(c.current, model.no_policy_state(&c.tenant_id), "{:?}", c);
+                            prop_assert!(c.reasons.is_empty(), "{:?}", c);
+                        }
                     }
                     Output::AppAction(a) => {
                         let key = format!("{}/{}", a.tenant_id, a.device_id);
@@ -952,6 +1438,12 @@ proptest! {
         for (key, r) in records(run.engine()) {
             prop_assert_eq!(r.compliance, compliance.get(&key).copied().unwrap_or(ComplianceState::Unknown), "{}", key);
             prop_assert_eq!(r.mam_blocked, blocked.get(&key).copied().unwrap_or(false), "{}", key);
+            let model = &run.model;
+            if r.management == Management::Mdm
+                && !model.any_compliance_policy(&r.tenant_id, r.user_id.as_deref(), r.platform)
+            {
+                prop_assert_eq!(r.compliance, model.no_policy_state(&r.tenant_id), "{}", key);
+            }
         }
     }
 
@@ -977,11 +1469,7 @@ proptest! {
         }
         prop_assert_eq!(b.h.now, a.h.now);
         for (key, record) in &log {
-            let device = DEVICES
-                .iter()
-                .position(|d| key.split_once('/').is_some_and(|(_, k)| k == *d))
-                .expect("known device") as u8;
-            b.h.engine.restore(partition_of(device), key, record.as_ref()).unwrap();
+            b.h.engine.restore(partition_of_key(key), key, record.as_ref()).unwrap();
         }
         prop_assert_eq!(records(a.engine()), records(b.engine()));
         prop_assert_eq!(a.engine().device_count(), b.engine().device_count());
@@ -999,5 +1487,154 @@ proptest! {
             }
         }
         prop_assert_eq!(records(a.engine()), records(b.engine()));
+    }
+}
+
+proptest! {
+    #![proptest_config(config_times(3))]
+
+    /// A membership change for user U of tenant T publishes device outputs for U's devices
+    /// only (no connector status, nothing for a device of another user, of no user or of
+    /// another tenant), leaves every other device's state as it was, and publishes exactly what
+    /// re-evaluating every device against the tables after the change gives, ending in the
+    /// same state. A refused membership publishes its rejection only.
+    #[test]
+    fn membership_change_reevaluates_that_users_devices_only(ops in assignment_history(80)) {
+        let mut run = Run::new();
+        for (i, op) in ops.iter().enumerate() {
+            let before = records(run.engine());
+            let step = run.step(op);
+            let Op::Membership { tenant, user, .. } = op else { continue };
+            let Step::Outputs(out) = step else { unreachable!() };
+            let (t, u) = (TENANTS[*tenant as usize], USERS[*user as usize]);
+            let of_user = |key: &str| {
+                before
+                    .get(key)
+                    .is_some_and(|r| r.tenant_id == t && r.user_id.as_deref() == Some(u))
+            };
+            only_devices(&out, of_user, op)?;
+            let after = records(run.engine());
+            untouched_unchanged(&before, &after, of_user, op)?;
+            if !rejections(&out).is_empty() {
+                prop_assert_eq!(rejections(&out).len(), out.len(), "{:?}: {:?}", op, out);
+                prop_assert_eq!(&before, &after, "{:?}", op);
+            }
+            same_as_reevaluation(&ops[..=i], &before, &out, &after)?;
+        }
+    }
+
+    /// A policy change (upsert or tombstone) of tenant T touches only the devices of T that
+    /// the old or the new version applies to (kind and platform match and the user is in
+    /// scope, by the contract's rule): devices on other platforms, of other tenants, and of T
+    /// on the platform but out of both versions' scope publish nothing and keep their state.
+    /// What it publishes is what re-evaluating every device after it gives.
+    #[test]
+    fn policy_change_touches_only_devices_it_applies_to(ops in assignment_history(80)) {
+        let mut run = Run::new();
+        for (i, op) in ops.iter().enumerate() {
+            let Op::Policy { tenant, policy, .. } = op else {
+                run.step(op);
+                continue;
+            };
+            let key = (
+                TENANTS[*tenant as usize].to_owned(),
+                POLICIES[*policy as usize].to_owned(),
+            );
+            let before = records(run.engine());
+            let old = run.model.policies.get(&key).cloned();
+            let Step::Outputs(out) = run.step(op) else { unreachable!() };
+            let new = run.model.policies.get(&key).cloned();
+            let model = &run.model;
+            let in_scope = |key: &str| {
+                before.get(key).is_some_and(|r| {
+                    let groups = model.groups_of(&r.tenant_id, r.user_id.as_deref());
+                    r.tenant_id == TENANTS[*tenant as usize]
+                        && [&old, &new].into_iter().flatten().any(|p| {
+                            applies(p, r.management, r.platform, groups.as_deref())
+                        })
+                })
+            };
+            only_devices(&out, in_scope, op)?;
+            let after = records(run.engine());
+            untouched_unchanged(&before, &after, in_scope, op)?;
+            same_as_reevaluation(&ops[..=i], &before, &out, &after)?;
+        }
+    }
+
+    /// The state held is always what evaluating the current tables gives: after any step,
+    /// re-evaluating every device publishes nothing. A connector, heartbeat or tenant settings
+    /// change publishes for devices exactly what re-evaluating every device after it gives.
+    #[test]
+    fn held_state_is_what_reevaluation_gives(ops in history(60)) {
+        let mut run = Run::new();
+        for (i, op) in ops.iter().enumerate() {
+            let before = records(run.engine());
+            let step = run.step(op);
+            prop_assert_eq!(reconcile_all(&mut run), vec![], "after {:?}", op);
+            if let (Op::Connector { .. } | Op::Heartbeat { .. } | Op::Settings { .. }, Step::Outputs(out)) = (op, step) {
+                same_as_reevaluation(&ops[..=i], &before, &out, &records(run.engine()))?;
+            }
+        }
+    }
+    /// The engine assigns policies by the contract's rule, judged on the accepted inputs:
+    /// after every step, every device held explains the user and groups the inputs gave it,
+    /// lists its platform's policies of its kind with `applies` as the rule says, applies
+    /// (for app protection) exactly the policies the rule says, and an enrolled device no
+    /// COMPLIANCE policy applies to is judged the tenant's `no_policy_state`.
+    #[test]
+    fn assignment_follows_the_contract_rule(ops in assignment_history(80)) {
+        let mut run = Run::new();
+        for op in &ops {
+            run.step(op);
+            let model = &run.model;
+            let reader = run.engine().reader();
+            for (key, r) in records(run.engine()) {
+                let x = reader.explain_device(&r.tenant_id, &r.device_id, run.h.now).expect("held");
+                prop_assert_eq!(&x.user_id, &r.user_id, "{}", key);
+                let groups = model.groups_of(&r.tenant_id, r.user_id.as_deref());
+                let mut want: Vec<String> = groups.clone().unwrap_or_default();
+                want.sort();
+                want.dedup();
+                let mut got = x.groups.clone();
+                got.sort();
+                prop_assert_eq!(got, want, "{} after {:?}", key, op);
+                let kind = match r.management {
+                    Management::Mdm => PolicyKind::Compliance,
+                    Management::Mam => PolicyKind::AppProtection,
+                };
+                let mine: Vec<(&String, &ThreatPolicy)> = model
+                    .policies
+                    .iter()
+                    .filter(|((t, _), p)| *t == r.tenant_id && p.platform == r.platform && p.kind == kind)
+                    .map(|((_, id), p)| (id, p))
+                    .collect();
+                let explained: Vec<(&str, bool)> =
+                    x.policies.iter().map(|p| (p.policy_id.as_str(), p.applies)).collect();
+                let expected: Vec<(&str, bool)> = mine
+                    .iter()
+                    .map(|(id, p)| (id.as_str(), applies(p, r.management, r.platform, groups.as_deref())))
+                    .collect();
+                prop_assert_eq!(&explained, &expected, "{} after {:?}", key, op);
+                let applicable: Vec<&str> =
+                    expected.iter().filter(|(_, a)| *a).map(|(id, _)| *id).collect();
+                match r.management {
+                    Management::Mam => {
+                        let used: Vec<&str> = x
+                            .decision
+                            .app_protection_policies
+                            .iter()
+                            .map(|p| p.split(' ').next().unwrap_or_default())
+                            .collect();
+                        prop_assert_eq!(used, applicable, "{} after {:?}", key, op);
+                    }
+                    Management::Mdm => {
+                        prop_assert_eq!(x.decision.state, Some(r.compliance), "{} after {:?}", key, op);
+                        if applicable.is_empty() {
+                            prop_assert_eq!(r.compliance, model.no_policy_state(&r.tenant_id), "{} after {:?}", key, op);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
