@@ -240,9 +240,10 @@ CONNECTOR = {
     "heartbeat_timeout_seconds": 3600, "unresponsive_threshold_days": 2, "updated_at": T0 - 5000,
 }
 CONNECTOR_MIN = {"tenant_id": "acme", "partner_id": "zimperium", "updated_at": T0 - 5000}
+# Contract 1.1: a failing device is IN_GRACE_PERIOD for 72 hours before NONCOMPLIANT.
 POLICY_CP = {
     "tenant_id": "acme", "policy_id": "cp-ios", "kind": "COMPLIANCE", "platform": "IOS",
-    "max_level": "MEDIUM", "updated_at": T0 - 4000,
+    "max_level": "MEDIUM", "updated_at": T0 - 4000, "grace_period_hours": 72,
 }
 POLICY_AP = {
     "tenant_id": "acme", "policy_id": "ap-ios", "kind": "APP_PROTECTION", "platform": "IOS",
@@ -253,13 +254,17 @@ POLICY_WIPE = dict(POLICY_AP, policy_id="ap-wipe", platform="ANDROID", action="W
                    partner_priority=None, max_level="MEDIUM", block_on_missing_data=True)
 # Contract 1.1: assigned to groups, Defender judged apart.
 POLICY_GROUPS = dict(POLICY_CP, policy_id="cp-sales", include_groups=["sales"],
-                     exclude_groups=["contractors"], defender_max_level="LOW")
+                     exclude_groups=["contractors"], defender_max_level="LOW",
+                     grace_period_hours=24)
 MEMBERSHIP = {"tenant_id": "acme", "user_id": "alice", "groups": ["sales", "staff"],
               "updated_at": T0 - 3500}
 MEMBERSHIP_MIN = {"tenant_id": "acme", "user_id": "bob", "updated_at": T0 - 3500}
 SETTINGS = {"tenant_id": "acme", "no_policy_state": "NONCOMPLIANT", "report_validity_days": 30,
             "updated_at": T0 - 3500}
 SETTINGS_MIN = {"tenant_id": "acme", "updated_at": T0 - 3500}
+# Reports older than a day are no usable data (REPORT_EXPIRED).
+SETTINGS_EXPIRY = {"tenant_id": "acme", "no_policy_state": "NOT_EVALUATED",
+                   "report_validity_days": 1, "updated_at": T0 - 3400}
 ENROLLMENT = {
     "tenant_id": "acme", "device_id": "d1", "user_id": "alice", "platform": "IOS",
     "management": "MDM", "ownership": "PERSONAL", "os_version": "17.4", "enrolled_at": T0 - 3000,
@@ -279,7 +284,7 @@ INVENTORY = {
 STATE = {
     "tenant_id": "acme", "device_id": "d1", "user_id": "alice", "platform": "IOS",
     "management": "MDM", "ownership": "CORPORATE", "os_version": "17.4", "enrolled": True,
-    "compliance": "NONCOMPLIANT", "mam_blocked": False, "mam_wipe_incident": False,
+    "compliance": "IN_GRACE_PERIOD", "mam_blocked": False, "mam_wipe_incident": False,
     "output_seq": 3,
     "partners": [
         {"partner_id": "lookout", "health_state": "HIGH", "observed_at": T0 - 1000,
@@ -288,6 +293,9 @@ STATE = {
         {"partner_id": "microsoft-defender-for-endpoint", "health_state": "SECURED",
          "observed_at": T0 - 900, "event_fingerprint": 42, "threats": []},
     ],
+    # Failing both iOS compliance policies since lookout's HIGH report, within their graces.
+    "graces": [{"policy_id": "cp-ios", "failing_since": T0 - 1000},
+               {"policy_id": "cp-sales", "failing_since": T0 - 1000}],
 }
 STATE_MAM = {
     "tenant_id": "acme", "device_id": "m1", "user_id": None, "platform": "ANDROID",
@@ -306,7 +314,7 @@ DECODE = [
     (5, "AppInventory", [INVENTORY]),
     (6, "DeviceStateRecord", [STATE, STATE_MAM]),
     (9, "GroupMembership", [MEMBERSHIP, MEMBERSHIP_MIN]),
-    (10, "TenantSettings", [SETTINGS, SETTINGS_MIN]),
+    (10, "TenantSettings", [SETTINGS, SETTINGS_MIN, SETTINGS_EXPIRY]),
 ]
 
 
@@ -349,6 +357,9 @@ def decode_seeds():
         v = {k: x for k, x in values[0].items() if k in names}
         if name == "DeviceStateRecord":
             v["partners"] = [{k: x for k, x in p.items() if k != "threats"} for p in v["partners"]]
+            # IN_GRACE_PERIOD is no 1.0 symbol: a 1.0 instance wrote NONCOMPLIANT.
+            if v["compliance"] == "IN_GRACE_PERIOD":
+                v["compliance"] = "NONCOMPLIANT"
         v = full(old, v) if name == "ThreatPolicy" else v
         seeds["%d-%s-1.0-single-object" % (sel, name)] = bytes([sel]) + single_object(old, v)
         seeds["%d-%s-1.0-confluent" % (sel, name)] = bytes([sel]) + confluent(old_ids[name], old, v)
@@ -459,6 +470,16 @@ def engine_seeds():
         "restore-then-reports": setup + restore + mdm + op(8, b"") + mam,
         "tombstones": setup + mdm + rec(4, "acme/d1", b"") + rec(2, "acme/lookout", b"")
         + rec(3, "acme/cp-ios", b"") + op(8, b"") + rec(7, "acme/d1", b""),
+        # Into the grace period, remediated, failing again (a new grace), the grace ending on
+        # the clock, then lookout's last report expiring (report_validity_days 1).
+        "grace-remediation-expiry": setup + rec(10, "acme", js(SETTINGS_EXPIRY))
+        + rec(4, "acme/d1", js(ENROLLMENT)) + rec(0, "acme/d1", js(REPORT))
+        + op(6, struct.pack("<I", 3600))
+        + rec(0, "acme/d1", js(dict(REPORT, event_id="e-5", health_state="SECURED", threats=[],
+                                     observed_at=T0 + 3600 * 1000)))
+        + rec(0, "acme/d1", js(dict(REPORT, event_id="e-6", observed_at=T0 + 3601 * 1000)))
+        + op(6, struct.pack("<I", 25 * 3600)) + op(6, struct.pack("<I", 3 * 86400))
+        + op(8, b""),
         "membership-and-settings-changes": setup + mdm + mam
         + rec(9, "acme/alice", js(dict(MEMBERSHIP, groups=["contractors"], updated_at=T0)))
         + rec(9, "acme/alice", b"") + rec(10, "acme", b"")

@@ -96,6 +96,23 @@ fn policy() -> ThreatPolicy {
         exclude_groups: vec!["contractors".into()],
         defender_max_level: Some(PolicyLevel::NotSet),
         block_on_missing_data: true,
+        grace_period_hours: 0,
+    }
+}
+
+/// A COMPLIANCE policy with the longest grace period (contract 1.1).
+fn grace_policy() -> ThreatPolicy {
+    ThreatPolicy {
+        grace_period_hours: 8760,
+        exclude_groups: vec!["contractors".into()],
+        ..ThreatPolicy::new(
+            "tenant-a",
+            "cp-grace",
+            PolicyKind::Compliance,
+            Platform::Ios,
+            PolicyLevel::Medium,
+            13,
+        )
     }
 }
 
@@ -189,6 +206,26 @@ fn compliance_change() -> ComplianceChange {
         worst_level: Some(ThreatLevel::Compromised),
         evaluated_at: i64::MAX,
         cause_event_id: "evt-0001".into(),
+        grace_ends_at: None,
+    }
+}
+
+/// A device entering its grace period (contract 1.1): failing, not yet noncompliant.
+fn grace_change() -> ComplianceChange {
+    ComplianceChange {
+        change_id: "c-2".into(),
+        previous: ComplianceState::Compliant,
+        current: ComplianceState::InGracePeriod,
+        reasons: vec![Reason {
+            partner_id: "lookout".into(),
+            code: ReasonCode::LevelExceedsPolicy,
+            detail: "HIGH > MEDIUM".into(),
+            threats: report().threats,
+        }],
+        worst_level: Some(ThreatLevel::High),
+        evaluated_at: 1_700_000_000_000,
+        grace_ends_at: Some(1_700_000_000_000 + 72 * 3_600_000),
+        ..compliance_change()
     }
 }
 
@@ -262,7 +299,7 @@ fn device_state() -> DeviceStateRecord {
         ownership: None,
         os_version: Some("17.0".into()),
         enrolled: true,
-        compliance: ComplianceState::NotEvaluated,
+        compliance: ComplianceState::InGracePeriod,
         mam_blocked: false,
         mam_wipe_incident: true,
         output_seq: 17,
@@ -282,6 +319,16 @@ fn device_state() -> DeviceStateRecord {
                 threats: report().threats,
             },
         ],
+        graces: vec![
+            PolicyGrace {
+                policy_id: "cp-grace".into(),
+                failing_since: 1_700_000_000_000,
+            },
+            PolicyGrace {
+                policy_id: "cp-ios ✓".into(),
+                failing_since: -1,
+            },
+        ],
     }
 }
 
@@ -295,9 +342,11 @@ macro_rules! for_every_record {
         $f(&heartbeat());
         $f(&connector());
         $f(&policy());
+        $f(&grace_policy());
         $f(&enrollment());
         $f(&inventory());
         $f(&compliance_change());
+        $f(&grace_change());
         $f(&action());
         $f(&status_change());
         $f(&partner_inventory());
@@ -412,6 +461,74 @@ fn json_optional_fields_may_be_omitted_or_null() {
             .unwrap();
     assert_eq!(hb.error_code, None);
     assert_eq!(hb.min_os_versions.unwrap()["IOS"], "17");
+}
+
+#[test]
+fn json_grace_fields_take_their_defaults_and_are_checked() {
+    // The fields contract 1.1 part 2 added, left out: their defaults.
+    let without = |v: serde_json::Value, field: &str| {
+        let mut v = v;
+        assert!(
+            v.as_object_mut().unwrap().remove(field).is_some(),
+            "{field}"
+        );
+        serde_json::to_vec(&v).unwrap()
+    };
+    let p: ThreatPolicy = decode(&without(
+        serde_json::to_value(grace_policy()).unwrap(),
+        "grace_period_hours",
+    ))
+    .unwrap();
+    assert_eq!(p.grace_period_hours, 0);
+    let c: ComplianceChange = decode(&without(
+        serde_json::to_value(grace_change()).unwrap(),
+        "grace_ends_at",
+    ))
+    .unwrap();
+    assert_eq!(c.grace_ends_at, None);
+    assert_eq!(c.current, ComplianceState::InGracePeriod);
+    let s: DeviceStateRecord = decode(&without(
+        serde_json::to_value(device_state()).unwrap(),
+        "graces",
+    ))
+    .unwrap();
+    assert!(s.graces.is_empty());
+
+    // The symbol and the fields in JSON.
+    let js = String::from_utf8(encoded(&grace_change(), OutputEncoding::Json)).unwrap();
+    assert!(js.contains(r#""current":"IN_GRACE_PERIOD""#), "{js}");
+    assert!(js.contains(r#""grace_ends_at":1700259200000"#), "{js}");
+    let js = String::from_utf8(encoded(&device_state(), OutputEncoding::Json)).unwrap();
+    assert!(
+        js.contains(r#""graces":[{"policy_id":"cp-grace","failing_since":1700000000000}"#),
+        "{js}"
+    );
+
+    // Wrong types and symbols name the field.
+    let mut v = serde_json::to_value(grace_change()).unwrap();
+    v["current"] = "in_grace_period".into();
+    assert_rejected(
+        &reject::<ComplianceChange>(&serde_json::to_vec(&v).unwrap()),
+        RejectReason::InvalidField,
+        &["current", "unknown variant `in_grace_period`"],
+    );
+    let mut v = serde_json::to_value(grace_policy()).unwrap();
+    v["grace_period_hours"] = "72".into();
+    assert_rejected(
+        &reject::<ThreatPolicy>(&serde_json::to_vec(&v).unwrap()),
+        RejectReason::InvalidField,
+        &["grace_period_hours", "invalid type"],
+    );
+    let mut v = serde_json::to_value(device_state()).unwrap();
+    v["graces"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("failing_since");
+    assert_rejected(
+        &reject::<DeviceStateRecord>(&serde_json::to_vec(&v).unwrap()),
+        RejectReason::InvalidField,
+        &["graces[1]", "missing field `failing_since`"],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1232,7 +1349,7 @@ prop_compose! {
 
 prop_compose! {
     fn any_policy()(
-        tenant_id in text(), policy_id in text(), kind in sym(PolicyKind::ALL),
+        ids in (text(), text()), kind in sym(PolicyKind::ALL),
         platform in sym(Platform::ALL), max_level in sym(PolicyLevel::ALL),
         action in prop::option::of(sym(PolicyAction::ALL)),
         partner_priority in prop::option::of(sym(PartnerPriority::ALL)),
@@ -1241,10 +1358,12 @@ prop_compose! {
         exclude_groups in prop::collection::vec(text(), 0..3),
         defender_max_level in prop::option::of(sym(PolicyLevel::ALL)),
         block_on_missing_data in any::<bool>(),
+        grace_period_hours in prop_oneof![0..=8760, any::<i32>()],
     ) -> ThreatPolicy {
         ThreatPolicy {
-            tenant_id, policy_id, kind, platform, max_level, action, partner_priority, updated_at,
-            include_groups, exclude_groups, defender_max_level, block_on_missing_data,
+            tenant_id: ids.0, policy_id: ids.1, kind, platform, max_level, action,
+            partner_priority, updated_at, include_groups, exclude_groups, defender_max_level,
+            block_on_missing_data, grace_period_hours,
         }
     }
 }
@@ -1318,10 +1437,11 @@ prop_compose! {
         platform in sym(Platform::ALL), previous in sym(ComplianceState::ALL),
         current in sym(ComplianceState::ALL), reasons in prop::collection::vec(any_reason(), 0..3),
         worst_level in prop::option::of(sym(ThreatLevel::ALL)), evaluated_at in any::<i64>(),
+        grace_ends_at in prop::option::of(any::<i64>()),
     ) -> ComplianceChange {
         ComplianceChange {
             change_id: ids.0, tenant_id: ids.1, device_id: ids.2, user_id, platform, previous,
-            current, reasons, worst_level, evaluated_at, cause_event_id: ids.3,
+            current, reasons, worst_level, evaluated_at, cause_event_id: ids.3, grace_ends_at,
         }
     }
 }
@@ -1389,17 +1509,24 @@ prop_compose! {
 }
 
 prop_compose! {
+    fn any_grace()(policy_id in text(), failing_since in any::<i64>()) -> PolicyGrace {
+        PolicyGrace { policy_id, failing_since }
+    }
+}
+
+prop_compose! {
     fn any_state()(
         ids in (text(), text()), user_id in prop::option::of(text()),
         platform in sym(Platform::ALL), management in sym(Management::ALL),
         ownership in prop::option::of(sym(Ownership::ALL)), os_version in prop::option::of(text()),
         flags in prop::array::uniform3(any::<bool>()), compliance in sym(ComplianceState::ALL),
         output_seq in any::<i64>(), partners in prop::collection::vec(any_observation(), 0..3),
+        graces in prop::collection::vec(any_grace(), 0..3),
     ) -> DeviceStateRecord {
         DeviceStateRecord {
             tenant_id: ids.0, device_id: ids.1, user_id, platform, management, ownership,
             os_version, enrolled: flags[0], compliance, mam_blocked: flags[1],
-            mam_wipe_incident: flags[2], output_seq, partners,
+            mam_wipe_incident: flags[2], output_seq, partners, graces,
         }
     }
 }

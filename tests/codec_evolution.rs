@@ -3,7 +3,10 @@
 //! into the 1.1 model with the new fields at their defaults, with no registry configured; 1.1
 //! values round-trip; 1.1 outputs stay readable by a 1.0 reader; a writer newer than 1.1 is read
 //! through a resolver (new fields skipped, new enum symbols read as the enum's default); and the
-//! model's serde defaults are the schemas' Avro defaults, record by record.
+//! model's serde defaults are the schemas' Avro defaults, record by record. Contract 1.1 part 2
+//! (grace periods: `ThreatPolicy.grace_period_hours`, `ComplianceChange.grace_ends_at`,
+//! `DeviceStateRecord.graces`, `ComplianceState` `IN_GRACE_PERIOD` with default `UNKNOWN`)
+//! amended the unreleased 1.1 schemas in place, with the same ids.
 
 #[path = "support/wire.rs"]
 #[allow(dead_code)]
@@ -106,15 +109,18 @@ fn v10_json<T: Record>(v: &T) -> Vec<u8> {
                 "exclude_groups",
                 "defender_max_level",
                 "block_on_missing_data",
+                "grace_period_hours",
             ],
         ),
         "ComplianceChange" => {
+            strip(&mut json, &["grace_ends_at"]);
             for r in json["reasons"].as_array_mut().unwrap() {
                 strip(r, &["threats"]);
             }
         }
         "AppProtectionAction" => strip(&mut json, &["threats"]),
         "DeviceStateRecord" => {
+            strip(&mut json, &["graces"]);
             for p in json["partners"].as_array_mut().unwrap() {
                 strip(p, &["threats"]);
             }
@@ -157,12 +163,15 @@ fn v10_policy() -> ThreatPolicy {
     }
 }
 
+/// Every 1.1 field off its default. (Some are COMPLIANCE-only and others APP_PROTECTION-only:
+/// refusing or ignoring them is the engine's business; the codec carries every field.)
 fn v11_policy() -> ThreatPolicy {
     ThreatPolicy {
         include_groups: Some(vec!["sales".into(), "emea".into()]),
         exclude_groups: vec!["contractors".into()],
         defender_max_level: Some(PolicyLevel::High),
         block_on_missing_data: true,
+        grace_period_hours: 72,
         ..v10_policy()
     }
 }
@@ -193,6 +202,7 @@ fn v10_change() -> ComplianceChange {
         worst_level: Some(ThreatLevel::High),
         evaluated_at: 1_700_000_000_500,
         cause_event_id: "evt-1".into(),
+        grace_ends_at: None,
     }
 }
 
@@ -200,6 +210,15 @@ fn v11_change() -> ComplianceChange {
     let mut c = v10_change();
     c.reasons[0].threats = threats();
     c
+}
+
+/// A 1.1 change into the grace period: the new symbol and `grace_ends_at`.
+fn grace_change() -> ComplianceChange {
+    ComplianceChange {
+        current: ComplianceState::InGracePeriod,
+        grace_ends_at: Some(1_700_000_000_500 + 24 * 3_600_000),
+        ..v11_change()
+    }
 }
 
 fn v10_action() -> AppProtectionAction {
@@ -277,12 +296,25 @@ fn v10_state() -> DeviceStateRecord {
                 threats: Vec::new(),
             },
         ],
+        graces: Vec::new(),
     }
 }
 
+/// NONCOMPLIANT through a policy without grace while another policy's grace runs: `graces`
+/// set, and a state a 1.0 reader has a symbol for.
 fn v11_state() -> DeviceStateRecord {
     let mut s = v10_state();
     s.partners[0].threats = threats();
+    s.graces = vec![
+        PolicyGrace {
+            policy_id: "cp-grace".into(),
+            failing_since: 1_700_000_000_000,
+        },
+        PolicyGrace {
+            policy_id: "cp-other ✓".into(),
+            failing_since: 1_699_999_000_000,
+        },
+    ];
     s
 }
 
@@ -344,6 +376,7 @@ fn a_v10_producer_struct_decodes_with_the_v11_defaults() {
         assert!(got.exclude_groups.is_empty());
         assert_eq!(got.defender_max_level, None);
         assert!(!got.block_on_missing_data);
+        assert_eq!(got.grace_period_hours, 0);
         assert_eq!(got, p);
     }
 }
@@ -431,6 +464,57 @@ fn check_v10_decodes<T: Record>(v10: &T, v11: &T) {
 #[test]
 fn v10_values_decode_into_the_v11_model_with_the_defaults() {
     for_every_changed_record!(check_v10_decodes);
+}
+
+/// The 1.0 encodings of `v` (which holds the 1.1 defaults).
+fn v10_inputs<T: Record>(v: &T) -> Vec<(&'static str, Vec<u8>)> {
+    let datum = v10_datum(v);
+    let [fp, alt] = v10_fingerprints::<T>();
+    vec![
+        ("Confluent 1.0 id", confluent(v10_id::<T>(), &datum)),
+        ("1.0 fingerprint", so_with(fp, &datum)),
+        ("1.0 apache-avro fingerprint", so_with(alt, &datum)),
+        ("1.0 JSON", v10_json(v)),
+    ]
+}
+
+#[test]
+fn v10_values_decode_with_no_grace() {
+    // ComplianceChange: no `grace_ends_at`, also decoded into a value that held one.
+    for (what, bytes) in v10_inputs(&v10_change()) {
+        let mut place = grace_change();
+        codec::decode_into(&bytes, &mut place).unwrap();
+        assert_eq!(place.grace_ends_at, None, "{what}");
+        assert_eq!(place.current, ComplianceState::Noncompliant, "{what}");
+        assert_eq!(place, v10_change(), "{what}");
+    }
+    // DeviceStateRecord: `graces` empty (a 1.0 changelog restores with no grace running).
+    for (what, bytes) in v10_inputs(&v10_state()) {
+        let mut place = DeviceStateRecord {
+            compliance: ComplianceState::InGracePeriod,
+            ..v11_state()
+        };
+        codec::decode_into(&bytes, &mut place).unwrap();
+        assert!(place.graces.is_empty(), "{what}");
+        assert_eq!(place, v10_state(), "{what}");
+    }
+    // ThreatPolicy: `grace_period_hours` 0, for an APP_PROTECTION and a COMPLIANCE policy.
+    let compliance = ThreatPolicy::new(
+        "tenant-a",
+        "cp-1",
+        PolicyKind::Compliance,
+        Platform::Android,
+        PolicyLevel::Low,
+        1_700_000_000_000,
+    );
+    for v10 in [v10_policy(), compliance] {
+        for (what, bytes) in v10_inputs(&v10) {
+            let mut place = v11_policy();
+            codec::decode_into(&bytes, &mut place).unwrap();
+            assert_eq!(place.grace_period_hours, 0, "{what}");
+            assert_eq!(place, v10, "{what}");
+        }
+    }
 }
 
 #[test]
@@ -522,6 +606,20 @@ fn v11_values_round_trip_in_every_encoding() {
     let mut c = v11_change();
     c.reasons[1].code = ReasonCode::ReportExpired;
     check_v11_round_trips(&v10_change(), &c);
+    check_v11_round_trips(&v10_change(), &grace_change());
+    // The grace ended with the device still failing: from IN_GRACE_PERIOD, no `grace_ends_at`.
+    let ended = ComplianceChange {
+        previous: ComplianceState::InGracePeriod,
+        current: ComplianceState::Noncompliant,
+        grace_ends_at: None,
+        ..grace_change()
+    };
+    check_v11_round_trips(&grace_change(), &ended);
+    let in_grace = DeviceStateRecord {
+        compliance: ComplianceState::InGracePeriod,
+        ..v11_state()
+    };
+    check_v11_round_trips(&v10_state(), &in_grace);
     for reason in [
         RejectReason::ConflictingConnector,
         RejectReason::NotEnrolled,
@@ -566,12 +664,45 @@ fn v11_outputs_are_readable_by_a_v10_reader() {
     check_v10_reader(&v10_action(), &v11_action());
     check_v10_reader(&v10_rejected(), &v10_rejected());
     check_v10_reader(&v10_state(), &v11_state());
+    // `grace_ends_at` is dropped like the other new fields (the engine sets it only with
+    // IN_GRACE_PERIOD; the schema does not tie the two).
+    let with_deadline = ComplianceChange {
+        grace_ends_at: Some(1_700_000_000_500 + 3_600_000),
+        ..v11_change()
+    };
+    check_v10_reader(&v10_change(), &with_deadline);
     // A symbol 1.0 does not know fails there (the 1.0 schemas have no enum default); 1.1
     // readers will resolve symbols added after 1.1 through the defaults 1.1 added.
     let mut c = v11_change();
     c.reasons[1].code = ReasonCode::ReportExpired;
     assert!(read_as_v10(&c).is_err());
     assert!(read_as_v10(&v11_rejected()).is_err());
+
+    // IN_GRACE_PERIOD is such a symbol. The 1.1 schemas give ComplianceState the default
+    // UNKNOWN, but Avro resolution applies the *reader's* enum default, and a 1.0 reader's
+    // ComplianceState has none: resolving fails (apache-avro `Details::GetEnumDefault`, whose
+    // message reads "Enum default \"IN_GRACE_PERIOD\" is not among allowed symbols [...]";
+    // Java throws an AvroTypeException). The 1.1 default only helps 1.1 and later readers with
+    // symbols added after 1.1. So a 1.0 consumer fails on every change into or out of the grace
+    // period, and a 1.0 instance on every changelog record of a device in it.
+    let e = read_as_v10(&grace_change()).unwrap_err();
+    assert!(e.to_string().contains("IN_GRACE_PERIOD"), "{e}");
+    let ended = ComplianceChange {
+        previous: ComplianceState::InGracePeriod,
+        current: ComplianceState::Noncompliant,
+        grace_ends_at: None,
+        ..v11_change()
+    };
+    let e = read_as_v10(&ended).unwrap_err();
+    assert!(e.to_string().contains("IN_GRACE_PERIOD"), "{e}");
+    let in_grace = DeviceStateRecord {
+        compliance: ComplianceState::InGracePeriod,
+        ..v11_state()
+    };
+    let e = read_as_v10(&in_grace).unwrap_err();
+    assert!(e.to_string().contains("IN_GRACE_PERIOD"), "{e}");
+    // The same datums with a reader that has the 1.1 schema read fine (see the round trips);
+    // and with the 1.1 reader, a symbol unknown to it would read as UNKNOWN (next section).
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -734,6 +865,86 @@ fn symbols_added_after_v11_read_as_the_enum_default() {
             ..v11_rejected()
         }
     );
+}
+
+#[test]
+fn a_compliance_state_added_after_v11_reads_as_unknown() {
+    init();
+    let future = ComplianceState::ALL.len() as u32;
+    // ComplianceChange 1.2 with a state FUTURE_STATE (the enum is defined at `previous` and
+    // referenced by name at `current`).
+    let newer = newer_schema::<ComplianceChange>(|json| {
+        field(json, "previous")["type"]["symbols"]
+            .as_array_mut()
+            .unwrap()
+            .push("FUTURE_STATE".into());
+    });
+    let (d, fp) = decoder_for(&newer);
+    let mut value = apache_avro::to_value(grace_change())
+        .unwrap()
+        .resolve(&newer)
+        .unwrap();
+    *value_field(&mut value, "current") = Value::Enum(future, "FUTURE_STATE".into());
+    let datum = apache_avro::to_avro_datum(&newer, value).unwrap();
+    // The unknown symbol reads as UNKNOWN; the rest (IN_GRACE_PERIOD's deadline too) is kept.
+    let expected = ComplianceChange {
+        current: ComplianceState::Unknown,
+        ..grace_change()
+    };
+    assert_eq!(
+        decode_both::<ComplianceChange>(&d, fp, &datum).unwrap(),
+        expected
+    );
+    let resolved = apache_avro::from_avro_datum(
+        &newer,
+        &mut &datum[..],
+        Some(ComplianceChange::schema_entry().schema()),
+    )
+    .unwrap();
+    assert_eq!(
+        apache_avro::from_value::<ComplianceChange>(&resolved).unwrap(),
+        expected
+    );
+    // IN_GRACE_PERIOD written by 1.2 is still IN_GRACE_PERIOD.
+    let datum = apache_avro::to_avro_datum(
+        &newer,
+        apache_avro::to_value(grace_change())
+            .unwrap()
+            .resolve(&newer)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        decode_both::<ComplianceChange>(&d, fp, &datum).unwrap(),
+        grace_change()
+    );
+
+    // DeviceStateRecord 1.2: a changelog record in FUTURE_STATE restores as UNKNOWN, with its
+    // graces.
+    let newer = newer_schema::<DeviceStateRecord>(|json| {
+        field(json, "compliance")["type"]["symbols"]
+            .as_array_mut()
+            .unwrap()
+            .push("FUTURE_STATE".into());
+    });
+    let (d, fp) = decoder_for(&newer);
+    let mut value = apache_avro::to_value(v11_state())
+        .unwrap()
+        .resolve(&newer)
+        .unwrap();
+    *value_field(&mut value, "compliance") = Value::Enum(future, "FUTURE_STATE".into());
+    let datum = apache_avro::to_avro_datum(&newer, value).unwrap();
+    let expected = DeviceStateRecord {
+        compliance: ComplianceState::Unknown,
+        ..v11_state()
+    };
+    assert_eq!(
+        decode_both::<DeviceStateRecord>(&d, fp, &datum).unwrap(),
+        expected
+    );
+    let mut place = v10_state();
+    d.decode_into(&so_with(fp, &datum), &mut place).unwrap();
+    assert_eq!(place, expected);
 }
 
 #[test]

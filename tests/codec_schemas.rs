@@ -206,6 +206,7 @@ fn schema_defaults_match_the_rust_defaults() {
         ("ThreatPolicy", "exclude_groups"),
         ("AppProtectionAction", "threats"),
         ("GroupMembership", "groups"),
+        ("DeviceStateRecord", "graces"),
     ] {
         let e = schema_set().by_name(record).unwrap();
         let json: Value = serde_json::from_str(e.source()).unwrap();
@@ -216,6 +217,83 @@ fn schema_defaults_match_the_rust_defaults() {
             .find(|f| f["name"] == field)
             .unwrap();
         assert_eq!(f["default"], serde_json::json!([]), "{record}.{field}");
+    }
+
+    // Contract 1.1 part 2: the grace period is off by default, and so is its deadline.
+    let field_of = |record: &str, field: &str| -> Value {
+        let e = schema_set().by_name(record).unwrap();
+        let json: Value = serde_json::from_str(e.source()).unwrap();
+        json["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == field)
+            .unwrap_or_else(|| panic!("{record}.{field}"))
+            .clone()
+    };
+    let f = field_of("ThreatPolicy", "grace_period_hours");
+    assert_eq!((&f["type"], &f["default"]), (&"int".into(), &0.into()));
+    let f = field_of("ComplianceChange", "grace_ends_at");
+    assert_eq!(f["default"], Value::Null);
+    let p: ThreatPolicy = codec::decode(
+        br#"{"tenant_id":"t","policy_id":"p","kind":"COMPLIANCE","platform":"IOS",
+            "max_level":"LOW","updated_at":5}"#,
+    )
+    .unwrap();
+    assert_eq!(p.grace_period_hours, 0);
+}
+
+/// The records of `schema` by full name, each with its fields and whether they have a default.
+fn record_fields(schema: &Schema, out: &mut BTreeMap<String, BTreeMap<String, bool>>) {
+    match schema {
+        Schema::Record(r) => {
+            out.insert(
+                r.name.fullname(None),
+                r.fields
+                    .iter()
+                    .map(|f| (f.name.clone(), f.default.is_some()))
+                    .collect(),
+            );
+            r.fields.iter().for_each(|f| record_fields(&f.schema, out));
+        }
+        Schema::Array(a) => record_fields(&a.items, out),
+        Schema::Map(m) => record_fields(&m.types, out),
+        Schema::Union(u) => u.variants().iter().for_each(|v| record_fields(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn fields_added_since_an_earlier_version_are_appended_with_defaults() {
+    for h in schema_set().history() {
+        let mut old = BTreeMap::new();
+        record_fields(h.schema(), &mut old);
+        let mut new = BTreeMap::new();
+        record_fields(h.current().schema(), &mut new);
+        for (record, old_fields) in &old {
+            let new_fields = &new[record];
+            for (field, has_default) in new_fields {
+                if !old_fields.contains_key(field) {
+                    assert!(
+                        has_default,
+                        "{record}.{field}: added since {} without a default",
+                        h.version()
+                    );
+                }
+            }
+        }
+        // Appended: the earlier fields keep their order, ahead of the new ones.
+        let Schema::Record(old_r) = &**h.schema() else {
+            unreachable!()
+        };
+        let Schema::Record(new_r) = h.current().schema() else {
+            unreachable!()
+        };
+        let names = |r: &apache_avro::schema::RecordSchema| {
+            r.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>()
+        };
+        let (o, n) = (names(old_r), names(new_r));
+        assert_eq!(&n[..o.len()], &o[..], "{} {}", h.name(), h.version());
     }
 }
 
@@ -411,7 +489,10 @@ fn enum_defaults(schema: &Schema, out: &mut BTreeMap<String, Option<String>>) {
         Schema::Map(m) => enum_defaults(&m.types, out),
         Schema::Union(u) => u.variants().iter().for_each(|v| enum_defaults(v, out)),
         Schema::Enum(e) => {
-            out.insert(e.name.name.clone(), e.default.clone());
+            // An enum defined in several files has one default.
+            if let Some(other) = out.insert(e.name.name.clone(), e.default.clone()) {
+                assert_eq!(other, e.default, "{}: two defaults", e.name.name);
+            }
         }
         _ => {}
     }
@@ -429,6 +510,23 @@ fn enums_that_gained_symbols_have_a_default_and_only_appended() {
     );
     assert_eq!(defaults["RejectReason"].as_deref(), Some("INVALID_FIELD"));
     assert_eq!(defaults["NoPolicyState"].as_deref(), Some("NOT_EVALUATED"));
+    // IN_GRACE_PERIOD (1.1): a reader that does not know a state claims none.
+    assert_eq!(defaults["ComplianceState"].as_deref(), Some("UNKNOWN"));
+    assert_eq!(
+        ComplianceState::ALL.last(),
+        Some(&ComplianceState::InGracePeriod)
+    );
+    // Every default is a symbol of its enum.
+    let mut symbols = BTreeMap::new();
+    for e in schema_set().entries() {
+        collect_enums(e.schema(), &mut symbols);
+    }
+    for (full, syms) in &symbols {
+        let short = full.rsplit('.').next().unwrap();
+        if let Some(d) = &defaults[short] {
+            assert!(syms.contains(d), "{short}: default {d} is no symbol");
+        }
+    }
     for h in schema_set().history() {
         let mut old = BTreeMap::new();
         collect_enums(h.schema(), &mut old);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::message::Message;
 
 use mtdgate::config::Config;
-use mtdgate::model::DeviceThreatReport;
+use mtdgate::model::{DeviceThreatReport, PolicyKind, TenantSettings, ThreatPolicy};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mtdgate");
@@ -90,7 +90,7 @@ fn sent_by_topic(summary: &str) -> HashMap<String, u64> {
         .skip(1)
         .take_while(|l| !l.starts_with("reports:"))
         .collect();
-    assert_eq!(rows.len(), 6, "one row per input topic:\n{summary}");
+    assert_eq!(rows.len(), 7, "one row per input topic:\n{summary}");
     rows.iter()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -101,13 +101,20 @@ fn sent_by_topic(summary: &str) -> HashMap<String, u64> {
 
 /// (a) The simulator against the real broker: every count in its summary is what a
 /// read_committed consumer finds on the input topics; the reports decode, are keyed
-/// `tenant/device` and have unique event ids.
+/// `tenant/device` and have unique event ids; the COMPLIANCE policies carry `--grace-hours`
+/// and every tenant gets settings with `--report-validity-days`.
 #[test]
 fn simulate_sends_what_it_reports_to_the_real_broker() {
     let (cfg, summary) = simulate(
         "simulate",
         "--tenants 6 --devices 1500 --rate 0 --reports 4000 --encoding avro --seed 7 \
-         --inventory-rate 0.05",
+         --inventory-rate 0.05 --grace-hours 36 --report-validity-days 9",
+    );
+    assert!(
+        summary
+            .lines()
+            .any(|l| l == "settings: COMPLIANCE grace period 36 h, reports valid 9 days"),
+        "{summary}"
     );
     // Exit 0 means no delivery error and nothing unconfirmed; the summary says so too.
     assert!(summary.contains("delivery errors: 0"), "{summary}");
@@ -127,6 +134,7 @@ fn simulate_sends_what_it_reports_to_the_real_broker() {
     assert!(sent[&t.device_enrollments] > 0, "{summary}");
     assert!(sent[&t.policies] == 6 * 6, "{summary}");
     assert!(sent[&t.app_inventory] > 0, "{summary}");
+    assert_eq!(sent[&t.tenant_settings], 6, "one per tenant\n{summary}");
 
     let topics: Vec<String> = [
         &t.device_threats,
@@ -135,6 +143,7 @@ fn simulate_sends_what_it_reports_to_the_real_broker() {
         &t.policies,
         &t.device_enrollments,
         &t.app_inventory,
+        &t.tenant_settings,
     ]
     .map(String::clone)
     .to_vec();
@@ -168,6 +177,35 @@ fn simulate_sends_what_it_reports_to_the_real_broker() {
     for l in ["SECURED", "MEDIUM", "HIGH", "COMPROMISED"] {
         assert!(levels.contains(l), "no {l} report in the mix: {levels:?}");
     }
+
+    // COMPLIANCE policies with the grace period, APP_PROTECTION ones without.
+    let mut compliance = 0;
+    for (key, value) in &got[&t.policies] {
+        let p: ThreatPolicy = mtdgate::codec::decode(value).unwrap();
+        assert_eq!(key, &format!("{}/{}", p.tenant_id, p.policy_id));
+        let want = match p.kind {
+            PolicyKind::Compliance => {
+                compliance += 1;
+                36
+            }
+            PolicyKind::AppProtection => 0,
+        };
+        assert_eq!(p.grace_period_hours, want, "{key}");
+    }
+    assert_eq!(
+        compliance,
+        6 * 2,
+        "one COMPLIANCE policy per tenant and platform"
+    );
+    // Tenant settings keyed by the tenant alone, with the validity asked for.
+    let mut tenants = HashSet::new();
+    for (key, value) in &got[&t.tenant_settings] {
+        let s: TenantSettings = mtdgate::codec::decode(value).unwrap();
+        assert_eq!(key, &s.tenant_id);
+        assert_eq!(s.report_validity_days, Some(9), "{key}");
+        assert!(tenants.insert(s.tenant_id), "settings sent twice for {key}");
+    }
+    assert_eq!(tenants.len(), 6);
 }
 
 /// The `simulate` command with a configuration file: exits 0 and prints its summary.
@@ -185,6 +223,36 @@ fn simulate_command_uses_the_configuration_file() {
         "{stdout}"
     );
     assert!(stdout.contains("delivery errors: 0"), "{stdout}");
+    // Without --grace-hours / --report-validity-days: no settings line, no tenant settings.
+    assert!(!stdout.contains("settings:"), "{stdout}");
+    assert_eq!(
+        sent_by_topic(&stdout)[&cfg.topics.tenant_settings],
+        0,
+        "{stdout}"
+    );
+
+    // Out of range, or with nothing to attach them to: refused before anything is sent.
+    for (args, want) in [
+        (
+            "--grace-hours 0",
+            "--grace-hours 0: the grace period must be 1 to 8760 hours",
+        ),
+        ("--grace-hours 9000", "--grace-hours 9000"),
+        (
+            "--report-validity-days 121",
+            "--report-validity-days 121: reports must stay valid 1 to 120 days",
+        ),
+        ("--grace-hours 2 --no-bootstrap", "--no-bootstrap"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["simulate", "--quiet", "--rate", "0", "--reports", "1"])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args}: accepted");
+        assert!(err.contains(want), "{args}: {err}");
+    }
 }
 
 /// Runs the binary with `args`, killing it after `limit`.
@@ -267,6 +335,52 @@ fn demo_runs_end_to_end_on_the_mock_cluster() {
         "{stdout}"
     );
     assert!(stdout.contains("delivery errors: 0"), "{stdout}");
+}
+
+/// `mtdgate demo --grace-hours`: infected enrolled devices go IN_GRACE_PERIOD, and since
+/// the grace outlasts the demo, none of them turns NONCOMPLIANT (the simulated tenants fail
+/// devices only on their level, never on missing data).
+#[test]
+fn demo_with_a_grace_period_shows_devices_in_grace() {
+    let out = run_bin(
+        &[
+            "demo",
+            "--duration",
+            "6",
+            "--devices",
+            "1000",
+            "--listen",
+            "127.0.0.1:0",
+            "--grace-hours",
+            "2",
+            "--report-validity-days",
+            "7",
+        ],
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("; COMPLIANCE grace period 2 h, reports valid 7 days"),
+        "{stdout}"
+    );
+    let after = stdout.split("\nsummary after").nth(1).unwrap_or_default();
+    let changes = after
+        .lines()
+        .find(|l| l.starts_with("compliance changes"))
+        .unwrap_or_else(|| panic!("no compliance changes line:\n{stdout}"));
+    assert!(changes.contains("IN_GRACE_PERIOD "), "{stdout}");
+    assert!(!changes.contains("NONCOMPLIANT"), "{stdout}");
+    assert!(
+        after.contains("settings: COMPLIANCE grace period 2 h"),
+        "{stdout}"
+    );
+    let sent = sent_by_topic(after);
+    assert_eq!(
+        sent["mtd.tenant-settings.v1"], 10,
+        "one per tenant:\n{stdout}"
+    );
 }
 
 /// A demo whose service cannot start fails with the reason and a non-zero exit.

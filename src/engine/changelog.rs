@@ -7,10 +7,11 @@ use thiserror::Error;
 use smallvec::SmallVec;
 
 use crate::catalogue::{Catalogue, PartnerIdx};
-use crate::model::{DeviceStateRecord, PartnerObservation};
+use crate::model::{DeviceStateRecord, PartnerObservation, PolicyGrace};
 
 use super::compact::OsVersion;
 use super::devices::{flags, Device, DeviceShard, Observation, Observations, Slot};
+use super::evaluate::Grace;
 use super::tables::TenantTables;
 use super::users::{self, worst_threats, ThreatSetId, NO_USER};
 use super::Engine;
@@ -64,6 +65,14 @@ pub fn to_record(
                 observed_at: o.observed_at,
                 event_fingerprint: o.event_fingerprint as i32,
                 threats: tables.threats(shard.threats(slot, o.partner)),
+            })
+            .collect(),
+        graces: shard
+            .graces(slot)
+            .iter()
+            .map(|&(key, since)| PolicyGrace {
+                policy_id: tables.policy_keys.resolve(key).to_string(),
+                failing_since: since,
             })
             .collect(),
     }
@@ -148,6 +157,7 @@ impl Engine {
         // The user and threat lists are interned under the write lock, the device then
         // written under the read lock, like live traffic.
         let mut threat_sets: SmallVec<[(PartnerIdx, ThreatSetId); 2]> = SmallVec::new();
+        let mut graces: SmallVec<[Grace; 1]> = SmallVec::new();
         let user = {
             let mut tenants = self.tenants.write();
             let tables = tenants.tables_mut(tenant);
@@ -155,6 +165,12 @@ impl Engine {
                 let idx = self.catalogue.index(&p.partner_id).expect("checked above");
                 let worst = worst_threats(&p.threats);
                 threat_sets.push((idx, tables.threat_sets.intern(&worst)));
+            }
+            for g in &r.graces {
+                graces.push((
+                    tables.policy_keys.intern(g.policy_id.as_str().into()),
+                    g.failing_since,
+                ));
             }
             match r.user_id.as_deref().filter(|u| !u.is_empty()) {
                 Some(u) => tables.users.intern(u),
@@ -172,6 +188,7 @@ impl Engine {
         shard.set_compliance(slot, r.compliance);
         users::assign(&tables.users, &mut shard, slot, user);
         shard.set_observations(slot, Observations::from_sorted(&observations), &threat_sets);
+        shard.set_graces(slot, graces);
         let d = shard.get_mut(slot);
         d.output_seq = r.output_seq as u32;
         d.os = r

@@ -6,7 +6,7 @@
 //! The slab grows in fixed chunks and the hash index holds 4-byte slots only, so memory stays
 //! close to `size_of::<Device>()` per device instead of doubling with every table resize.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use hashbrown::HashTable;
 use smallvec::SmallVec;
@@ -15,6 +15,7 @@ use crate::catalogue::PartnerIdx;
 use crate::model::{ComplianceState, HealthState, Management, Ownership, Platform};
 
 use super::compact::{CompactStr, OsVersion};
+use super::evaluate::Grace;
 use super::tables::TenantId;
 use super::users::{ThreatSetId, UserId, NO_THREATS, NO_USER};
 
@@ -175,6 +176,12 @@ pub struct DeviceShard {
     by_user: HashTable<Slot>,
     /// Threat lists of observations that carry threats.
     threats: hashbrown::HashMap<(Slot, PartnerIdx), ThreatSetId>,
+    /// Graces running, for the devices that have one.
+    graces: hashbrown::HashMap<Slot, SmallVec<[Grace; 1]>>,
+    /// Pending device deadlines, packed `second << 32 | slot` (the instant rounded up to the
+    /// second), in firing order. An entry may be stale (the device's deadline moved later, or
+    /// it is gone): the engine re-derives the deadline from the device state when it fires.
+    deadlines: BTreeSet<u64>,
     dirty: Vec<Slot>,
     retired: Vec<(TenantId, String)>,
     len: usize,
@@ -200,6 +207,14 @@ impl DeviceShard {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The device in `slot`, if the slot is in use.
+    pub fn try_get(&self, slot: Slot) -> Option<&Device> {
+        self.chunks
+            .get(slot as usize / CHUNK)?
+            .get(slot as usize % CHUNK)?
+            .as_ref()
     }
 
     pub fn get(&self, slot: Slot) -> &Device {
@@ -324,6 +339,56 @@ impl DeviceShard {
         self.get_mut(slot).observe(obs);
     }
 
+    /// The graces running for a device.
+    pub fn graces(&self, slot: Slot) -> &[Grace] {
+        self.graces.get(&slot).map_or(&[], |g| g.as_slice())
+    }
+
+    /// Replaces the graces running for a device.
+    pub fn set_graces(&mut self, slot: Slot, graces: SmallVec<[Grace; 1]>) {
+        if graces.is_empty() {
+            self.graces.remove(&slot);
+        } else {
+            self.graces.insert(slot, graces);
+        }
+    }
+
+    /// Devices with a grace running.
+    pub fn in_grace(&self) -> usize {
+        self.graces.len()
+    }
+
+    /// Schedules a re-evaluation of the device at `at` (rounded up to the second).
+    pub fn schedule(&mut self, slot: Slot, at: i64) {
+        let second = (at.max(0) as u64).div_ceil(1000).min(u32::MAX as u64);
+        self.deadlines.insert(second << 32 | slot as u64);
+    }
+
+    /// The first pending deadline, in milliseconds.
+    pub fn first_deadline(&self) -> Option<i64> {
+        self.deadlines.first().map(|&e| (e >> 32) as i64 * 1000)
+    }
+
+    /// Removes and returns the slots scheduled for the second of `at` (a value from
+    /// [`Self::first_deadline`]).
+    pub fn take_due(&mut self, at: i64) -> Vec<Slot> {
+        let second = (at / 1000) as u64;
+        let mut due = Vec::new();
+        while let Some(&e) = self.deadlines.first() {
+            if e >> 32 != second {
+                break;
+            }
+            self.deadlines.pop_first();
+            due.push(e as u32);
+        }
+        due
+    }
+
+    /// Pending deadline entries (some may be stale).
+    pub fn scheduled(&self) -> usize {
+        self.deadlines.len()
+    }
+
     /// Replaces a device's observations and their threat lists (restore).
     pub fn set_observations(
         &mut self,
@@ -420,6 +485,7 @@ impl DeviceShard {
             .iter()
             .map(|o| o.partner)
             .collect();
+        self.graces.remove(&slot);
         for p in partners {
             self.threats.remove(&(slot, p));
         }
@@ -501,6 +567,9 @@ impl DeviceShard {
             + self.by_user.capacity() * (std::mem::size_of::<Slot>() + 1)
             + self.threats.capacity()
                 * (std::mem::size_of::<((Slot, PartnerIdx), ThreatSetId)>() + 1)
+            + self.graces.capacity() * (std::mem::size_of::<(Slot, SmallVec<[Grace; 1]>)>() + 1)
+            // A B-tree node holds up to 11 keys; assume two thirds full.
+            + self.deadlines.len() * 12
     }
 }
 

@@ -51,6 +51,7 @@ impl Engine {
             now: input.now,
             reasons: &mut self.reasons,
             out: input.out,
+            earlier_than: None,
         }
         .device(&mut shard, slot);
         Ok(())

@@ -1,12 +1,15 @@
 //! The MTD rules: plain functions from a device and its tenant's [`PlatformView`] to a verdict.
-//! No I/O, no clock, no allocation unless reasons are asked for.
+//! No I/O; the caller passes the instant (`now`) grace periods and report expiry are judged at.
+//! No allocation unless reasons are asked for.
+
+use smallvec::SmallVec;
 
 use crate::catalogue::PartnerIdx;
 use crate::model::{AppAction, ComplianceState, ReasonCode, ThreatLevel};
 
-use super::devices::{flags, Device};
+use super::devices::{flags, Device, Observation};
 use super::policies::Enforcement;
-use super::tables::PlatformView;
+use super::tables::{PlatformView, PolicyKey};
 
 /// One reason of a decision, with the partner as a catalogue index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,18 +19,56 @@ pub struct ReasonNote {
     pub detail: String,
 }
 
+/// A policy a device fails and since when: its grace (if it has one) runs from there.
+pub type Grace = (PolicyKey, i64);
+
 /// Outcome of compliance evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComplianceVerdict {
     pub state: ComplianceState,
     pub worst_level: Option<ThreatLevel>,
+    /// For `IN_GRACE_PERIOD`: when the first running grace ends.
+    pub grace_ends_at: Option<i64>,
+    /// The failures held after this evaluation: every failing policy, since when the device
+    /// fails it (kept from `held`, or `now` for a new failure); its grace runs from there.
+    pub graces: SmallVec<[Grace; 1]>,
 }
 
-/// Evaluates an enrolled (MDM) device. Pushes the reasons into `reasons` when given; the state
-/// does not depend on whether reasons are collected.
+impl ComplianceVerdict {
+    fn plain(state: ComplianceState, worst_level: Option<ThreatLevel>) -> Self {
+        ComplianceVerdict {
+            state,
+            worst_level,
+            grace_ends_at: None,
+            graces: SmallVec::new(),
+        }
+    }
+}
+
+/// The usable level of an observation at `now`: `None` for the "no usable data" states and
+/// for a report older than the tenant's `report_validity_days`.
+pub fn usable_level(view: &PlatformView, o: &Observation, now: i64) -> Option<ThreatLevel> {
+    o.health.level().filter(|_| !expired(view, o, now))
+}
+
+/// Whether the observation's report is older than the tenant's `report_validity_days`.
+pub fn expired(view: &PlatformView, o: &Observation, now: i64) -> bool {
+    view.report_validity_ms
+        .is_some_and(|v| now >= o.observed_at.saturating_add(v))
+}
+
+/// Evaluates an enrolled (MDM) device at `now`, with the graces it `held`. Pushes the reasons
+/// into `reasons` when given; the verdict does not depend on whether reasons are collected.
+///
+/// A device fails a COMPLIANCE policy when a counting partner the policy judges reports a
+/// level above the policy's ceiling for it, or fails regardless of level (no usable data where
+/// that fails, an unsupported OS). Failing no policy is `COMPLIANT`; failing only policies
+/// whose graces are all still running is `IN_GRACE_PERIOD`; anything else `NONCOMPLIANT`.
 pub fn evaluate_compliance(
     view: &PlatformView,
     device: &Device,
+    held: &[Grace],
+    now: i64,
     mut reasons: Option<&mut Vec<ReasonNote>>,
 ) -> ComplianceVerdict {
     let mut note = |partner, code, detail: &dyn Fn() -> String| {
@@ -47,26 +88,22 @@ pub fn evaluate_compliance(
     }
     if !view.any_compliance_policy {
         // No COMPLIANCE policy applies: the tenant's `no_policy_state`.
-        return ComplianceVerdict {
-            state: view.no_policy_state,
-            worst_level: None,
-        };
+        return ComplianceVerdict::plain(view.no_policy_state, None);
     }
     if view.counting.is_empty() {
-        return ComplianceVerdict {
-            state: ComplianceState::NotEvaluated,
-            worst_level: None,
-        };
+        return ComplianceVerdict::plain(ComplianceState::NotEvaluated, None);
     }
-    let mut pass = true;
     let mut worst: Option<ThreatLevel> = None;
+    // Per counting partner: its usable level, and whether it fails whatever the level.
+    let mut judged: SmallVec<[(PartnerIdx, Option<ThreatLevel>, bool); 4]> = SmallVec::new();
     for cp in &view.counting {
         let obs = device.observation(cp.partner);
-        match obs.and_then(|o| o.health.level()) {
+        let level = obs.and_then(|o| usable_level(view, o, now));
+        let mut fails = false;
+        match level {
             Some(level) => {
                 worst = worst.max(Some(level));
                 if level > cp.limit {
-                    pass = false;
                     note(cp.partner, ReasonCode::LevelExceedsPolicy, &|| {
                         format!(
                             "reported level {level} exceeds {} allowed by policy {}",
@@ -78,24 +115,35 @@ pub fn evaluate_compliance(
             None => {
                 let multi = view.multi_vendor && !cp.defender;
                 if cp.blocked_on_missing_data || multi {
-                    pass = false;
+                    fails = true;
                     let why = if cp.blocked_on_missing_data {
                         "the connector blocks devices without data"
                     } else {
                         "two or more partners are configured for the platform, so each must submit a scan"
                     };
-                    note(cp.partner, ReasonCode::MissingPartnerData, &|| match obs {
-                        Some(o) => {
-                            format!("latest report says {} (no usable level); {why}", o.health)
+                    match obs {
+                        Some(o) if o.health.level().is_some() => {
+                            note(cp.partner, ReasonCode::ReportExpired, &|| {
+                                format!(
+                                    "latest report ({} at {}) is older than the tenant's report \
+                                     validity; {why}",
+                                    o.health, o.observed_at
+                                )
+                            })
                         }
-                        None => format!("no report received; {why}"),
-                    });
+                        Some(o) => note(cp.partner, ReasonCode::MissingPartnerData, &|| {
+                            format!("latest report says {} (no usable level); {why}", o.health)
+                        }),
+                        None => note(cp.partner, ReasonCode::MissingPartnerData, &|| {
+                            format!("no report received; {why}")
+                        }),
+                    }
                 }
             }
         }
         if let Some(min) = cp.min_os {
             if device.os.compare(min) == Some(std::cmp::Ordering::Less) {
-                pass = false;
+                fails = true;
                 note(cp.partner, ReasonCode::UnsupportedOs, &|| {
                     format!(
                         "OS {} is older than the partner's minimum {}",
@@ -105,15 +153,65 @@ pub fn evaluate_compliance(
                 });
             }
         }
+        judged.push((cp.partner, level, fails));
     }
-    ComplianceVerdict {
-        state: if pass {
-            ComplianceState::Compliant
+    let mut failing = false;
+    let mut in_grace = true;
+    let mut verdict = ComplianceVerdict::plain(ComplianceState::Compliant, worst);
+    for p in &view.compliance {
+        let fails = p.ceilings.iter().any(|&(partner, ceiling)| {
+            judged
+                .iter()
+                .find(|j| j.0 == partner)
+                .is_some_and(|&(_, level, hard)| hard || level.is_some_and(|l| l > ceiling))
+        });
+        if !fails {
+            continue;
+        }
+        failing = true;
+        // Every failing policy keeps since when it fails, grace or not: a grace given to a
+        // policy the device already fails runs from the start of that failure. Without a grace
+        // it ends at once (`since <= now`).
+        let since = held.iter().find(|g| g.0 == p.key).map_or(now, |g| g.1);
+        verdict.graces.push((p.key, since));
+        let ends = since.saturating_add(p.grace_ms);
+        if now >= ends {
+            in_grace = false;
         } else {
-            ComplianceState::Noncompliant
-        },
-        worst_level: worst,
+            verdict.grace_ends_at = Some(verdict.grace_ends_at.map_or(ends, |e| e.min(ends)));
+        }
     }
+    if failing {
+        if in_grace {
+            verdict.state = ComplianceState::InGracePeriod;
+        } else {
+            verdict.state = ComplianceState::Noncompliant;
+            verdict.grace_ends_at = None;
+        }
+    }
+    verdict
+}
+
+/// The next instant after `now` at which the device's verdict can change without new input:
+/// the end of a running grace, or the expiry of a partner's latest usable report.
+pub fn next_deadline(
+    view: &PlatformView,
+    device: &Device,
+    held: &[Grace],
+    now: i64,
+) -> Option<i64> {
+    let graces = held.iter().filter_map(|&(key, since)| {
+        let p = view.compliance.iter().find(|p| p.key == key)?;
+        Some(since.saturating_add(p.grace_ms))
+    });
+    let expiries = view.report_validity_ms.into_iter().flat_map(|v| {
+        device
+            .observations
+            .iter()
+            .filter(|o| o.health.level().is_some())
+            .map(move |o| o.observed_at.saturating_add(v))
+    });
+    graces.chain(expiries).filter(|&t| t > now).min()
 }
 
 /// One app protection action to issue.
@@ -146,7 +244,7 @@ enum Outcome {
 /// Evaluates an unenrolled (MAM) device: `BLOCK` until remediation then `UNBLOCK`; `WIPE` once
 /// per incident (an incident ends when the level is back within every wipe policy). A policy
 /// with `block_on_missing_data` treats the chosen partner's lack of usable data as exceeding.
-pub fn evaluate_app_protection(view: &PlatformView, device: &Device) -> MamDecision {
+pub fn evaluate_app_protection(view: &PlatformView, device: &Device, now: i64) -> MamDecision {
     let blocked = device.has(flags::MAM_BLOCKED);
     let wipe_incident = device.has(flags::WIPE_INCIDENT);
     let mut decision = MamDecision {
@@ -159,7 +257,10 @@ pub fn evaluate_app_protection(view: &PlatformView, device: &Device) -> MamDecis
         let Some(partner) = p.partner else {
             return (None, Outcome::NoPartner);
         };
-        match device.observation(partner).and_then(|o| o.health.level()) {
+        match device
+            .observation(partner)
+            .and_then(|o| usable_level(view, o, now))
+        {
             None if p.block_on_missing_data => (Some(partner), Outcome::Exceeds(None)),
             None => (Some(partner), Outcome::NoData),
             Some(l) if l > p.limit => (Some(partner), Outcome::Exceeds(Some(l))),
@@ -221,7 +322,7 @@ pub fn evaluate_app_protection(view: &PlatformView, device: &Device) -> MamDecis
         };
         let level = partner
             .and_then(|p| device.observation(p))
-            .and_then(|o| o.health.level());
+            .and_then(|o| usable_level(view, o, now));
         decision.actions.push(MamAction {
             action: AppAction::Unblock,
             partner,

@@ -15,7 +15,7 @@ use crate::model::*;
 pub use super::assignment::Scope;
 use super::assignment::{ceiling, scope_of};
 use super::connector::{traffic_refusal, ConnectorState};
-use super::devices::{flags, Device, DeviceShard};
+use super::devices::{flags, Device, DeviceShard, Slot};
 use super::evaluate::evaluate_compliance;
 use super::tables::{TenantTables, Tenants};
 use super::Engine;
@@ -74,6 +74,9 @@ pub struct DeviceExplanation {
     pub mam_blocked: bool,
     pub mam_wipe_incident: bool,
     pub partners: Vec<PartnerExplanation>,
+    /// Pending deadlines, earliest first.
+    #[serde(default)]
+    pub deadlines: Vec<DeadlineExplanation>,
     /// Every policy of the tenant for the device's platform and management.
     #[serde(default)]
     pub policies: Vec<PolicyExplanation>,
@@ -87,6 +90,30 @@ pub struct Decision {
     pub worst_level: Option<ThreatLevel>,
     pub reasons: Vec<Reason>,
     pub app_protection_policies: Vec<String>,
+    /// For `IN_GRACE_PERIOD`: when the first running grace ends.
+    #[serde(default)]
+    pub grace_ends_at: Option<i64>,
+}
+
+/// What a pending deadline of a device is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeadlineKind {
+    /// A COMPLIANCE policy's grace ends.
+    GraceEnd,
+    /// A partner's latest report expires (`report_validity_days`).
+    ReportExpiry,
+}
+
+/// A pending deadline of a device and what happens then.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeadlineExplanation {
+    pub kind: DeadlineKind,
+    pub at: i64,
+    /// The policy whose grace ends, or the partner whose report expires.
+    pub policy_id: Option<String>,
+    pub partner_id: Option<String>,
+    pub then: String,
 }
 
 /// A connector's status and deadlines.
@@ -200,10 +227,11 @@ impl EngineReader {
             let decision = match d.management {
                 Management::Mdm => {
                     let mut notes = Vec::new();
-                    let v = evaluate_compliance(view, d, Some(&mut notes));
+                    let v = evaluate_compliance(view, d, shard.graces(slot), now, Some(&mut notes));
                     Decision {
                         state: Some(v.state),
                         worst_level: v.worst_level,
+                        grace_ends_at: v.grace_ends_at,
                         reasons: notes
                             .into_iter()
                             .map(|n| Reason {
@@ -224,6 +252,7 @@ impl EngineReader {
                 Management::Mam => Decision {
                     state: None,
                     worst_level: None,
+                    grace_ends_at: None,
                     reasons: vec![],
                     app_protection_policies: view
                         .app_policies
@@ -251,11 +280,62 @@ impl EngineReader {
                 mam_blocked: d.has(flags::MAM_BLOCKED),
                 mam_wipe_incident: d.has(flags::WIPE_INCIDENT),
                 partners,
+                deadlines: self.explain_deadlines(tables, &shard, slot, now),
                 policies: self.explain_policies(tables, d, group_names.as_deref()),
                 decision,
             });
         }
         None
+    }
+
+    /// The device's pending deadlines, earliest first: the end of each running grace and the
+    /// expiry of each partner's latest usable report.
+    fn explain_deadlines(
+        &self,
+        tables: &TenantTables,
+        shard: &DeviceShard,
+        slot: Slot,
+        now: i64,
+    ) -> Vec<DeadlineExplanation> {
+        let d = shard.get(slot);
+        let view = tables.view(d.platform, d.user);
+        let mut out = Vec::new();
+        for &(key, since) in shard.graces(slot) {
+            let Some(p) = view.compliance.iter().find(|p| p.key == key) else {
+                continue;
+            };
+            let at = since.saturating_add(p.grace_ms);
+            if at > now {
+                out.push(DeadlineExplanation {
+                    kind: DeadlineKind::GraceEnd,
+                    at,
+                    policy_id: Some(p.policy_id.clone()),
+                    partner_id: None,
+                    then: format!(
+                        "NONCOMPLIANT if the device still fails policy {}",
+                        p.policy_id
+                    ),
+                });
+            }
+        }
+        if let Some(v) = view.report_validity_ms {
+            for o in d.observations.iter().filter(|o| o.health.level().is_some()) {
+                let at = o.observed_at.saturating_add(v);
+                if at > now {
+                    out.push(DeadlineExplanation {
+                        kind: DeadlineKind::ReportExpiry,
+                        at,
+                        policy_id: None,
+                        partner_id: Some(self.catalogue.partner(o.partner).id.clone()),
+                        then: "the partner's latest report expires: no usable data from it \
+                               (REPORT_EXPIRED), unless a newer report arrives"
+                            .to_owned(),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|e| e.at);
+        out
     }
 
     /// Every policy of the device's platform and kind (COMPLIANCE for enrolled devices,

@@ -227,9 +227,10 @@ impl Engine {
         }
     }
 
-    /// Fires every deadline at or before `now` ([`timers`]).
+    /// Fires every deadline at or before `now` ([`timers`]): connector timeouts, grace ends and
+    /// report expiries.
     pub fn advance(&mut self, now: i64, out: &mut Vec<Output>) {
-        self.fire_connector_deadlines(now, out);
+        self.fire_deadlines(now, out);
     }
 
     /// The interned id of a tenant, interned on first sight: the usual case takes only the
@@ -241,8 +242,13 @@ impl Engine {
         self.tenants.write().intern(name)
     }
 
-    /// The next deadline, if any.
+    /// The next deadline, if any: a few comparisons per held partition, so checking it every
+    /// poll costs nothing while none is due.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.timers.first().map(|t| t.0)
+        let connector = self.timers.first().map(|t| t.0);
+        match (connector, self.first_device_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

@@ -11,6 +11,9 @@ use crate::model::*;
 use super::checks::not_older;
 use super::{Applied, Engine, Input, Rejection};
 
+/// Longest grace a COMPLIANCE policy may give (a year).
+pub const MAX_GRACE_PERIOD_HOURS: i32 = 8760;
+
 /// What an accepted APP_PROTECTION policy does when its limit is exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enforcement {
@@ -59,6 +62,7 @@ impl Engine {
                     not_older("updated_at", p.updated_at, old.updated_at, "the policy")?;
                 }
                 tables.policies.insert(kp.to_owned(), p.clone());
+                tables.policy_keys.intern(kp.into());
                 format!("policy:{kt}/{kp}@{}", p.updated_at)
             }
             None => {
@@ -82,6 +86,12 @@ fn validate(p: &ThreatPolicy) -> Applied {
     if groups.into_iter().any(String::is_empty) {
         return refuse(format!(
             "policy {id}: a group id in include_groups or exclude_groups is empty"
+        ));
+    }
+    if !(0..=MAX_GRACE_PERIOD_HOURS).contains(&p.grace_period_hours) {
+        return refuse(format!(
+            "policy {id}: grace_period_hours must be 0 to {MAX_GRACE_PERIOD_HOURS}, got {}",
+            p.grace_period_hours
         ));
     }
     match p.kind {
@@ -112,9 +122,10 @@ fn validate(p: &ThreatPolicy) -> Applied {
                     "policy {id}: APP_PROTECTION needs a max_level (NOT_SET is for COMPLIANCE)"
                 ));
             }
-            if p.defender_max_level.is_some() {
+            if p.defender_max_level.is_some() || p.grace_period_hours != 0 {
                 return refuse(format!(
-                    "policy {id}: defender_max_level applies to COMPLIANCE policies only"
+                    "policy {id}: defender_max_level and grace_period_hours apply to COMPLIANCE \
+                     policies only"
                 ));
             }
             if p.platform == Platform::Macos {

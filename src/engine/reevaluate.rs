@@ -7,7 +7,7 @@ use crate::catalogue::Catalogue;
 use crate::model::*;
 
 use super::devices::{flags, DeviceShard, Slot};
-use super::evaluate::{evaluate_app_protection, evaluate_compliance, ReasonNote};
+use super::evaluate::{evaluate_app_protection, evaluate_compliance, next_deadline, ReasonNote};
 use super::ids;
 use super::tables::{TenantId, TenantTables};
 use super::users::UserId;
@@ -24,6 +24,10 @@ pub(super) struct Reevaluation<'a> {
     /// Scratch space for a verdict's reasons.
     pub reasons: &'a mut Vec<ReasonNote>,
     pub out: &'a mut Vec<Output>,
+    /// When to schedule the device's next deadline: `None` always; `Some(before)` only when it
+    /// is earlier than `before`, the deadline before the input (a later one is found when the
+    /// pending earlier entry fires).
+    pub earlier_than: Option<Option<i64>>,
 }
 
 impl Reevaluation<'_> {
@@ -33,19 +37,43 @@ impl Reevaluation<'_> {
             Management::Mdm => self.compliance(shard, slot),
             Management::Mam => self.app_protection(shard, slot),
         }
+        self.reschedule(shard, slot);
+    }
+
+    /// Schedules the device's next deadline (grace end, report expiry), if it has one.
+    fn reschedule(&mut self, shard: &mut DeviceShard, slot: Slot) {
+        let device = shard.get(slot);
+        let view = self.tables.view(device.platform, device.user);
+        let Some(at) = next_deadline(view, device, shard.graces(slot), self.now) else {
+            return;
+        };
+        let due = match self.earlier_than {
+            None | Some(None) => true,
+            Some(Some(before)) => at < before,
+        };
+        if due {
+            shard.schedule(slot, at);
+        }
     }
 
     /// Enrolled devices: a compliance change when the state differs from the one held.
     fn compliance(&mut self, shard: &mut DeviceShard, slot: Slot) {
         let device = shard.get(slot);
         let view = self.tables.view(device.platform, device.user);
-        let verdict = evaluate_compliance(view, device, None);
+        let held = shard.graces(slot);
+        let verdict = evaluate_compliance(view, device, held, self.now, None);
+        if verdict.graces.as_slice() != held {
+            // Graces are device state: they go to the changelog with the device.
+            shard.set_graces(slot, verdict.graces.clone());
+            shard.mark_dirty(slot);
+        }
+        let device = shard.get(slot);
         if verdict.state == device.compliance {
             return;
         }
         // Reasons only for a verdict that is published: the common case costs no strings.
         self.reasons.clear();
-        evaluate_compliance(view, device, Some(self.reasons));
+        evaluate_compliance(view, device, &verdict.graces, self.now, Some(self.reasons));
         let device_id = device.id.as_string();
         let change = ComplianceChange {
             change_id: ids::output_id(
@@ -79,6 +107,7 @@ impl Reevaluation<'_> {
             worst_level: verdict.worst_level,
             evaluated_at: self.now,
             cause_event_id: self.cause.to_owned(),
+            grace_ends_at: verdict.grace_ends_at,
         };
         shard.set_compliance(slot, verdict.state);
         let d = shard.get_mut(slot);
@@ -89,9 +118,14 @@ impl Reevaluation<'_> {
 
     /// Unenrolled (MAM) devices: block, unblock and wipe actions as app protection decides.
     fn app_protection(&mut self, shard: &mut DeviceShard, slot: Slot) {
+        if !shard.graces(slot).is_empty() {
+            // Managed by app protection now: its compliance failures no longer run.
+            shard.set_graces(slot, Default::default());
+            shard.mark_dirty(slot);
+        }
         let device = shard.get(slot);
         let view = self.tables.view(device.platform, device.user);
-        let decision = evaluate_app_protection(view, device);
+        let decision = evaluate_app_protection(view, device, self.now);
         let before = (
             device.has(flags::MAM_BLOCKED),
             device.has(flags::WIPE_INCIDENT),
@@ -170,6 +204,7 @@ impl Engine {
             now,
             reasons: &mut self.reasons,
             out,
+            earlier_than: None,
         };
         for &partition in &partitions {
             let Some(mut shard) = self.shards.get_mut(&partition) else {
@@ -215,6 +250,7 @@ impl Engine {
             now,
             reasons: &mut self.reasons,
             out,
+            earlier_than: None,
         };
         for &partition in &partitions {
             let Some(mut shard) = self.shards.get_mut(&partition) else {
@@ -244,6 +280,7 @@ impl Engine {
                 now,
                 reasons: &mut self.reasons,
                 out,
+                earlier_than: None,
             }
             .device(&mut shard, slot);
         }

@@ -27,6 +27,14 @@ use super::users::{
 /// Interned tenant id; stable for the life of the process, never written anywhere.
 pub type TenantId = u32;
 
+/// Interned policy id of one tenant.
+pub type PolicyKey = u32;
+/// A policy id not interned (never matches a grace).
+pub const NO_POLICY_KEY: PolicyKey = u32::MAX;
+
+const MS_PER_HOUR: i64 = 3_600_000;
+const MS_PER_DAY: i64 = 24 * MS_PER_HOUR;
+
 /// A partner whose data counts for compliance on one platform, for the devices of one scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountingPartner {
@@ -39,6 +47,19 @@ pub struct CountingPartner {
     /// first policy (by id) that sets it.
     pub limit: ThreatLevel,
     pub policy_id: String,
+}
+
+/// An applicable COMPLIANCE policy: its grace and the ceiling it sets for each counting
+/// partner whose data it judges. A device fails the policy when one of those partners exceeds
+/// its ceiling or fails regardless of level (missing data, expired report, unsupported OS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JudgingPolicy {
+    /// Interned policy id ([`TenantTables::policy_keys`]), what device graces are kept by.
+    pub key: PolicyKey,
+    pub policy_id: String,
+    /// `grace_period_hours` in milliseconds.
+    pub grace_ms: i64,
+    pub ceilings: SmallVec<[(PartnerIdx, ThreatLevel); 2]>,
 }
 
 /// An app protection policy with the partner its priority selects.
@@ -65,6 +86,11 @@ pub struct PlatformView {
     pub ignored: SmallVec<[PartnerIdx; 2]>,
     /// Two or more non-Defender partners count: each must have submitted a scan.
     pub multi_vendor: bool,
+    /// Applicable COMPLIANCE policies, by id.
+    pub compliance: SmallVec<[JudgingPolicy; 2]>,
+    /// The tenant's `report_validity_days` in milliseconds: a partner's latest report older
+    /// than this is no usable data.
+    pub report_validity_ms: Option<i64>,
     /// Applicable app protection policies ordered by policy id.
     pub app_policies: Vec<AppPolicy>,
 }
@@ -77,6 +103,8 @@ impl Default for PlatformView {
             counting: SmallVec::new(),
             ignored: SmallVec::new(),
             multi_vendor: false,
+            compliance: SmallVec::new(),
+            report_validity_ms: None,
             app_policies: Vec::new(),
         }
     }
@@ -149,6 +177,8 @@ pub struct TenantTables {
     pub group_sets: ListInterner<GroupId>,
     /// Threat lists (worst first, at most 3); id 0 is the empty list.
     pub threat_sets: ThreatLists,
+    /// Policy ids, interned so device graces name a policy in four bytes.
+    pub policy_keys: Interner<Box<str>>,
     platforms: [PlatformScopes; 4],
 }
 
@@ -162,6 +192,7 @@ impl Default for TenantTables {
             groups: Interner::default(),
             group_sets: ListInterner::default(),
             threat_sets: ThreatLists::default(),
+            policy_keys: Interner::default(),
             platforms: Default::default(),
         };
         for p in &mut t.platforms {
@@ -265,6 +296,10 @@ impl TenantTables {
         let mut view = PlatformView {
             any_compliance_policy: !compliance.is_empty(),
             no_policy_state: self.settings.no_policy_state.state(),
+            report_validity_ms: self
+                .settings
+                .report_validity_days
+                .map(|d| d as i64 * MS_PER_DAY),
             ..PlatformView::default()
         };
         for policy in applicable {
@@ -327,6 +362,25 @@ impl TenantTables {
             }
         }
         view.multi_vendor = view.counting.iter().filter(|c| !c.defender).count() >= 2;
+        for p in &compliance {
+            let ceilings = view
+                .counting
+                .iter()
+                .filter_map(|cp| {
+                    let defender = catalogue.partner(cp.partner).defender;
+                    ceiling(p, defender).map(|c| (cp.partner, c))
+                })
+                .collect();
+            view.compliance.push(JudgingPolicy {
+                key: self
+                    .policy_keys
+                    .get(p.policy_id.as_str())
+                    .unwrap_or(NO_POLICY_KEY),
+                policy_id: p.policy_id.clone(),
+                grace_ms: p.grace_period_hours.max(0) as i64 * MS_PER_HOUR,
+                ceilings,
+            });
+        }
         view
     }
 

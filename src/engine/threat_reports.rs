@@ -9,6 +9,7 @@ use crate::model::*;
 use super::checks::{connector_accepts, not_older};
 use super::compact::OsVersion;
 use super::devices::{flags, Device, Observation};
+use super::evaluate::next_deadline;
 use super::reevaluate::Reevaluation;
 use super::users::{self, NO_THREATS, NO_USER};
 use super::{ids, Applied, Engine, Input, Rejection};
@@ -101,6 +102,11 @@ impl Engine {
             }
             None => shard.insert(Device::new(tenant, kd, r.platform, r.management)),
         };
+        // The deadline before this report: a later one after it needs no new entry.
+        let before = {
+            let d = shard.get(slot);
+            next_deadline(tables.view(d.platform, d.user), d, shard.graces(slot), now)
+        };
         shard.observe(
             slot,
             Observation {
@@ -136,6 +142,7 @@ impl Engine {
             now,
             reasons: &mut self.reasons,
             out: input.out,
+            earlier_than: Some(before),
         }
         .device(&mut shard, slot);
         Ok(())

@@ -7,11 +7,62 @@ use crate::catalogue::PartnerIdx;
 use crate::model::ConnectorStatusChange;
 
 use super::connector::status_reason;
+use super::reevaluate::Reevaluation;
 use super::tables::TenantId;
 use super::{Engine, Output};
 
 impl Engine {
-    /// Fires every connector deadline at or before `now`.
+    /// Fires every deadline at or before `now` in time order, each at its own instant, so the
+    /// outputs do not depend on how the clock got to `now` (one jump or many steps).
+    pub(super) fn fire_deadlines(&mut self, now: i64, out: &mut Vec<Output>) {
+        loop {
+            let connector = self.timers.first().map(|t| t.0).filter(|&t| t <= now);
+            let device = self.first_device_deadline().filter(|&t| t <= now);
+            match (connector, device) {
+                (None, None) => break,
+                (Some(c), Some(d)) if d < c => self.fire_device_deadlines(d, out),
+                (Some(c), _) => self.fire_connector_deadlines(c, out),
+                (None, Some(d)) => self.fire_device_deadlines(d, out),
+            }
+        }
+    }
+
+    /// The first pending device deadline of any shard.
+    pub(super) fn first_device_deadline(&self) -> Option<i64> {
+        self.shards.iter().filter_map(|s| s.first_deadline()).min()
+    }
+
+    /// Re-evaluates, at `at`, the devices scheduled for that second (grace ends, report
+    /// expiries), in partition order; stale entries re-derive the deadline and publish nothing.
+    fn fire_device_deadlines(&mut self, at: i64, out: &mut Vec<Output>) {
+        let tenants = self.tenants.read();
+        let cause = format!("timer:device-deadline@{at}");
+        let mut partitions: Vec<i32> = self.shards.iter().map(|s| *s.key()).collect();
+        partitions.sort_unstable();
+        for partition in partitions {
+            let Some(mut shard) = self.shards.get_mut(&partition) else {
+                continue;
+            };
+            for slot in shard.take_due(at) {
+                let Some(tenant) = shard.try_get(slot).map(|d| d.tenant) else {
+                    continue;
+                };
+                Reevaluation {
+                    catalogue: &self.catalogue,
+                    tables: tenants.tables(tenant),
+                    tenant_name: tenants.name(tenant),
+                    cause: &cause,
+                    now: at,
+                    reasons: &mut self.reasons,
+                    out: &mut *out,
+                    earlier_than: None,
+                }
+                .device(&mut shard, slot);
+            }
+        }
+    }
+
+    /// Fires every connector deadline at or before `now`, each at its own instant.
     pub(super) fn fire_connector_deadlines(&mut self, now: i64, out: &mut Vec<Output>) {
         while let Some(&(at, tenant, partner)) = self.timers.first() {
             if at > now {
@@ -31,7 +82,7 @@ impl Engine {
                     self.catalogue.partner(partner).id
                 )
             };
-            self.refresh_connector(tenant, partner, now, &cause, "deadline reached", out);
+            self.refresh_connector(tenant, partner, at, &cause, "deadline reached", out);
         }
     }
 

@@ -72,7 +72,7 @@ symbols! {
     /// Which MAM partner counts when several are enabled.
     PartnerPriority { DefenderFirst = "DEFENDER_FIRST", ThirdPartyFirst = "THIRD_PARTY_FIRST" }
     /// Device compliance state.
-    ComplianceState { Unknown = "UNKNOWN", Compliant = "COMPLIANT", Noncompliant = "NONCOMPLIANT", NotEvaluated = "NOT_EVALUATED" }
+    ComplianceState { Unknown = "UNKNOWN", Compliant = "COMPLIANT", Noncompliant = "NONCOMPLIANT", NotEvaluated = "NOT_EVALUATED", InGracePeriod = "IN_GRACE_PERIOD" }
     /// Why a device is (or would be) noncompliant.
     ReasonCode {
         LevelExceedsPolicy = "LEVEL_EXCEEDS_POLICY",

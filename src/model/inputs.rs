@@ -197,6 +197,9 @@ pub struct ThreatPolicy {
     /// APP_PROTECTION only: no usable data from the chosen partner counts as exceeding.
     #[serde(default)]
     pub block_on_missing_data: bool,
+    /// COMPLIANCE only: hours a failing device stays `IN_GRACE_PERIOD` (0 to 8760).
+    #[serde(default)]
+    pub grace_period_hours: i32,
 }
 
 impl ThreatPolicy {
@@ -222,6 +225,7 @@ impl ThreatPolicy {
             exclude_groups: Vec::new(),
             defender_max_level: None,
             block_on_missing_data: false,
+            grace_period_hours: 0,
         }
     }
 }

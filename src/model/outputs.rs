@@ -32,6 +32,9 @@ pub struct ComplianceChange {
     pub worst_level: Option<ThreatLevel>,
     pub evaluated_at: i64,
     pub cause_event_id: String,
+    /// For `IN_GRACE_PERIOD`: when the first running grace ends.
+    #[serde(default)]
+    pub grace_ends_at: Option<i64>,
 }
 
 /// Topic `mtd.app-protection-actions.v1`, key `tenant/device`.

@@ -5,6 +5,13 @@ use serde::{Deserialize, Serialize};
 use super::enums::*;
 use super::inputs::Threat;
 
+/// A COMPLIANCE policy with a grace period that the device fails, since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyGrace {
+    pub policy_id: String,
+    pub failing_since: i64,
+}
+
 /// What one partner last said about a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartnerObservation {
@@ -39,4 +46,7 @@ pub struct DeviceStateRecord {
     /// Number of outputs issued for the device; part of every deterministic output id.
     pub output_seq: i64,
     pub partners: Vec<PartnerObservation>,
+    /// The graces running for the device.
+    #[serde(default)]
+    pub graces: Vec<PolicyGrace>,
 }

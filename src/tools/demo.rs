@@ -60,6 +60,14 @@ pub struct DemoArgs {
     /// Random seed of the simulation.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// grace_period_hours of the simulated COMPLIANCE policies, 1 to 8760: infected enrolled
+    /// devices turn IN_GRACE_PERIOD (NONCOMPLIANT only once the grace ends) [default: none].
+    #[arg(long, value_name = "HOURS")]
+    pub grace_hours: Option<i64>,
+    /// Publish tenant settings with this report_validity_days (1 to 120) for every simulated
+    /// tenant; the explain API then shows each report's expiry [default: none].
+    #[arg(long, value_name = "DAYS")]
+    pub report_validity_days: Option<i64>,
 }
 
 /// The in-process mock cluster, kept alive by the client that hosts it.
@@ -205,6 +213,8 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         cfg.kafka.transactional_id_prefix = "mtdgate-demo".into();
     }
     simulate::check_partners(&cfg, &args.silence)?;
+    let (grace_period_hours, report_validity_days) =
+        simulate::check_settings(args.grace_hours, args.report_validity_days)?;
     cfg.http.listen = resolve_listen(&args.listen)?;
     cfg.topics.create = false;
     let mut out = std::io::stdout();
@@ -300,6 +310,8 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     opts.encoding = args.encoding;
     opts.silence = args.silence.clone();
     opts.heartbeat_timeout_seconds = args.heartbeat_timeout.max(1);
+    opts.grace_period_hours = grace_period_hours;
+    opts.report_validity_days = report_validity_days;
     if let Some(s) = args.seed {
         opts.seed = s;
     }
@@ -312,7 +324,7 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     });
     writeln!(
         out,
-        "simulator: {} tenants, {} devices, {} reports/s{}",
+        "simulator: {} tenants, {} devices, {} reports/s{}{}",
         opts.tenants,
         group(opts.devices as u64),
         if opts.rate > 0.0 {
@@ -323,7 +335,10 @@ pub fn run(args: &DemoArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         match opts.duration {
             Some(d) => format!(" for {} s", d.as_secs_f64()),
             None => ", Ctrl-C to stop".into(),
-        }
+        },
+        simulate::settings_text(opts.grace_period_hours, opts.report_validity_days)
+            .map(|s| format!("; {s}"))
+            .unwrap_or_default()
     )?;
 
     // Live lines.

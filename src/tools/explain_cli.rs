@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use mtdgate::engine::explain::{ConnectorExplanation, DeviceExplanation, PartnerCeiling, Scope};
+use mtdgate::engine::explain::{
+    ConnectorExplanation, DeadlineKind, DeviceExplanation, PartnerCeiling, Scope,
+};
 use mtdgate::model::{ConnectorConfig, Management, Platform, PolicyKind, Threat};
 use mtdgate::runtime::clock::{Clock, SystemClock};
 
@@ -156,7 +158,7 @@ pub fn run(args: &ExplainArgs) -> Result<String, ExplainError> {
         out.push_str(&if args.json {
             json(&d)
         } else {
-            render_device(&d)
+            render_device(&d, now)
         });
     }
     if args.connectors {
@@ -280,8 +282,8 @@ fn moment(at: Option<i64>, now: i64) -> String {
     }
 }
 
-/// Renders a device explanation.
-pub fn render_device(d: &DeviceExplanation) -> String {
+/// Renders a device explanation; deadlines are shown relative to `now`.
+pub fn render_device(d: &DeviceExplanation, now: i64) -> String {
     let mut out = String::new();
     let mdm = d.management == Management::Mdm;
     let _ = writeln!(
@@ -311,6 +313,13 @@ pub fn render_device(d: &DeviceExplanation) -> String {
             or_dash(decision.state),
             or_dash(decision.worst_level),
         );
+        if decision.grace_ends_at.is_some() {
+            let _ = writeln!(
+                out,
+                "  grace ends    {}",
+                moment(decision.grace_ends_at, now)
+            );
+        }
     } else {
         let _ = writeln!(
             out,
@@ -377,6 +386,7 @@ pub fn render_device(d: &DeviceExplanation) -> String {
     out.push('\n');
     render_policies(&mut out, d);
     out.push('\n');
+    render_deadlines(&mut out, d, now);
     if mdm {
         if decision.reasons.is_empty() {
             let _ = writeln!(
@@ -416,6 +426,42 @@ pub fn render_device(d: &DeviceExplanation) -> String {
         }
     }
     out
+}
+
+/// The device's pending deadlines, earliest first (nothing when it has none).
+fn render_deadlines(out: &mut String, d: &DeviceExplanation, now: i64) {
+    if d.deadlines.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  deadlines ({}, earliest first)", d.deadlines.len());
+    let rows: Vec<Vec<String>> = d
+        .deadlines
+        .iter()
+        .map(|e| {
+            vec![
+                match e.kind {
+                    DeadlineKind::GraceEnd => "GRACE_END",
+                    DeadlineKind::ReportExpiry => "REPORT_EXPIRY",
+                }
+                .to_owned(),
+                moment(Some(e.at), now),
+                match (&e.policy_id, &e.partner_id) {
+                    (Some(p), Some(q)) => format!("policy {p}, partner {q}"),
+                    (Some(p), None) => format!("policy {p}"),
+                    (None, Some(q)) => format!("partner {q}"),
+                    (None, None) => "-".to_owned(),
+                },
+                e.then.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        "    ",
+        &["KIND", "AT", "POLICY/PARTNER", "THEN"],
+        &rows,
+    );
+    out.push('\n');
 }
 
 /// `alice, in groups contractors, sales`; `alice, in no group`; `none (...)` without a user.
@@ -617,20 +663,29 @@ mod tests {
                 "reasons": [{"partner_id": "lookout", "code": "LEVEL_EXCEEDS_POLICY", "detail": "HIGH above MEDIUM"}],
                 "app_protection_policies": []}
         });
-        let text = render_device(&serde_json::from_value(v).expect("a device explanation"));
+        let text = render_device(
+            &serde_json::from_value(v).expect("a device explanation"),
+            5_000,
+        );
         assert!(text.contains("compliance    NONCOMPLIANT"), "{text}");
         assert!(text.contains("LEVEL_EXCEEDS_POLICY"), "{text}");
         assert!(text.contains("4s ago"), "{text}");
         // An answer without the 1.1 fields (an older instance) still reads and renders.
         assert!(text.contains("  user          none"), "{text}");
         assert!(!text.contains("threat"), "{text}");
+        assert!(!text.contains("deadlines"), "{text}");
+        assert!(!text.contains("grace ends"), "{text}");
     }
+
+    /// When [`assigned_device`] is explained: 65 s after its partners' reports.
+    const NOW: i64 = 1_709_528_832_000;
 
     /// An iOS device of a user in two groups, under an all-users policy, a Defender-only
     /// policy of one group and a policy its other group is excluded from, with a partner whose
-    /// report has threats (the README's example).
+    /// report has threats. The all-users policy has a 24 h grace period, which the device is
+    /// in, and the tenant's reports are valid 7 days (the README's example).
     fn assigned_device() -> DeviceExplanation {
-        use mtdgate::engine::explain::{Decision, PartnerExplanation};
+        use mtdgate::engine::explain::{DeadlineExplanation, Decision, PartnerExplanation};
         use mtdgate::model::{
             ComplianceState, HealthState, Reason, ReasonCode, ThreatLevel, ThreatSeverity,
         };
@@ -658,12 +713,23 @@ mod tests {
                 severity: ThreatSeverity::Medium,
             },
         ];
+        const OBSERVED: i64 = 1_709_528_767_000;
+        const GRACE_ENDS: i64 = OBSERVED + 24 * 3_600_000;
+        let expiry = |partner: &str| DeadlineExplanation {
+            kind: DeadlineKind::ReportExpiry,
+            at: OBSERVED + 7 * 86_400_000,
+            policy_id: None,
+            partner_id: Some(partner.into()),
+            then: "the partner's latest report expires: no usable data from it \
+                   (REPORT_EXPIRED), unless a newer report arrives"
+                .into(),
+        };
         let partner = |id: &str, health, threats| PartnerExplanation {
             partner_id: id.into(),
             health_state: health,
             level: health.level(),
-            observed_at: 1_709_528_767_000,
-            age_ms: 65_000,
+            observed_at: OBSERVED,
+            age_ms: NOW - OBSERVED,
             counts: true,
             why: "connector counts for compliance on this platform".into(),
             threats,
@@ -678,7 +744,7 @@ mod tests {
             os_version: Some("17.4".into()),
             user_id: Some("alice".into()),
             groups: vec!["contractors".into(), "sales".into()],
-            compliance: ComplianceState::Noncompliant,
+            compliance: ComplianceState::InGracePeriod,
             mam_blocked: false,
             mam_wipe_incident: false,
             partners: vec![
@@ -713,8 +779,20 @@ mod tests {
                     ],
                 ),
             ],
+            deadlines: vec![
+                DeadlineExplanation {
+                    kind: DeadlineKind::GraceEnd,
+                    at: GRACE_ENDS,
+                    policy_id: Some("baseline".into()),
+                    partner_id: None,
+                    then: "NONCOMPLIANT if the device still fails policy baseline".into(),
+                },
+                expiry("lookout"),
+                expiry(DEFENDER),
+            ],
             decision: Decision {
-                state: Some(ComplianceState::Noncompliant),
+                grace_ends_at: Some(GRACE_ENDS),
+                state: Some(ComplianceState::InGracePeriod),
                 worst_level: Some(ThreatLevel::High),
                 reasons: vec![Reason {
                     partner_id: "lookout".into(),
@@ -730,10 +808,12 @@ mod tests {
     #[test]
     fn device_shows_assignment_ceilings_and_threats() {
         let d = assigned_device();
-        let text = render_device(&d);
+        let text = render_device(&d, NOW);
         let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
         for want in [
             "  user          alice, in groups contractors, sales",
+            "  compliance    IN_GRACE_PERIOD   (rules now: IN_GRACE_PERIOD, worst level HIGH)",
+            "  grace ends    2024-03-05 05:06:07 UTC (in 23h 58m)",
             "  threats (worst first, of each partner's latest report)",
             "    PARTNER  SEVERITY  CATEGORY  NAME",
             "    lookout  HIGH      network   rogue-access-point",
@@ -744,12 +824,28 @@ mod tests {
             "    defender-only  yes      group sales included           microsoft-defender-for-endpoint max LOW",
             "    hr             no       not in an included group       no partner's data",
             "    strict         no       excluded by group contractors  lookout max SECURED, microsoft-defender-for-endpoint max SECURED",
+            "  deadlines (3, earliest first)",
+            "    KIND           AT                                    POLICY/PARTNER                           THEN",
+            "    GRACE_END      2024-03-05 05:06:07 UTC (in 23h 58m)  policy baseline                          NONCOMPLIANT if the device still fails policy baseline",
+            "    REPORT_EXPIRY  2024-03-11 05:06:07 UTC (in 6d 23h)   partner lookout                          the partner's latest report expires: no usable data from it (REPORT_EXPIRED), unless a newer report arrives",
+            "    REPORT_EXPIRY  2024-03-11 05:06:07 UTC (in 6d 23h)   partner microsoft-defender-for-endpoint  the partner's latest report expires: no usable data from it (REPORT_EXPIRED), unless a newer report arrives",
             "    lookout  LEVEL_EXCEEDS_POLICY  reported level HIGH exceeds MEDIUM allowed by policy baseline",
             "                                   threat HIGH network: rogue-access-point",
             "                                   threat MEDIUM app: sideloaded-app",
         ] {
             assert!(lines.contains(&want), "{want:?} missing:\n{text}");
         }
+        // Deadlines come after the policies and before the decision; relative times follow
+        // the clock (an hour later, the grace ends in 22h 58m).
+        let at = |s: &str| text.find(s).unwrap();
+        assert!(
+            at("COMPLIANCE policies") < at("deadlines (") && at("deadlines (") < at("decision")
+        );
+        let later = render_device(&d, NOW + 3_600_000);
+        assert!(
+            later.contains("  grace ends    2024-03-05 05:06:07 UTC (in 22h 58m)\n"),
+            "{later}"
+        );
         // The API's JSON reads back into the same explanation.
         let back: DeviceExplanation = serde_json::from_str(&json(&d)).unwrap();
         assert_eq!(back, d);
@@ -767,7 +863,7 @@ mod tests {
             .lines()
             .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
             .collect();
-        let printed: String = render_device(&assigned_device())
+        let printed: String = render_device(&assigned_device(), NOW)
             .lines()
             .map(|l| format!("{}\n", l.trim_end()))
             .collect();
@@ -811,14 +907,16 @@ mod tests {
                     }],
                 },
             ],
+            deadlines: vec![],
             decision: Decision {
+                grace_ends_at: None,
                 state: None,
                 worst_level: None,
                 reasons: vec![],
                 app_protection_policies: vec!["block (BLOCK above LOW)".into()],
             },
         };
-        let text = render_device(&d);
+        let text = render_device(&d, 0);
         assert!(text.contains("ANDROID, MAM (not enrolled), OS -"), "{text}");
         assert!(
             text.contains("app access    BLOCKED, wiped for the current incident"),

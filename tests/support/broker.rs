@@ -764,3 +764,154 @@ pub fn assert_exactly_once(records: &[(String, Value)], devices: usize, rounds: 
         wrong.join("\n")
     );
 }
+
+/// Environment of a [`ClockedProcess`] child: its configuration file and its clock's offset.
+/// (Not `MTDGATE_*`: [`Config::load`] reads those as configuration.)
+const CHILD_CONFIG_ENV: &str = "TESTKIT_CHILD_CONFIG";
+const CHILD_OFFSET_ENV: &str = "TESTKIT_CHILD_CLOCK_OFFSET_MS";
+/// What a [`ClockedProcess`] child prints once ready, and after each clock move.
+const CHILD_READY: &str = "testkit-child: ready";
+const CHILD_ADVANCED: &str = "testkit-child: advanced";
+
+/// The service in a child process with a clock the test moves, for crash tests that also need
+/// time to pass: this test binary run again with only the test `entry` (whose body is
+/// `if clocked_child_main() { return; }`), on a [`ShiftedClock`] that starts `offset_ms` ahead
+/// of the system clock and moves on [`ClockedProcess::advance`] (a line on the child's stdin).
+/// [`ClockedProcess::kill`] is SIGKILL: no chance to commit or leave the group. Its output goes
+/// to `mtdgate-tests/{name}-{pid}.log` in the temporary directory.
+pub struct ClockedProcess {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    offset_ms: i64,
+    pub log: std::path::PathBuf,
+}
+
+impl ClockedProcess {
+    /// Starts the child and waits (up to 90 s) until its service is ready.
+    pub fn start(cfg: &Config, name: &str, entry: &str, offset_ms: i64) -> ClockedProcess {
+        use std::io::{BufRead, Write};
+        use std::process::Stdio;
+        let config_path = config_file(cfg, name);
+        let log = scratch_dir().join(format!("{name}-{}.log", std::process::id()));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([entry, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_CONFIG_ENV, &config_path)
+            .env(CHILD_OFFSET_ENV, offset_ms.to_string())
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log_file.try_clone().unwrap())
+            .spawn()
+            .expect("run this test binary as a child");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log_file = log_file;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log_file, "{line}");
+                if line.starts_with("testkit-child:") && tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = ClockedProcess {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            offset_ms,
+            log,
+        };
+        p.expect_line(CHILD_READY, Duration::from_secs(90));
+        p
+    }
+
+    /// The child's clock reading (the system clock plus its offset).
+    pub fn now(&self) -> i64 {
+        now_ms() + self.offset_ms
+    }
+
+    /// Moves the child's clock forward by `ms` and waits until it has.
+    pub fn advance(&mut self, ms: i64) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "advance {ms}").unwrap();
+        stdin.flush().unwrap();
+        self.expect_line(&format!("{CHILD_ADVANCED} {ms}"), Duration::from_secs(10));
+        self.offset_ms += ms;
+    }
+
+    /// SIGKILL: no chance to commit or leave the group.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn expect_line(&mut self, expected: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == expected => return,
+                Ok(_) => {}
+                Err(e) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    panic!(
+                        "child instance: no `{expected}` within {timeout:?} ({e}; exit status \
+                         {status:?}); log {}:\n{text}",
+                        self.log.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ClockedProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The body of a [`ClockedProcess`] child: false when this process is not one (the entry test
+/// then does nothing). Otherwise runs the service on the configured clock, moves the clock on
+/// each `advance MS` line of stdin, and stops cleanly when stdin closes (the parent is gone).
+pub fn clocked_child_main() -> bool {
+    use std::io::{BufRead, Write};
+    let Ok(path) = std::env::var(CHILD_CONFIG_ENV) else {
+        return false;
+    };
+    let cfg = Config::load(Some(std::path::Path::new(&path))).expect("child configuration");
+    let clock = ShiftedClock::new();
+    clock.advance(std::env::var(CHILD_OFFSET_ENV).map_or(0, |o| o.parse().unwrap()));
+    let svc = Service::start_with_clock(&cfg, clock);
+    println!("{CHILD_READY}");
+    std::io::stdout().flush().unwrap();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if let Some(ms) = line.strip_prefix("advance ") {
+            let ms: i64 = ms.trim().parse().expect("advance MS");
+            svc.clock.advance(ms);
+            println!("{CHILD_ADVANCED} {ms}");
+            std::io::stdout().flush().unwrap();
+        }
+    }
+    svc.stop();
+    true
+}
+
+impl Reader {
+    /// A reader of `topic` on the project's broker in a group of its own (`tag` names it), for
+    /// a second, independent read of a topic another [`Reader`] of this process follows.
+    pub fn independent(topic: &str, tag: &str) -> Reader {
+        let group = format!("reader-{topic}-{tag}-{}", std::process::id());
+        Reader {
+            consumer: committed_reader(client(broker()), &group, &[topic]),
+            records: Vec::new(),
+        }
+    }
+}

@@ -154,6 +154,7 @@ pub fn compliance_policy(
         exclude_groups: Vec::new(),
         defender_max_level: None,
         block_on_missing_data: false,
+        grace_period_hours: 0,
     }
 }
 
@@ -439,6 +440,7 @@ impl Member {
             mam_wipe_incident: false,
             output_seq: 1,
             partners,
+            graces: Vec::new(),
         }
     }
 }
@@ -478,6 +480,7 @@ pub fn fanout_device(i: usize, tenant: &str, now: i64) -> DeviceStateRecord {
             event_fingerprint: mix(i as u64) as i32,
             threats: Vec::new(),
         }],
+        graces: Vec::new(),
     }
 }
 

@@ -111,6 +111,7 @@ impl Tenant {
                 exclude_groups: Vec::new(),
                 defender_max_level: None,
                 block_on_missing_data: false,
+                grace_period_hours: 0,
             };
             policies.push(policy(
                 format!("compliance-{name}"),
@@ -153,6 +154,16 @@ impl Tenant {
             mam_reporters,
             pending,
             app_sync,
+        }
+    }
+
+    /// The tenant's settings with `report_validity_days` (and the default `no_policy_state`).
+    pub fn settings(&self, report_validity_days: i32, now: i64) -> TenantSettings {
+        TenantSettings {
+            tenant_id: self.id.clone(),
+            no_policy_state: NoPolicyState::default(),
+            report_validity_days: Some(report_validity_days),
+            updated_at: now,
         }
     }
 
@@ -301,6 +312,18 @@ impl Fleet {
             tenants,
             devices: list,
             app_sync_devices,
+        }
+    }
+
+    /// Gives every tenant's COMPLIANCE policies `grace_period_hours` (APP_PROTECTION policies
+    /// have none).
+    pub fn set_grace_period_hours(&mut self, hours: i32) {
+        for t in &mut self.tenants {
+            for p in &mut t.policies {
+                if p.kind == PolicyKind::Compliance {
+                    p.grace_period_hours = hours;
+                }
+            }
         }
     }
 
@@ -517,6 +540,33 @@ mod tests {
             assert_eq!(t.pending.is_some(), i % 5 == 2);
         }
         assert!(fleet.tenants.iter().any(|t| t.app_sync));
+    }
+
+    #[test]
+    fn grace_periods_go_to_compliance_policies_and_settings_name_their_tenant() {
+        let (mut fleet, _) = fleet(3, 10);
+        assert!(fleet
+            .tenants
+            .iter()
+            .flat_map(|t| &t.policies)
+            .all(|p| p.grace_period_hours == 0));
+        fleet.set_grace_period_hours(24);
+        for t in &fleet.tenants {
+            for p in &t.policies {
+                let want = if p.kind == PolicyKind::Compliance {
+                    24
+                } else {
+                    0
+                };
+                assert_eq!(p.grace_period_hours, want, "{}", p.policy_id);
+            }
+            let s = t.settings(7, NOW);
+            assert_eq!(
+                (s.tenant_id.as_str(), s.report_validity_days, s.updated_at),
+                (t.id.as_str(), Some(7), NOW)
+            );
+            assert_eq!(s.no_policy_state, NoPolicyState::NotEvaluated);
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `mtdgate simulate`: plays the vendor gateways and the admin/MDM side against a Kafka cluster.
 //!
-//! Phase 1 bootstraps every tenant: connector settings, policies, a first heartbeat per
-//! connector and the MDM enrollments of about 70% of the devices (the rest stay unenrolled,
-//! MAM). Phase 2 streams device threat reports at the requested rate (mostly SECURED/LOW, a few
+//! Phase 1 bootstraps every tenant: connector settings, tenant settings (with
+//! `--report-validity-days`), policies (COMPLIANCE ones with `--grace-hours` as their grace
+//! period), a first heartbeat per connector and the MDM enrollments of about 70% of the devices
+//! (the rest stay unenrolled, MAM). Phase 2 streams device threat reports at the requested rate (mostly SECURED/LOW, a few
 //! percent MEDIUM/HIGH/COMPROMISED infections that are later remediated), heartbeats every few
 //! seconds per connector (except silenced partners, and now and then one with an error code)
 //! and occasional iOS App Sync inventories.
@@ -44,16 +45,21 @@ pub enum Input {
     Policies,
     DeviceEnrollments,
     AppInventory,
+    TenantSettings,
 }
 
+/// Number of input topics the simulator writes.
+const INPUTS: usize = Input::ALL.len();
+
 impl Input {
-    pub const ALL: [Input; 6] = [
+    pub const ALL: [Input; 7] = [
         Input::DeviceThreats,
         Input::ConnectorHeartbeats,
         Input::Connectors,
         Input::Policies,
         Input::DeviceEnrollments,
         Input::AppInventory,
+        Input::TenantSettings,
     ];
 
     /// Short label for summaries.
@@ -65,6 +71,7 @@ impl Input {
             Input::Policies => "policies",
             Input::DeviceEnrollments => "device enrollments",
             Input::AppInventory => "app inventories",
+            Input::TenantSettings => "tenant settings",
         }
     }
 
@@ -78,6 +85,7 @@ impl Input {
             Input::Policies => &t.policies,
             Input::DeviceEnrollments => &t.device_enrollments,
             Input::AppInventory => &t.app_inventory,
+            Input::TenantSettings => &t.tenant_settings,
         }
     }
 }
@@ -130,6 +138,11 @@ pub struct Options {
     pub heartbeat_error_rate: f64,
     /// Chance per report that an iOS App Sync inventory is sent as well.
     pub inventory_rate: f64,
+    /// `grace_period_hours` of the COMPLIANCE policies (0 = none, as in contract 1.0).
+    pub grace_period_hours: i32,
+    /// Publish a `TenantSettings` record per tenant with this `report_validity_days`
+    /// (`None` = publish none: reports never expire).
+    pub report_validity_days: Option<i32>,
     /// Run phase 1 (settings, policies, enrollments).
     pub bootstrap: bool,
     /// Pause after phase 1 so consumers apply the tables before the device traffic.
@@ -155,6 +168,8 @@ impl Options {
             heartbeat_timeout_seconds: 60,
             heartbeat_error_rate: 0.005,
             inventory_rate: 0.005,
+            grace_period_hours: 0,
+            report_validity_days: None,
             bootstrap: true,
             settle: Duration::from_millis(500),
             progress: false,
@@ -190,6 +205,10 @@ pub struct Summary {
     pub enrolled: usize,
     pub seed: u64,
     pub encoding: &'static str,
+    /// `grace_period_hours` of the COMPLIANCE policies sent (0 = none).
+    pub grace_period_hours: i32,
+    /// `report_validity_days` of the tenant settings sent (`None` = none sent).
+    pub report_validity_days: Option<i32>,
     /// Per input topic, in [`Input::ALL`] order.
     pub topics: Vec<TopicCount>,
     /// Device threat reports produced in phase 2.
@@ -238,6 +257,9 @@ impl fmt::Display for Summary {
             self.encoding,
             self.seed
         )?;
+        if let Some(s) = settings_text(self.grace_period_hours, self.report_validity_days) {
+            writeln!(f, "settings: {s}")?;
+        }
         writeln!(f, "{:>12}  {:<24} topic", "sent", "records")?;
         for t in &self.topics {
             writeln!(f, "{:>12}  {:<24} {}", group(t.delivered), t.label, t.topic)?;
@@ -267,6 +289,18 @@ impl fmt::Display for Summary {
     }
 }
 
+/// `COMPLIANCE grace period 24 h, reports valid 7 days`, or `None` when neither is set.
+pub fn settings_text(grace_period_hours: i32, report_validity_days: Option<i32>) -> Option<String> {
+    let mut parts = Vec::new();
+    if grace_period_hours > 0 {
+        parts.push(format!("COMPLIANCE grace period {grace_period_hours} h"));
+    }
+    if let Some(d) = report_validity_days {
+        parts.push(format!("reports valid {d} days"));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// `1234567` -> `1,234,567`.
 pub fn group(n: u64) -> String {
     let s = n.to_string();
@@ -283,8 +317,8 @@ pub fn group(n: u64) -> String {
 /// Counts deliveries per input topic.
 #[derive(Default)]
 struct Deliveries {
-    delivered: [AtomicU64; 6],
-    failed: [AtomicU64; 6],
+    delivered: [AtomicU64; INPUTS],
+    failed: [AtomicU64; INPUTS],
     first_error: Mutex<Option<String>>,
 }
 
@@ -312,7 +346,7 @@ impl ProducerContext for Deliveries {
 struct Sender {
     producer: BaseProducer<Deliveries>,
     topics: Vec<String>,
-    produced: [u64; 6],
+    produced: [u64; INPUTS],
     encoding: OutputEncoding,
     buf: Vec<u8>,
 }
@@ -336,7 +370,7 @@ impl Sender {
         Ok(Sender {
             producer,
             topics: Input::ALL.iter().map(|i| i.topic(cfg).to_owned()).collect(),
-            produced: [0; 6],
+            produced: [0; INPUTS],
             encoding,
             buf: Vec::with_capacity(2048),
         })
@@ -377,6 +411,11 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
     let cfg = &opts.config;
     let counts = partition_counts(cfg)?;
     for input in Input::ALL {
+        if input == Input::TenantSettings
+            && !(opts.bootstrap && opts.report_validity_days.is_some())
+        {
+            continue; // not written by this run
+        }
         let t = input.topic(cfg);
         if !counts.contains_key(t) {
             anyhow::bail!(
@@ -396,6 +435,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
         clock.now_ms(),
         &mut rng,
     );
+    fleet.set_grace_period_hours(opts.grace_period_hours);
     let enrolled = fleet
         .devices
         .iter()
@@ -410,6 +450,9 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
         for t in &fleet.tenants {
             for c in &t.connectors {
                 sender.send(Input::Connectors, &format!("{}/{}", t.id, c.partner_id), c)?;
+            }
+            if let Some(days) = opts.report_validity_days {
+                sender.send(Input::TenantSettings, &t.id, &t.settings(days, now))?;
             }
             for p in &t.policies {
                 sender.send(Input::Policies, &format!("{}/{}", t.id, p.policy_id), p)?;
@@ -551,6 +594,8 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
         enrolled,
         seed: opts.seed,
         encoding: opts.encoding.output().as_str(),
+        grace_period_hours: opts.grace_period_hours,
+        report_validity_days: opts.report_validity_days.filter(|_| opts.bootstrap),
         topics: Vec::new(),
         reports,
         infections,
@@ -699,7 +744,16 @@ pub struct SimulateArgs {
     /// Chance per device threat report that an iOS App Sync inventory is sent as well.
     #[arg(long, default_value_t = 0.005)]
     pub inventory_rate: f64,
-    /// Skip phase 1 (connector settings, policies, enrollments): stream only.
+    /// grace_period_hours of the COMPLIANCE policies, 1 to 8760: a failing device is
+    /// IN_GRACE_PERIOD that long before it turns NONCOMPLIANT [default: no grace period].
+    #[arg(long, value_name = "HOURS", conflicts_with = "no_bootstrap")]
+    pub grace_hours: Option<i64>,
+    /// Publish tenant settings (one record per tenant) with this report_validity_days, 1 to
+    /// 120: older reports count as no usable data [default: none published, reports never
+    /// expire].
+    #[arg(long, value_name = "DAYS", conflicts_with = "no_bootstrap")]
+    pub report_validity_days: Option<i64>,
+    /// Skip phase 1 (connector settings, tenant settings, policies, enrollments): stream only.
     #[arg(long)]
     pub no_bootstrap: bool,
     /// No progress bar.
@@ -727,7 +781,10 @@ impl SimulateArgs {
             anyhow::bail!("--heartbeat-timeout must be at least 1 second");
         }
         check_partners(&cfg, &self.silence)?;
+        let (grace, validity) = check_settings(self.grace_hours, self.report_validity_days)?;
         let mut o = Options::new(cfg);
+        o.grace_period_hours = grace;
+        o.report_validity_days = validity;
         o.tenants = self.tenants.max(1);
         o.devices = self.devices;
         o.rate = self.rate;
@@ -749,6 +806,32 @@ impl SimulateArgs {
         o.progress = !self.quiet;
         Ok(o)
     }
+}
+
+/// Checks `--grace-hours` (1 to 8760) and `--report-validity-days` (1 to 120), the contract's
+/// ranges; returns the `grace_period_hours` (0 when not given) and `report_validity_days` to
+/// publish.
+pub fn check_settings(
+    grace_hours: Option<i64>,
+    report_validity_days: Option<i64>,
+) -> anyhow::Result<(i32, Option<i32>)> {
+    let grace = match grace_hours {
+        None => 0,
+        Some(h @ 1..=8760) => h as i32,
+        Some(h) => anyhow::bail!(
+            "--grace-hours {h}: the grace period must be 1 to 8760 hours (a year at most); \
+             omit the option for no grace period"
+        ),
+    };
+    let validity = match report_validity_days {
+        None => None,
+        Some(d @ 1..=120) => Some(d as i32),
+        Some(d) => anyhow::bail!(
+            "--report-validity-days {d}: reports must stay valid 1 to 120 days; \
+             omit the option for reports that never expire"
+        ),
+    };
+    Ok((grace, validity))
 }
 
 /// Refuses partner ids the catalogue does not know (e.g. a mistyped `--silence`).
@@ -826,11 +909,23 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("delivery errors: 0"), "{text}");
+        assert!(!text.contains("settings:"), "{text}");
         assert_eq!(s.sent(Input::Policies), 4_000);
         s.undelivered = 5;
         assert!(s
             .to_string()
             .ends_with("delivery errors: 0, 5 not confirmed"));
+        s.grace_period_hours = 24;
+        s.report_validity_days = Some(7);
+        let line = s.to_string().lines().nth(1).unwrap().to_owned();
+        assert_eq!(
+            line,
+            "settings: COMPLIANCE grace period 24 h, reports valid 7 days"
+        );
+        assert_eq!(
+            settings_text(0, Some(3)).as_deref(),
+            Some("reports valid 3 days")
+        );
     }
 
     #[test]
@@ -864,6 +959,18 @@ mod tests {
             o.bootstrap && o.progress,
             "phase 1 and a progress bar by default"
         );
+        assert_eq!(
+            (o.grace_period_hours, o.report_validity_days),
+            (0, None),
+            "no grace period and no tenant settings by default"
+        );
+        let o = options(&["--grace-hours", "8760", "--report-validity-days", "120"]).unwrap();
+        assert_eq!(
+            (o.grace_period_hours, o.report_validity_days),
+            (8760, Some(120))
+        );
+        let o = options(&["--grace-hours=1", "--report-validity-days=1"]).unwrap();
+        assert_eq!((o.grace_period_hours, o.report_validity_days), (1, Some(1)));
     }
 
     #[test]
@@ -875,6 +982,26 @@ mod tests {
             (&["--inventory-rate", "2"], "--inventory-rate"),
             (&["--duration=-3"], "--duration"),
             (&["--silence", "nosuch"], "--silence nosuch"),
+            (
+                &["--grace-hours", "0"],
+                "--grace-hours 0: the grace period must be 1 to 8760",
+            ),
+            (&["--grace-hours", "8761"], "--grace-hours 8761"),
+            (&["--grace-hours=-2"], "--grace-hours -2"),
+            (&["--grace-hours", "24h"], "--grace-hours"),
+            (
+                &["--report-validity-days", "0"],
+                "--report-validity-days 0: reports must stay valid 1 to 120 days",
+            ),
+            (
+                &["--report-validity-days", "121"],
+                "--report-validity-days 121",
+            ),
+            (&["--grace-hours", "4", "--no-bootstrap"], "--no-bootstrap"),
+            (
+                &["--report-validity-days", "7", "--no-bootstrap"],
+                "--no-bootstrap",
+            ),
         ] {
             let e = options(args).expect_err("refused").to_string();
             assert!(e.contains(flag), "{args:?}: {e}");
