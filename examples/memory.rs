@@ -12,7 +12,14 @@
 //! cargo run --release --example memory -- 1000000 directory   # contract 1.1's population
 //! cargo run --release --example memory -- 10000000 mixed      # 1.0's, through Engine::apply
 //! cargo run --release --example memory -- 1000000 restored    # 1.0's, restored from the changelog
+//! cargo run --release --example memory -- 10000000 mixed-expiry      # + a report expiry pending
+//! cargo run --release --example memory -- 10000000 directory-graces  # + expiries and a grace on
+//!                                                                     #   every enrolled device
 //! ```
+//!
+//! The `-expiry` and `-graces` variants are `mtdgate bench`'s (`population::Pending`): every
+//! tenant's `report_validity_days` set, and with `-graces` every enrolled device failing a
+//! COMPLIANCE policy with a grace.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,7 +40,7 @@ mod world;
 #[allow(dead_code)]
 mod population;
 
-use population::{Filled, Population, PARTITIONS, TENANTS};
+use population::{Filled, Pending, Population, PARTITIONS, TENANTS};
 
 /// mimalloc (the `mtdgate` binary's allocator, so the figure matches it), counting the bytes
 /// live.
@@ -140,15 +147,24 @@ fn main() {
             }
             (before, mark())
         }
-        "mixed" | "directory" => {
-            let pop = if which == "mixed" {
-                Population::Mixed
-            } else {
-                Population::Directory
+        live => {
+            let (name, pending) = match live.split_once('-') {
+                Some((name, "expiry")) => (name, Pending::Expiry),
+                Some((name, "graces")) => (name, Pending::Graces),
+                None => (live, Pending::None),
+                Some(_) => panic!("population {live:?}: unknown suffix"),
+            };
+            let pop = match name {
+                "mixed" => Population::Mixed,
+                "directory" => Population::Directory,
+                other => panic!(
+                    "population {other:?}: expected restored, mixed or directory (optionally \
+                     with -expiry or -graces)"
+                ),
             };
             let now = world::T0 + 1_000;
             let mut filled = Filled::default();
-            population::load_tables(&mut engine, pop, now);
+            population::load_tables_pending(&mut engine, pop, pending, now);
             if pop == Population::Directory {
                 population::apply_memberships(&mut engine, 0..1, now, &mut filled);
             }
@@ -170,9 +186,13 @@ fn main() {
                 filled.app_actions,
                 filled.changelog_records
             );
+            let d = population::deadlines(&engine);
+            println!(
+                "deadlines: {} scheduled entries, {} devices holding failure starts (in_grace)",
+                d.scheduled, d.in_grace
+            );
             (before, mark())
         }
-        other => panic!("population {other:?}: expected restored, mixed or directory"),
     };
     println!("filled in {:.1} s", started.elapsed().as_secs_f64());
     assert_eq!(engine.device_count(), n + 1);

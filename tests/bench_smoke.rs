@@ -31,11 +31,28 @@ fn bench_quick_completes_and_prints_every_figure() {
         "latency max",
         "restore, ",
         "fan-out ",
+        "grace expiry, ",
+        "grace entry (policy change), ",
         "memory @ ",
+        "membership reload, ",
     ] {
         assert!(
             stdout.contains(&format!("| {figure}")),
             "figure {figure:?} missing from the final table:\n{stdout}"
+        );
+    }
+    // The memory part's fillings with deadlines pending (grace periods and report expiry).
+    for variant in [
+        "1.0 population + expiry deadlines",
+        "1.0 population + expiries + graces",
+        "1.1 population + expiry deadlines",
+        "1.1 population + expiries + graces",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("| memory @ ") && l.contains(variant)),
+            "memory figure {variant:?} missing from the final table:\n{stdout}"
         );
     }
     assert!(stdout.contains("| figure"), "no final table:\n{stdout}");

@@ -11,9 +11,13 @@
 //! Baseline: a plain transactional producer writing the same number of records of the same
 //! sizes (N outputs + N changelog records) in one transaction, read back by the same reader.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::tools::simulate::group;
@@ -26,14 +30,14 @@ use mtdgate::runtime::kafka::{await_deliveries, producer_config};
 
 use super::kafka::{flush, read_n, send, send_tables, warm, BenchEnv, Instance};
 use super::restore::write_changelog;
-use super::world::{self, fanout_device, fanout_device_id, fanout_tables, DAY};
+use super::world::{self, fanout_device, fanout_device_id, fanout_tables, Tables, DAY};
 use super::{Bar, Figure, Report, Sizes, Unit};
 
-const TENANT: &str = "fanout";
-const PARTITIONS_IN_MEMORY: usize = 12;
+pub(super) const TENANT: &str = "fanout";
+pub(super) const PARTITIONS_IN_MEMORY: usize = 12;
 
 /// An engine holding the tenant's tables (connector, policies, heartbeat at `now`).
-fn engine_with_tables(now: i64) -> anyhow::Result<Engine> {
+pub(super) fn engine_with_tables(now: i64) -> anyhow::Result<Engine> {
     let mut engine = world::engine();
     let out = fanout_tables(TENANT, now).apply(&mut engine, now);
     anyhow::ensure!(
@@ -43,7 +47,7 @@ fn engine_with_tables(now: i64) -> anyhow::Result<Engine> {
     Ok(engine)
 }
 
-fn key_of(r: &DeviceStateRecord) -> String {
+pub(super) fn key_of(r: &DeviceStateRecord) -> String {
     format!("{}/{}", r.tenant_id, r.device_id)
 }
 
@@ -80,7 +84,13 @@ fn sanity(now: i64, encoding: OutputEncoding) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The fan-out in the engine alone: evaluate + encode every output, no Kafka.
-fn engine_only(n: usize, now: i64, encoding: OutputEncoding) -> anyhow::Result<(f64, f64)> {
+/// `(evaluate, evaluate + encode, the changelog then drained and encoded: [`drain_encoded`])`.
+#[allow(clippy::type_complexity)]
+fn engine_only(
+    n: usize,
+    now: i64,
+    encoding: OutputEncoding,
+) -> anyhow::Result<(f64, f64, (usize, f64, usize))> {
     let mut engine = engine_with_tables(now)?;
     for i in 0..n {
         let r = fanout_device(i, TENANT, now);
@@ -104,17 +114,51 @@ fn engine_only(n: usize, now: i64, encoding: OutputEncoding) -> anyhow::Result<(
         .filter(|o| matches!(o, Output::Compliance(_)))
         .count();
     anyhow::ensure!(changes == n, "engine-only flip changed {changes} of {n}");
-    Ok((evaluate, total))
+    let drained = drain_encoded(&engine)?;
+    Ok((evaluate, total, drained))
 }
 
-/// The Kafka floor: N outputs + N changelog records in one transaction, read back.
-fn baseline(env: &BenchEnv, n: usize, output: &[u8], state: &[u8]) -> anyhow::Result<(f64, f64)> {
-    let cfg = env.config("fanout-base", true);
-    let out_topic = env.topic("fanout-base.out");
-    let state_topic = env.topic("fanout-base.state");
+/// Drains every in-memory partition's changelog and encodes each record as the runtime
+/// writes it (Avro): `(records, seconds, mean size)`.
+pub(super) fn drain_encoded(engine: &Engine) -> anyhow::Result<(usize, f64, usize)> {
+    let t = Instant::now();
+    let (mut records, mut bytes) = (0usize, 0usize);
+    let mut buf = Vec::with_capacity(256);
+    let mut failed = None;
+    for p in 0..PARTITIONS_IN_MEMORY as i32 {
+        engine.drain_changelog(p, |_, r| {
+            buf.clear();
+            if let Err(e) = r
+                .as_ref()
+                .map_or(Ok(()), |r| codec::encode(r, OutputEncoding::Avro, &mut buf))
+            {
+                failed.get_or_insert(e);
+            }
+            records += 1;
+            bytes += buf.len();
+        });
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    Ok((records, t.elapsed().as_secs_f64(), bytes / records.max(1)))
+}
+
+/// The Kafka floor: N outputs + N changelog records in one transaction, read back. `label`
+/// names its topics (unique per call in a run).
+fn baseline(
+    env: &BenchEnv,
+    label: &str,
+    n: usize,
+    output: &[u8],
+    state: &[u8],
+) -> anyhow::Result<(f64, f64)> {
+    let cfg = env.config(label, true);
+    let out_topic = env.topic(&format!("{label}.out"));
+    let state_topic = env.topic(&format!("{label}.state"));
     env.create_topic(&out_topic, env.partitions, false)?;
     env.create_topic(&state_topic, env.partitions, true)?;
-    let producer: BaseProducer = producer_config(&cfg, Some("bench-fanout-base")).create()?;
+    let producer: BaseProducer = producer_config(&cfg, Some(&format!("bench-{label}"))).create()?;
     producer.init_transactions(Duration::from_secs(60))?;
     let reader = env.reader(&out_topic, env.partitions)?;
     warm(&reader, Duration::from_secs(1));
@@ -146,31 +190,62 @@ fn baseline(env: &BenchEnv, n: usize, output: &[u8], state: &[u8]) -> anyhow::Re
     Ok(((first - t0).as_secs_f64(), (last - t0).as_secs_f64()))
 }
 
-pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
-    let n = sizes.fanout_devices;
-    let now = SystemClock.now_ms();
-    let sample = sanity(now, env.encoding)?;
+/// A flip of N devices of tenant [`TENANT`] through the real pipeline, driven by the clock.
+pub(super) struct Flip<'a> {
+    /// Names the run's topics and consumer group (unique per flip in a run), and the lines
+    /// printed (`""` for the fan-out part's own).
+    pub label: &'a str,
+    /// The tenant's table records.
+    pub tables: &'a Tables,
+    /// The changelog record of device `i` before the flip.
+    pub device: &'a dyn Fn(usize) -> DeviceStateRecord,
+    /// How far the clock moves to start the flip.
+    pub shift_ms: i64,
+    /// One real output of the flip, and a device's changelog record after it: the sizes of
+    /// the baseline's records.
+    pub output: &'a [u8],
+    pub state_after: &'a DeviceStateRecord,
+    /// Also sample the high watermarks of the output and changelog topics during the flip
+    /// ([`Watermarks`]), for a breakdown of where the time goes.
+    pub watch: bool,
+}
 
-    let (evaluate, total) = engine_only(n, now, env.encoding)?;
-    println!(
-        "  engine only: {} devices re-evaluated in {:.3} s, {:.3} s with encoding ({} B per change)",
-        group(n as u64),
-        evaluate,
-        total,
-        sample.len()
-    );
+/// What one [`Flip`] measured, in seconds from moving the clock (the baseline's: from its
+/// first send).
+#[derive(Debug, Clone)]
+pub(super) struct Flipped {
+    pub visible: f64,
+    pub all: f64,
+    pub base_visible: f64,
+    pub base_all: f64,
+    /// The first and the last output read back (to check what was published).
+    pub first_output: Vec<u8>,
+    pub last_output: Vec<u8>,
+}
 
-    let cfg = env.config("fanout", true);
+/// Pre-writes the changelog, starts mtdgate with a `ShiftedClock` (it restores and reconciles
+/// the devices: nothing may come out, which is checked), moves the clock and reads the N
+/// outputs back; then the baseline with the same number of records of the same sizes.
+pub(super) fn end_to_end(env: &BenchEnv, n: usize, flip: &Flip<'_>) -> anyhow::Result<Flipped> {
+    let label = if flip.label.is_empty() {
+        "fanout"
+    } else {
+        flip.label
+    };
+    let say = if flip.label.is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", flip.label)
+    };
+    let cfg = env.config(label, true);
     env.create_all(&cfg)?;
     let producer = env.producer()?;
-    send_tables(&producer, &cfg.topics, &fanout_tables(TENANT, now))?;
+    send_tables(&producer, &cfg.topics, flip.tables)?;
     flush(&producer)?;
     let t = Instant::now();
-    let state_size = write_changelog(env, &cfg.topics.device_state, n, |i| {
-        fanout_device(i, TENANT, now)
-    })?;
+    let state_size = write_changelog(env, &cfg.topics.device_state, n, flip.device)?;
     println!(
-        "  changelog: {} devices of tenant {TENANT:?} written in {:.1} s",
+        "  {say}changelog: {} devices of tenant {TENANT:?} written in {:.1} s",
         group(n as u64),
         t.elapsed().as_secs_f64()
     );
@@ -179,7 +254,7 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
     let mut svc = Instance::start(&cfg, Arc::new(clock.clone()));
     svc.wait_ready(Duration::from_secs(600))?;
     println!(
-        "  mtdgate ready (tables, group join, restore of {} devices) after {:.1} s",
+        "  {say}mtdgate ready (tables, group join, restore of {} devices) after {:.1} s",
         group(n as u64),
         started.elapsed().as_secs_f64()
     );
@@ -190,49 +265,197 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
         early == 0,
         "{early} compliance changes appeared before the clock moved"
     );
+    let (mut first_output, mut last_output) = (Vec::new(), Vec::new());
+    let mut got = 0usize;
+    let watcher = if flip.watch {
+        Some(Watermarks::start(
+            env,
+            [
+                cfg.topics.compliance_changes.clone(),
+                cfg.topics.device_state.clone(),
+            ],
+            n as i64,
+        )?)
+    } else {
+        None
+    };
     let t0 = Instant::now();
-    clock.advance(8 * DAY);
-    let read = read_n(&reader, n, Duration::from_secs(600), |_| {});
+    clock.advance(flip.shift_ms);
+    let read = read_n(&reader, n, Duration::from_secs(600), |m| {
+        got += 1;
+        if got == 1 || got == n {
+            let payload = m.payload().unwrap_or_default().to_vec();
+            if got == 1 {
+                first_output = payload.clone();
+            }
+            last_output = payload;
+        }
+    });
     svc.check_alive()?;
     svc.stop()?;
     let (first, last) = read?;
     let (visible, all) = ((first - t0).as_secs_f64(), (last - t0).as_secs_f64());
     println!(
-        "  mtdgate: first change visible after {visible:.2} s (the whole flip is one transaction), \
-         all {} read back after {all:.2} s",
+        "  {say}mtdgate: first change visible after {visible:.2} s (the whole flip is one \
+         transaction), all {} read back after {all:.2} s",
         group(n as u64)
     );
+    if let Some(w) = watcher {
+        let [outputs, changelog] = w.stop();
+        let at = |i: Option<Instant>| {
+            i.map_or_else(
+                || "-".to_owned(),
+                |i| format!("{:.2} s", (i - t0).as_secs_f64()),
+            )
+        };
+        println!(
+            "  {say}high watermarks (sampled every 50 ms): outputs first appended {}, all {}; \
+             changelog first {}, all {}",
+            at(outputs.0),
+            at(outputs.1),
+            at(changelog.0),
+            at(changelog.1)
+        );
+    }
 
     let mut state = Vec::new();
-    let mut r = fanout_device(0, TENANT, now);
-    r.compliance = mtdgate::model::ComplianceState::NotEvaluated;
-    codec::encode(&r, OutputEncoding::Avro, &mut state)?;
-    let (b_visible, b_all) = baseline(env, n, &sample, &state)?;
+    codec::encode(flip.state_after, OutputEncoding::Avro, &mut state)?;
+    let (base_visible, base_all) = baseline(env, &format!("{label}-base"), n, flip.output, &state)?;
     println!(
-        "  baseline: {} outputs ({} B) + {} changelog records ({} B, {state_size} B as written) in \
-         one transaction: visible after {b_visible:.2} s, all read back after {b_all:.2} s",
+        "  {say}baseline: {} outputs ({} B) + {} changelog records ({} B, {state_size} B as \
+         written) in one transaction: visible after {base_visible:.2} s, all read back after \
+         {base_all:.2} s",
         group(n as u64),
-        sample.len(),
+        flip.output.len(),
         group(n as u64),
         state.len()
     );
+    Ok(Flipped {
+        visible,
+        all,
+        base_visible,
+        base_all,
+        first_output,
+        last_output,
+    })
+}
+
+/// Samples the summed high watermarks of two topics every 50 ms from a thread (read_uncommitted
+/// offsets: records appended, committed or not, transaction markers included): for each, the
+/// first sample above its starting sum and the first at `n` above it.
+pub(super) struct Watermarks {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<[(Option<Instant>, Option<Instant>); 2]>,
+}
+
+impl Watermarks {
+    fn start(env: &BenchEnv, topics: [String; 2], n: i64) -> anyhow::Result<Watermarks> {
+        // read_uncommitted: the high watermark, not the last stable offset.
+        let consumer: BaseConsumer = env
+            .client()
+            .set("isolation.level", "read_uncommitted")
+            .create()?;
+        let partitions = env.partitions;
+        let sum = move |c: &BaseConsumer, topic: &str| -> i64 {
+            (0..partitions)
+                .filter_map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).ok())
+                .map(|(_, high)| high)
+                .sum()
+        };
+        let from = [sum(&consumer, &topics[0]), sum(&consumer, &topics[1])];
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = [(None, None); 2];
+            while !stopping.load(Ordering::SeqCst) {
+                for (k, topic) in topics.iter().enumerate() {
+                    let grown = sum(&consumer, topic) - from[k];
+                    let now = Instant::now();
+                    if grown > 0 && seen[k].0.is_none() {
+                        seen[k].0 = Some(now);
+                    }
+                    if grown >= n && seen[k].1.is_none() {
+                        seen[k].1 = Some(now);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        });
+        Ok(Watermarks { stop, thread })
+    }
+
+    fn stop(self) -> [(Option<Instant>, Option<Instant>); 2] {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap_or([(None, None); 2])
+    }
+}
+
+/// The fan-out part's flip (a connector going unresponsive), engine only and end to end:
+/// `(evaluate, evaluate + encode, end to end)`.
+pub(super) fn measure(
+    env: &BenchEnv,
+    n: usize,
+    label: &str,
+    watch: bool,
+) -> anyhow::Result<(f64, f64, Flipped)> {
+    let now = SystemClock.now_ms();
+    let sample = sanity(now, env.encoding)?;
+    let say = if label.is_empty() {
+        String::new()
+    } else {
+        format!("{label}: ")
+    };
+    let (evaluate, total, (records, secs, size)) = engine_only(n, now, env.encoding)?;
+    println!(
+        "  {say}engine only: {} devices re-evaluated in {:.3} s, {:.3} s with encoding ({} B per \
+         change)",
+        group(n as u64),
+        evaluate,
+        total,
+        sample.len()
+    );
+    println!(
+        "    (then its changelog: {} records drained and Avro-encoded in {secs:.3} s, {size} B on \
+         average; not in the figure)",
+        group(records as u64)
+    );
+    let tables = fanout_tables(TENANT, now);
+    let mut after = fanout_device(0, TENANT, now);
+    after.compliance = mtdgate::model::ComplianceState::NotEvaluated;
+    let flip = Flip {
+        label,
+        tables: &tables,
+        device: &|i| fanout_device(i, TENANT, now),
+        shift_ms: 8 * DAY,
+        output: &sample,
+        state_after: &after,
+        watch,
+    };
+    let flipped = end_to_end(env, n, &flip)?;
+    Ok((evaluate, total, flipped))
+}
+
+pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
+    let n = sizes.fanout_devices;
+    let (_, total, f) = measure(env, n, "", false)?;
     let name = group(n as u64);
     report.push(
         Figure::new(
             format!("fan-out {name} devices, end to end"),
-            all,
+            f.all,
             Unit::Seconds,
         )
-        .baseline(b_all)
+        .baseline(f.base_all)
         .bar(Bar::AtMost(2.0)),
     );
     report.push(
         Figure::new(
             format!("fan-out {name} devices, first visible"),
-            visible,
+            f.visible,
             Unit::Seconds,
         )
-        .baseline(b_visible),
+        .baseline(f.base_visible),
     );
     report.push(Figure::new(
         format!("fan-out {name} devices, engine only"),

@@ -1,6 +1,6 @@
 //! Resident bytes per tracked device: a fresh process (this binary, `bench --memory-child N
 //! --memory-population P`) fills one engine with N devices and reports the growth of its
-//! resident set (`VmRSS`) divided by N. Three fillings per N, each in its own process:
+//! resident set (`VmRSS`) divided by N. Seven fillings per N, each in its own process:
 //!
 //! - **restored**: the restore part's population (1.0: no groups, no threats) restored from
 //!   changelog records built in memory one at a time, as an instance does after a restart or a
@@ -13,6 +13,13 @@
 //!   The memberships are applied after the first RSS reading, so they are counted. Baseline: the
 //!   live 1.0 population of the same run. This is the figure the bar (200 B/device at 10M)
 //!   judges.
+//! - **with a pending deadline on every device** (grace periods and report expiry): each live
+//!   population again, with every tenant's `TenantSettings.report_validity_days` set before
+//!   the devices arrive ([`population::load_settings`]), so that every device with a usable
+//!   report holds an expiry deadline in its shard's index (counted and printed: entries and
+//!   devices); and once more with every enrolled device also in a grace (the worst case:
+//!   [`population::Pending::Graces`]). Baseline: the same population without, same run. The
+//!   bar (200 B/device at 10M) judges these too.
 //!
 //! The children also print where the bytes go: the RSS after the memberships, and the engine's
 //! own estimates of its structures (`DeviceShard::approx_bytes`, `Users::approx_bytes`).
@@ -29,7 +36,7 @@ use mtdgate::engine::users::USER_COLUMN_BYTES;
 use mtdgate::engine::Engine;
 use mtdgate::model::Platform;
 
-use super::population::{self, Filled, Population, PARTITIONS, TENANTS};
+use super::population::{self, Filled, Pending, Population, PARTITIONS, TENANTS};
 use super::world::{self, mixed_state};
 use super::{Bar, Figure, MemoryPopulation, Report, Sizes, Unit};
 
@@ -55,8 +62,12 @@ fn mib(bytes: usize) -> usize {
 pub fn child(n: usize, population: MemoryPopulation) {
     match population {
         MemoryPopulation::Restored => restored_child(n),
-        MemoryPopulation::Mixed => live_child(n, Population::Mixed),
-        MemoryPopulation::Directory => live_child(n, Population::Directory),
+        MemoryPopulation::Mixed => live_child(n, Population::Mixed, Pending::None),
+        MemoryPopulation::MixedExpiry => live_child(n, Population::Mixed, Pending::Expiry),
+        MemoryPopulation::MixedGraces => live_child(n, Population::Mixed, Pending::Graces),
+        MemoryPopulation::Directory => live_child(n, Population::Directory, Pending::None),
+        MemoryPopulation::DirectoryExpiry => live_child(n, Population::Directory, Pending::Expiry),
+        MemoryPopulation::DirectoryGraces => live_child(n, Population::Directory, Pending::Graces),
     }
 }
 
@@ -85,11 +96,11 @@ fn restored_child(n: usize) {
     println!("MEMORY {n} {before} {after} {secs}");
 }
 
-fn live_child(n: usize, pop: Population) {
+fn live_child(n: usize, pop: Population, pending: Pending) {
     let mut engine = world::engine();
     let now = world::T0 + 1_000;
     let mut filled = Filled::default();
-    population::load_tables(&mut engine, pop, now);
+    population::load_tables_pending(&mut engine, pop, pending, now);
     // Warm the allocator and the tables with one device (and its user), outside the measurement.
     if pop == Population::Directory {
         population::apply_memberships(&mut engine, 0..1, now, &mut filled);
@@ -122,6 +133,22 @@ fn live_child(n: usize, pop: Population) {
         group(filled.compliance_changes as u64),
         group(filled.app_actions as u64),
         group(filled.changelog_records as u64),
+    );
+    let d = population::deadlines(&engine);
+    println!(
+        "INFO deadlines: {} scheduled entries (`DeviceShard::scheduled`) for {} devices \
+         ({:.1}%), {} devices holding failure starts (`DeviceShard::in_grace`){}",
+        group(d.scheduled as u64),
+        group(engine.device_count() as u64),
+        100.0 * d.scheduled as f64 / engine.device_count() as f64,
+        group(d.in_grace as u64),
+        match d.first {
+            Some(first) => format!(
+                ", first due {:.1} days after the reports",
+                (first - world::T0) as f64 / world::DAY as f64
+            ),
+            None => String::new(),
+        }
     );
     breakdown(&engine, n);
     println!("MEMORY {n} {before} {after} {secs}");
@@ -241,12 +268,9 @@ pub fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     let slot = std::mem::size_of::<Option<Device>>() as f64;
     for &n in &sizes.memory_devices {
         let devices = group(n as u64);
-        let mut live_10 = None;
-        for population in [
-            MemoryPopulation::Restored,
-            MemoryPopulation::Mixed,
-            MemoryPopulation::Directory,
-        ] {
+        // Per-device figures of this N, as baselines of the variants measured after them.
+        let (mut live_10, mut live_11) = (None, None);
+        for &population in &sizes.memory_populations {
             let m = measure(n, population)?;
             println!(
                 "  {devices} devices {} in {:.1} s: VmRSS {} -> {} MiB, {:.1} B/device",
@@ -256,35 +280,46 @@ pub fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
                 m.after as u64 >> 20,
                 m.per_device
             );
-            let figure = match population {
-                MemoryPopulation::Restored => Figure::new(
-                    format!("memory @ {devices} devices"),
+            let named = |what: &str| {
+                Figure::new(
+                    format!("memory @ {devices} devices{what}"),
                     m.per_device,
                     Unit::BytesPerDevice,
                 )
-                .baseline(slot)
-                .bar(Bar::AtMost(200.0)),
+            };
+            let with_baseline = |f: Figure, b: Option<f64>| match b {
+                Some(b) => f.baseline(b),
+                None => f,
+            };
+            let figure = match population {
+                MemoryPopulation::Restored => named("").baseline(slot).bar(Bar::AtMost(200.0)),
                 MemoryPopulation::Mixed => {
                     live_10 = Some(m.per_device);
-                    Figure::new(
-                        format!("memory @ {devices} devices, live, 1.0 population"),
-                        m.per_device,
-                        Unit::BytesPerDevice,
-                    )
-                    .baseline(slot)
+                    named(", live, 1.0 population").baseline(slot)
                 }
                 MemoryPopulation::Directory => {
-                    let f = Figure::new(
-                        format!("memory @ {devices} devices, live, 1.1 population"),
-                        m.per_device,
-                        Unit::BytesPerDevice,
+                    live_11 = Some(m.per_device);
+                    with_baseline(
+                        named(", live, 1.1 population").bar(Bar::AtMost(200.0)),
+                        live_10,
                     )
-                    .bar(Bar::AtMost(200.0));
-                    match live_10 {
-                        Some(b) => f.baseline(b),
-                        None => f,
-                    }
                 }
+                MemoryPopulation::MixedExpiry => with_baseline(
+                    named(", live, 1.0 population + expiry deadlines").bar(Bar::AtMost(200.0)),
+                    live_10,
+                ),
+                MemoryPopulation::MixedGraces => with_baseline(
+                    named(", live, 1.0 population + expiries + graces").bar(Bar::AtMost(200.0)),
+                    live_10,
+                ),
+                MemoryPopulation::DirectoryExpiry => with_baseline(
+                    named(", live, 1.1 population + expiry deadlines").bar(Bar::AtMost(200.0)),
+                    live_11,
+                ),
+                MemoryPopulation::DirectoryGraces => with_baseline(
+                    named(", live, 1.1 population + expiries + graces").bar(Bar::AtMost(200.0)),
+                    live_11,
+                ),
             };
             report.push(figure);
         }

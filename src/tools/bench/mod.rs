@@ -14,7 +14,8 @@
 //! `commit_transaction`/`flush`, which wait in 100 ms steps), to tell that cost from the rest.
 //! | `restore` | device states/s restored from the changelog | reading the same partitions the same way without decoding or applying |
 //! | `fanout` | a connector flipping to ignored over 1M devices: clock moved -> 1M changes read back | one transaction with the same records, written by a plain producer |
-//! | `memory` | resident bytes per device in a fresh process (1M and 10M devices): restored, and filled live with the 1.0 and the 1.1 populations | the size of one slab slot; for the 1.1 population, the live 1.0 population |
+//! | `grace` | 1M graces ending in the same second: `Engine::advance` alone, and clock moved -> 1M NONCOMPLIANT read back | the fan-out of 1M devices, engine only and end to end, in the same part (bar: 1.2x) |
+//! | `memory` | resident bytes per device in a fresh process (1M and 10M devices): restored, and filled live with the 1.0 and the 1.1 populations, each also with a report expiry deadline pending on every device, and with every enrolled device in a grace too | the size of one slab slot; for the 1.1 population, the live 1.0 population; for the expiry variants, the same population without |
 //! | `reload` | a membership table reload re-evaluating 100,000 users' devices in a 1M-device engine (engine only) | as many membership records that change no policy's scope |
 //!
 //! Every run uses fresh topic names and consumer groups and deletes its topics at the end.
@@ -22,6 +23,7 @@
 #[cfg(feature = "experiments")]
 mod experiments;
 mod fanout;
+mod grace;
 mod kafka;
 mod latency;
 mod memory;
@@ -51,6 +53,8 @@ pub enum Part {
     Restore,
     /// A connector flipping to ignored over many devices, through the real pipeline.
     Fanout,
+    /// Many graces ending in the same second, in the engine and through the real pipeline.
+    Grace,
     /// Resident bytes per tracked device.
     Memory,
     /// A membership table reload re-evaluating users' devices, in the engine alone.
@@ -58,11 +62,12 @@ pub enum Part {
 }
 
 impl Part {
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 7] = [
         Part::Throughput,
         Part::Latency,
         Part::Restore,
         Part::Fanout,
+        Part::Grace,
         Part::Memory,
         Part::Reload,
     ];
@@ -73,6 +78,7 @@ impl Part {
             Part::Latency => "latency",
             Part::Restore => "restore",
             Part::Fanout => "fanout",
+            Part::Grace => "grace",
             Part::Memory => "memory",
             Part::Reload => "reload",
         }
@@ -88,6 +94,15 @@ pub enum MemoryPopulation {
     Mixed,
     /// Contract 1.1's population (groups, group-assigned policies, threats) through `apply`.
     Directory,
+    /// [`MemoryPopulation::Mixed`] with `report_validity_days` set for every tenant: every
+    /// device with a usable report holds a pending expiry deadline.
+    MixedExpiry,
+    /// [`MemoryPopulation::MixedExpiry`] with every enrolled device in a grace too.
+    MixedGraces,
+    /// [`MemoryPopulation::Directory`] with `report_validity_days` set for every tenant.
+    DirectoryExpiry,
+    /// [`MemoryPopulation::DirectoryExpiry`] with every enrolled device in a grace too.
+    DirectoryGraces,
 }
 
 impl MemoryPopulation {
@@ -96,8 +111,24 @@ impl MemoryPopulation {
             MemoryPopulation::Restored => "restored",
             MemoryPopulation::Mixed => "mixed",
             MemoryPopulation::Directory => "directory",
+            MemoryPopulation::MixedExpiry => "mixed-expiry",
+            MemoryPopulation::MixedGraces => "mixed-graces",
+            MemoryPopulation::DirectoryExpiry => "directory-expiry",
+            MemoryPopulation::DirectoryGraces => "directory-graces",
         }
     }
+
+    /// Every population, in the order the memory part measures them: each expiry variant
+    /// right after the population it adds deadlines to.
+    pub const ALL: [MemoryPopulation; 7] = [
+        MemoryPopulation::Restored,
+        MemoryPopulation::Mixed,
+        MemoryPopulation::MixedExpiry,
+        MemoryPopulation::MixedGraces,
+        MemoryPopulation::Directory,
+        MemoryPopulation::DirectoryExpiry,
+        MemoryPopulation::DirectoryGraces,
+    ];
 
     /// How the devices got into the engine, for the log.
     fn how(self) -> &'static str {
@@ -105,6 +136,20 @@ impl MemoryPopulation {
             MemoryPopulation::Restored => "restored (1.0 population)",
             MemoryPopulation::Mixed => "applied live (1.0 population)",
             MemoryPopulation::Directory => "applied live (1.1 population, memberships included)",
+            MemoryPopulation::MixedExpiry => {
+                "applied live (1.0 population, report expiry deadlines)"
+            }
+            MemoryPopulation::MixedGraces => {
+                "applied live (1.0 population, report expiry deadlines, every enrolled device in \
+                 a grace)"
+            }
+            MemoryPopulation::DirectoryExpiry => {
+                "applied live (1.1 population, memberships included, report expiry deadlines)"
+            }
+            MemoryPopulation::DirectoryGraces => {
+                "applied live (1.1 population, memberships included, report expiry deadlines, \
+                 every enrolled device in a grace)"
+            }
         }
     }
 }
@@ -134,7 +179,8 @@ pub struct BenchArgs {
     /// Small sizes everywhere: a smoke test of the benchmark itself, not a measurement.
     #[arg(long)]
     pub quick: bool,
-    /// Throughput runs per configuration, interleaved; the table shows the median pair.
+    /// Throughput runs per configuration, interleaved; the table shows the median pair. Also
+    /// the grace part's end-to-end pairs (fan-out, grace expiry).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
     /// Device states written to the changelog for the restore part.
@@ -143,9 +189,15 @@ pub struct BenchArgs {
     /// Devices of the tenant whose connector flips to ignored.
     #[arg(long)]
     pub fanout_devices: Option<usize>,
+    /// Enrolled devices of the tenant whose graces all end in the same second.
+    #[arg(long)]
+    pub grace_devices: Option<usize>,
     /// Device counts of the memory part (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub memory_devices: Vec<usize>,
+    /// Populations of the memory part (comma separated; default: all seven).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub memory_populations: Vec<MemoryPopulation>,
     /// Devices (one user each) of the engine the reload part changes memberships in.
     #[arg(long)]
     pub reload_devices: Option<usize>,
@@ -183,7 +235,9 @@ pub struct Sizes {
     pub tenants: usize,
     pub restore_devices: usize,
     pub fanout_devices: usize,
+    pub grace_devices: usize,
     pub memory_devices: Vec<usize>,
+    pub memory_populations: Vec<MemoryPopulation>,
     pub reload_devices: usize,
     pub reload_users: usize,
     pub latency_seconds: f64,
@@ -204,6 +258,14 @@ impl BenchArgs {
             fanout_devices: self
                 .fanout_devices
                 .unwrap_or(if q { 20_000 } else { 1_000_000 }),
+            grace_devices: self
+                .grace_devices
+                .unwrap_or(if q { 20_000 } else { 1_000_000 }),
+            memory_populations: if self.memory_populations.is_empty() {
+                MemoryPopulation::ALL.to_vec()
+            } else {
+                self.memory_populations.clone()
+            },
             memory_devices: if !self.memory_devices.is_empty() {
                 self.memory_devices.clone()
             } else if q {
@@ -246,6 +308,8 @@ pub enum Bar {
     AtMost(f64),
     /// value / baseline >= x
     RatioAtLeast(f64),
+    /// value / baseline <= x
+    RatioAtMost(f64),
 }
 
 /// One measured figure.
@@ -290,6 +354,7 @@ impl Figure {
             Bar::AtLeast(x) => self.value >= x,
             Bar::AtMost(x) => self.value <= x,
             Bar::RatioAtLeast(x) => self.ratio()? >= x,
+            Bar::RatioAtMost(x) => self.ratio()? <= x,
         })
     }
 
@@ -308,6 +373,7 @@ impl Figure {
             Some(Bar::AtLeast(x)) => format!(">= {}", self.fmt_value(x)),
             Some(Bar::AtMost(x)) => format!("<= {}", self.fmt_value(x)),
             Some(Bar::RatioAtLeast(x)) => format!("ratio >= {x:.2}"),
+            Some(Bar::RatioAtMost(x)) => format!("ratio <= {x:.2}"),
         }
     }
 
@@ -442,6 +508,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             }
             Part::Restore => restore::run(&env, &sizes, &mut report),
             Part::Fanout => fanout::run(&env, &sizes, &mut report),
+            Part::Grace => grace::run(&env, &sizes, args.repeat.max(1), &mut report),
             Part::Memory => memory::run(&sizes, &mut report),
             Part::Reload => reload::run(&sizes, &mut report),
         };

@@ -14,10 +14,25 @@
 //!   tenant's 50 groups (one department, location and role, drawn with a skew, so users share
 //!   combinations), policies assigned to groups (`world::directory_tables`), one device in ten
 //!   reported with 1 to 3 threats from 277 names (`world::directory_threats`).
+//!
+//! Either can be filled with deadlines pending ([`Pending`], [`load_tables_pending`]):
+//!
+//! - [`Pending::Expiry`]: [`load_settings`] gives every tenant a `TenantSettings` with
+//!   `report_validity_days` ([`REPORT_VALIDITY_DAYS`]) before any device arrives, so each
+//!   device's first usable report schedules its expiry (one entry of the shard's deadline index
+//!   per device: a later partner's report of the same instant expires no earlier). Devices
+//!   whose every report is ACTIVATED (no usable level) have none.
+//! - [`Pending::Graces`]: the same, and every enrolled device in a grace: the tenant's
+//!   COMPLIANCE policies get `grace_period_hours` ([`GRACE_PERIOD_HOURS`]), its connectors
+//!   `unsupported_os_blocked`, and its heartbeats a minimum OS above every device's, so every
+//!   enrolled device fails at its first report and holds a grace (and its end as its deadline,
+//!   which comes before the expiry). The worst case: the grace entries come on top.
+//!
+//! [`deadlines`] counts the entries and the devices in grace.
 
 use mtdgate::engine::partitioner::partition_for;
 use mtdgate::engine::{Body, Engine, Output};
-use mtdgate::model::{HealthState, Platform};
+use mtdgate::model::{HealthState, NoPolicyState, Platform, PolicyKind, TenantSettings};
 
 use super::world;
 
@@ -27,6 +42,24 @@ pub const TENANTS: usize = 1_000;
 pub const PARTITIONS: i32 = 12;
 /// Devices between changelog drains (one runtime transaction).
 pub const BATCH: usize = 10_000;
+/// `report_validity_days` of [`load_settings`]: the fillings' reports (observed within a
+/// second of `world::T0`) expire 30 days later, long after the measurement.
+pub const REPORT_VALIDITY_DAYS: i32 = 30;
+/// `grace_period_hours` of the COMPLIANCE policies with [`Pending::Graces`]: a week, so the
+/// graces end long after the measurement (and before the reports expire).
+pub const GRACE_PERIOD_HOURS: i32 = 168;
+
+/// Which deadlines a filling leaves pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pending {
+    /// None (the tables of 1.0 and 1.1 as they are).
+    #[default]
+    None,
+    /// A report expiry on every device with a usable report.
+    Expiry,
+    /// The expiries, and a grace running on every enrolled device.
+    Graces,
+}
 
 /// Which population.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,15 +123,107 @@ pub fn drain(engine: &Engine) -> usize {
 
 /// Applies every tenant's tables (connectors, policies, heartbeats) at `now`.
 pub fn load_tables(engine: &mut Engine, population: Population, now: i64) {
+    load_tables_pending(engine, population, Pending::None, now);
+}
+
+/// [`load_tables`] with the tables and settings that leave `pending` deadlines.
+pub fn load_tables_pending(
+    engine: &mut Engine,
+    population: Population,
+    pending: Pending,
+    now: i64,
+) {
     for t in 0..TENANTS {
-        let tables = match population {
+        let mut tables = match population {
             Population::Mixed => {
                 world::mixed_tables(&world::tenant_name(t), world::partners_of(t), now)
             }
             Population::Directory => world::directory_tables(t, now),
         };
+        if pending == Pending::Graces {
+            fail_with_grace(&mut tables);
+        }
         tables.apply_all(engine, now);
     }
+    if pending != Pending::None {
+        load_settings(engine, REPORT_VALIDITY_DAYS, now);
+    }
+}
+
+/// Gives a tenant's COMPLIANCE policies a grace of [`GRACE_PERIOD_HOURS`] and makes every
+/// enrolled device fail them: its connectors block unsupported OS versions and its partners
+/// publish a minimum above every generated device's (17.4.1 on iOS, 14 on Android).
+fn fail_with_grace(tables: &mut world::Tables) {
+    for c in &mut tables.connectors {
+        c.unsupported_os_blocked = true;
+    }
+    for p in &mut tables.policies {
+        if p.kind == PolicyKind::Compliance {
+            p.grace_period_hours = GRACE_PERIOD_HOURS;
+        }
+    }
+    for h in &mut tables.heartbeats {
+        h.min_os_versions = Some(
+            [("IOS", "99"), ("ANDROID", "99")]
+                .into_iter()
+                .map(|(p, v)| (p.to_owned(), v.to_owned()))
+                .collect(),
+        );
+    }
+}
+
+/// Applies every tenant's `TenantSettings` (key = tenant) with `report_validity_days`
+/// (default `no_policy_state`), updated at `world::T0`, at `now`. Applied before any device,
+/// it re-evaluates nothing; each device then schedules its expiry with its first usable report.
+pub fn load_settings(engine: &mut Engine, report_validity_days: i32, now: i64) {
+    let mut out = Vec::new();
+    for t in 0..TENANTS {
+        let tenant = world::tenant_name(t);
+        let settings = TenantSettings {
+            tenant_id: tenant.clone(),
+            no_policy_state: NoPolicyState::default(),
+            report_validity_days: Some(report_validity_days),
+            updated_at: world::T0,
+        };
+        world::apply(
+            engine,
+            0,
+            &tenant,
+            Body::Settings(Some(settings)),
+            now,
+            &mut out,
+        );
+    }
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Rejected(_))),
+        "tenant settings rejected: {out:?}"
+    );
+}
+
+/// The shards' pending deadline entries (`DeviceShard::scheduled`, stale ones included) and
+/// the devices holding the start of a failure (`DeviceShard::in_grace`: every failing policy's
+/// start is kept, with or without a grace).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Deadlines {
+    pub scheduled: usize,
+    /// Devices with an entry in the shards' graces map.
+    pub in_grace: usize,
+    /// The first pending deadline, in milliseconds.
+    pub first: Option<i64>,
+}
+
+/// [`Deadlines`] of every shard of `engine`.
+pub fn deadlines(engine: &Engine) -> Deadlines {
+    let mut d = Deadlines::default();
+    for s in engine.shards().iter() {
+        d.scheduled += s.scheduled();
+        d.in_grace += s.in_grace();
+        d.first = match (d.first, s.first_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    d
 }
 
 /// Applies the group memberships of the users of devices `range` (1.1 population; updated at
