@@ -21,6 +21,7 @@ pub struct Config {
     pub topics: TopicsConfig,
     pub processing: ProcessingConfig,
     pub http: HttpConfig,
+    pub schema_registry: SchemaRegistryConfig,
 }
 
 /// How to reach Kafka. `properties` passes any librdkafka setting (TLS, SASL, ...) to every
@@ -99,6 +100,59 @@ pub struct HttpConfig {
     pub listen: String,
     /// When set, the explain API requires `Authorization: Bearer <token>`.
     pub explain_token: Option<String>,
+}
+
+/// A Confluent-compatible schema registry (contract 1.1, "Schema registry"). With `url` set,
+/// Confluent-framed inputs resolve their schema ids there (not from `schemas/ids.toml`), and
+/// `avro-confluent` outputs carry the ids it gives under `<topic>-value`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL of the Confluent API, e.g. `http://registry:8080/apis/ccompat/v7` for
+    /// Apicurio or `https://psrc-xxxx.confluent.cloud`; empty: no registry.
+    pub url: String,
+    /// HTTP basic auth (Confluent's `basic.auth.user.info`, split in two).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM file of the CA(s) that sign the registry's certificate (default: the system's).
+    pub ca_location: Option<String>,
+    /// PEM client certificate and key for mutual TLS.
+    pub certificate_location: Option<String>,
+    pub key_location: Option<String>,
+    /// Writer schemas kept in memory, by id.
+    pub cache_capacity: usize,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Longest wait between attempts while the registry cannot be reached.
+    pub max_backoff_ms: u64,
+    /// Register the output schemas at start (Confluent's `auto.register.schemas`); when off,
+    /// they must already be registered and are only looked up.
+    pub auto_register: bool,
+}
+
+impl Default for SchemaRegistryConfig {
+    fn default() -> Self {
+        SchemaRegistryConfig {
+            url: String::new(),
+            username: None,
+            password: None,
+            ca_location: None,
+            certificate_location: None,
+            key_location: None,
+            cache_capacity: 1000,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 10_000,
+            max_backoff_ms: 10_000,
+            auto_register: true,
+        }
+    }
+}
+
+impl SchemaRegistryConfig {
+    /// Whether a registry is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -296,6 +350,28 @@ impl Config {
                 self.http.listen
             ));
         }
+        let r = &self.schema_registry;
+        if r.enabled() {
+            let u = r.url.trim();
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return bad(format!(
+                    "schema_registry.url {u:?} must start with http:// or https://"
+                ));
+            }
+            if r.certificate_location.is_some() != r.key_location.is_some() {
+                return bad(
+                    "schema_registry.certificate_location and key_location go together".into(),
+                );
+            }
+            if r.password.is_some() && r.username.is_none() {
+                return bad(
+                    "schema_registry.password is set without schema_registry.username".into(),
+                );
+            }
+        }
+        if r.cache_capacity == 0 || r.request_timeout_ms == 0 || r.connect_timeout_ms == 0 {
+            return bad("schema_registry.cache_capacity, connect_timeout_ms and request_timeout_ms must be at least 1".into());
+        }
         for key in self
             .kafka
             .properties
@@ -343,6 +419,15 @@ impl Config {
         }
         if c.http.explain_token.is_some() {
             c.http.explain_token = Some("<redacted>".into());
+        }
+        if c.schema_registry.password.is_some() {
+            c.schema_registry.password = Some("<redacted>".into());
+        }
+        // A URL may carry credentials (`https://user:pass@host`).
+        if let Some((scheme, rest)) = c.schema_registry.url.split_once("://") {
+            if let Some((_, host)) = rest.split_once('@') {
+                c.schema_registry.url = format!("{scheme}://<redacted>@{host}");
+            }
         }
         c
     }
