@@ -1,8 +1,12 @@
 //! Configuration: a TOML file, then environment overrides (`MTDGATE_SECTION__KEY=value`, e.g.
 //! `MTDGATE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`), with defaults that work against a local broker.
-//! The `MTDGATE_` namespace belongs to the configuration alone: a variable in it that names no
-//! configuration key is an error, so a mistyped override never goes unnoticed (the project's
-//! scripts use `KAFKA_*` and `XDG_CACHE_HOME`).
+//! Only `MTDGATE_<SECTION>__<KEY>` names are configuration: a variable whose name after
+//! `MTDGATE_` contains `__` and begins with a section of [`Config`] (`kafka`, `topics`,
+//! `processing`, `http`, `schema_registry`, in any case; see [`sections`]). Those are checked
+//! strictly: a key the section lacks is an error naming the variable, so a mistyped override never
+//! goes unnoticed. Any other `MTDGATE_*` variable (`MTDGATE_SRC` in a user's shell,
+//! `MTDGATE_LOG_FORMAT`, which the logging set-up reads, `MTDGATE_BENCH_CLOCK`) is not
+//! configuration and is ignored here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -277,7 +281,8 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Loads defaults, then `path` (if given), then `MTDGATE_*` environment overrides.
+    /// Loads defaults, then `path` (if given), then the `MTDGATE_<SECTION>__<KEY>` environment
+    /// overrides (other `MTDGATE_*` variables are ignored: see the module doc).
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(p) = path {
@@ -289,7 +294,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file(p));
         }
-        Self::finish(fig.merge(Env::prefixed("MTDGATE_").split("__")))
+        let sections = sections();
+        let env = Env::prefixed(ENV_PREFIX)
+            .filter(move |name| is_override(name.as_str(), &sections))
+            .split("__");
+        Self::finish(fig.merge(EnvOverrides(env)))
     }
 
     /// Parses TOML text over the defaults (no environment), for tests and tools.
@@ -456,6 +465,45 @@ fn is_secret(key: &str) -> bool {
     .any(|s| k.contains(s))
 }
 
+/// The prefix of environment overrides.
+const ENV_PREFIX: &str = "MTDGATE_";
+
+/// The configuration's sections (`http`, `kafka`, ...): the top-level keys of the serialized
+/// default, so a section added to [`Config`] takes environment overrides with no change here.
+pub fn sections() -> Vec<String> {
+    match figment::value::Value::serialize(Config::default()) {
+        Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether an environment variable, named without its `MTDGATE_` prefix, is a configuration
+/// override: `<SECTION>__<KEY>` with `SECTION` one of `sections`, in any case.
+fn is_override(name: &str, sections: &[String]) -> bool {
+    name.split_once("__")
+        .is_some_and(|(section, _)| sections.iter().any(|s| s.eq_ignore_ascii_case(section)))
+}
+
+/// The environment overrides, as a provider whose errors name the variable
+/// (`MTDGATE_KAFKA__BOGUS`) rather than figment's `KAFKA.BOGUS`.
+struct EnvOverrides(Env);
+
+impl figment::Provider for EnvOverrides {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("the environment").interpolater(
+            |_: &figment::Profile, keys: &[&str]| {
+                format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase())
+            },
+        )
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        self.0.data()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,5 +579,59 @@ mod tests {
         assert!(e.to_string().contains("managed"), "{e}");
         let e = Config::from_toml("[http]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("http.listen"), "{e}");
+    }
+
+    #[test]
+    fn sections_come_from_the_config_struct() {
+        let mut s = sections();
+        s.sort();
+        assert_eq!(
+            s,
+            ["http", "kafka", "processing", "schema_registry", "topics"]
+        );
+    }
+
+    #[test]
+    fn only_section_key_variables_are_configuration() {
+        let s = sections();
+        // Names as the loader sees them: after `MTDGATE_`, in any case.
+        for name in [
+            "KAFKA__BOOTSTRAP_SERVERS",
+            "kafka__bootstrap_servers",
+            "SCHEMA_REGISTRY__URL",
+            "HTTP__EXPLAIN_TOKEN",
+            "TOPICS__CREATE",
+            "PROCESSING__MAX_BATCH",
+            "KAFKA__PROPERTIES",
+            // A mistyped key in a known section is still configuration, and refused.
+            "KAFKA__BOOTSTRAP_SERVRES",
+            "KAFKA__",
+        ] {
+            assert!(is_override(name, &s), "{name} is configuration");
+        }
+        for name in [
+            "SRC",
+            "LOG_FORMAT",
+            "BENCH_CLOCK",
+            "BENCH_DIAG_DEBUG",
+            "KAFKA",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "SRC__DIR",
+            "KAFKAX__BOOTSTRAP_SERVERS",
+            "__KAFKA__X",
+            "",
+        ] {
+            assert!(!is_override(name, &s), "{name} is not configuration");
+        }
+    }
+
+    #[test]
+    fn override_errors_name_the_variable() {
+        use figment::Provider as _;
+        let md = EnvOverrides(Env::prefixed(ENV_PREFIX)).metadata();
+        assert_eq!(
+            md.interpolate(&figment::Profile::Default, &["kafka", "bootstrap_servres"]),
+            "MTDGATE_KAFKA__BOOTSTRAP_SERVRES"
+        );
     }
 }

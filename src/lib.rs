@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod model;
+pub mod registry;
 pub mod runtime;
 pub mod service;
 pub mod telemetry;

@@ -103,6 +103,12 @@ metric_defs! {
         "1 when tables are loaded and assigned partitions restored, else 0.";
     BUILD_INFO: Gauge, "mtdgate_build_info", ["version"],
         "Always 1; the version label carries the build.";
+    SCHEMA_REGISTRY_REQUESTS: Counter, "mtdgate_schema_registry_requests_total", ["result"],
+        "Schema registry requests, by result (ok, not_found, error); with a registry only.";
+    SCHEMA_REGISTRY_UP: Gauge, "mtdgate_schema_registry_up", [],
+        "1 when the last schema registry request was answered, 0 when it failed.";
+    SCHEMA_REGISTRY_WAITING: Gauge, "mtdgate_schema_registry_waiting_partitions", [],
+        "Input partitions paused until the schema registry answers again.";
 }
 
 impl MetricDef {
@@ -302,4 +308,42 @@ mod tests {
             assert!(!d.help.is_empty());
         }
     }
+}
+
+/// How a schema registry request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistryResult {
+    /// Answered with the schema or id asked for.
+    Ok,
+    /// Answered that the id or schema is not registered.
+    NotFound,
+    /// Not answered: unreachable, timed out, refused or a server error.
+    Error,
+}
+
+impl RegistryResult {
+    /// The `result` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RegistryResult::Ok => "ok",
+            RegistryResult::NotFound => "not_found",
+            RegistryResult::Error => "error",
+        }
+    }
+}
+
+/// One schema registry request ended; also sets the registry's up gauge.
+pub fn schema_registry_request(result: RegistryResult) {
+    metrics::counter!(SCHEMA_REGISTRY_REQUESTS.name, "result" => result.as_str()).increment(1);
+    let up = if result == RegistryResult::Error {
+        0.0
+    } else {
+        1.0
+    };
+    metrics::gauge!(SCHEMA_REGISTRY_UP.name).set(up);
+}
+
+/// Input partitions paused waiting for the registry.
+pub fn schema_registry_waiting(partitions: usize) {
+    metrics::gauge!(SCHEMA_REGISTRY_WAITING.name).set(partitions as f64);
 }

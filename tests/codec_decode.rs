@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use apache_avro::Schema;
 use mtdgate::codec::{
-    self, decode, encode, AvroRecord, DecodeError, Decoder, Encoding, OutputEncoding,
+    self, decode, encode, AvroRecord, DecodeError, Decoder, Encoding, OutputEncoding, ResolveError,
     SchemaResolver,
 };
 use mtdgate::model::*;
@@ -420,9 +420,12 @@ fn check_framings<T: Record>(v: &T) {
     encode(v, OutputEncoding::Avro, &mut buf).unwrap();
     assert_eq!(&buf[6..], &so[..]);
 
-    // Decoder with a resolver that knows nothing behaves the same.
-    let d = Decoder::with_resolver(Arc::new(NoSchemas));
-    assert_eq!(&d.decode::<T>(&cf).unwrap(), v);
+    // With a registry, its ids replace those of ids.toml (contract 1.1): one that knows
+    // nothing has no schema for the ids.toml id; fingerprints still need no registry.
+    let d = Decoder::with_resolver(Arc::new(NoSchemas), 10);
+    let e = d.decode::<T>(&cf).unwrap_err();
+    assert_eq!(e.reason(), RejectReason::UnknownSchema, "{e}");
+    assert!(e.detail().contains("not in the schema registry"), "{e}");
     assert_eq!(&d.decode::<T>(&so).unwrap(), v);
 }
 
@@ -975,19 +978,19 @@ const OLD_REPORT_SCHEMA: &str = r#"{"type":"record","name":"DeviceThreatReport",
 struct Registry(BTreeMap<u32, Arc<Schema>>, BTreeMap<u64, Arc<Schema>>);
 
 impl SchemaResolver for Registry {
-    fn resolve(&self, id: u32) -> Option<Arc<Schema>> {
-        self.0.get(&id).cloned()
+    fn resolve(&self, id: u32) -> Result<Option<Arc<Schema>>, ResolveError> {
+        Ok(self.0.get(&id).cloned())
     }
-    fn resolve_fingerprint(&self, fingerprint: u64) -> Option<Arc<Schema>> {
-        self.1.get(&fingerprint).cloned()
+    fn resolve_fingerprint(&self, fingerprint: u64) -> Result<Option<Arc<Schema>>, ResolveError> {
+        Ok(self.1.get(&fingerprint).cloned())
     }
 }
 
 struct NoSchemas;
 
 impl SchemaResolver for NoSchemas {
-    fn resolve(&self, _id: u32) -> Option<Arc<Schema>> {
-        None
+    fn resolve(&self, _id: u32) -> Result<Option<Arc<Schema>>, ResolveError> {
+        Ok(None)
     }
 }
 
@@ -1034,7 +1037,7 @@ fn registry() -> (Decoder, u64) {
     ]);
     let by_fp = BTreeMap::from([(old_fp, old)]);
     (
-        Decoder::with_resolver(Arc::new(Registry(by_id, by_fp))),
+        Decoder::with_resolver(Arc::new(Registry(by_id, by_fp)), 100),
         old_fp,
     )
 }
@@ -1056,7 +1059,7 @@ fn resolves_an_older_writer_schema() {
     // Confluent id of the registry.
     let got: DeviceThreatReport = decoder.decode(&confluent(77, &bytes)).unwrap();
     assert_eq!(got, expected);
-    // The registry is asked before ids.toml.
+    // The registry's ids replace those of ids.toml.
     let got: DeviceThreatReport = decoder.decode(&confluent(1001, &bytes)).unwrap();
     assert_eq!(got, expected);
     // Single-object with the older schema's fingerprint.
@@ -1136,12 +1139,49 @@ fn registry_schemas_of_the_current_version_other_records_and_incompatible_versio
         .decode::<DeviceThreatReport>(&confluent(81, &d))
         .unwrap_err();
     assert_rejected(&e, RejectReason::UnknownSchema, &["81"]);
-    // ids.toml still answers for ids the registry does not know.
+    // With a registry, ids.toml no longer answers (its ids could be any schema there).
     let hb = encoded(&heartbeat(), OutputEncoding::AvroConfluent);
+    let e = decoder.decode::<ConnectorHeartbeat>(&hb).unwrap_err();
+    assert_rejected(
+        &e,
+        RejectReason::UnknownSchema,
+        &["not in the schema registry"],
+    );
+    // An id primed with the registry's answer for an embedded schema takes the fast path.
+    let id = u32::from_be_bytes(hb[1..5].try_into().unwrap());
+    decoder.prime(id, ConnectorHeartbeat::schema_entry());
     assert_eq!(
         decoder.decode::<ConnectorHeartbeat>(&hb).unwrap(),
         heartbeat()
     );
+}
+
+/// A registry that cannot be reached: decoding says wait, never a rejection reason of the
+/// record's own, and asks again next time.
+#[test]
+fn an_unreachable_registry_means_wait() {
+    struct Down(std::sync::atomic::AtomicUsize);
+    impl SchemaResolver for Down {
+        fn resolve(&self, _id: u32) -> Result<Option<Arc<Schema>>, ResolveError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(ResolveError::Unavailable("connection refused".into()))
+        }
+    }
+    let down = Arc::new(Down(Default::default()));
+    let d = Decoder::with_resolver(down.clone(), 10);
+    let cf = encoded(&report(), OutputEncoding::AvroConfluent);
+    for _ in 0..2 {
+        let e = d.decode::<DeviceThreatReport>(&cf).unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        assert!(d.prefetch(&cf).unwrap_err().is_unavailable());
+        let mut place = report();
+        assert!(d.decode_into(&cf, &mut place).unwrap_err().is_unavailable());
+    }
+    assert_eq!(down.0.load(std::sync::atomic::Ordering::SeqCst), 6);
+    // Values that need no registry decode as before.
+    let so = encoded(&report(), OutputEncoding::Avro);
+    assert_eq!(d.decode::<DeviceThreatReport>(&so).unwrap(), report());
+    d.prefetch(&so).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

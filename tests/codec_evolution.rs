@@ -19,7 +19,7 @@ use std::sync::{Arc, Once};
 use apache_avro::types::Value;
 use apache_avro::{rabin::Rabin, Schema};
 use mtdgate::codec::{
-    self, decode, AvroRecord, DecodeError, Decoder, OutputEncoding, SchemaResolver,
+    self, decode, AvroRecord, DecodeError, Decoder, OutputEncoding, ResolveError, SchemaResolver,
 };
 use mtdgate::model::*;
 use serde::de::DeserializeOwned;
@@ -416,16 +416,31 @@ fn check_v10_decodes<T: Record>(v10: &T, v11: &T) {
     ];
     // Built into the decoder: no registry, and a registry that knows none of them.
     let bare = Decoder::new();
-    let with_empty_registry = Decoder::with_resolver(Arc::new(Registry::default()));
+    let with_empty_registry = Decoder::with_resolver(Arc::new(Registry::default()), 100);
     // A registry that serves the 1.0 schema under its id and fingerprint: the same answer.
     let old = Arc::new(v10_schema::<T>());
-    let registry = Decoder::with_resolver(Arc::new(Registry {
-        by_id: BTreeMap::from([(v10_id::<T>(), old.clone())]),
-        by_fp: BTreeMap::from([(fp, old.clone()), (alt, old)]),
-    }));
+    let registry = Decoder::with_resolver(
+        Arc::new(Registry {
+            by_id: BTreeMap::from([(v10_id::<T>(), old.clone())]),
+            by_fp: BTreeMap::from([(fp, old.clone()), (alt, old)]),
+        }),
+        100,
+    );
     for (what, bytes) in &inputs {
         assert_eq!(&decode::<T>(bytes).unwrap(), v10, "{name} {what}");
-        for d in [&bare, &with_empty_registry, &registry] {
+        // With a registry its ids replace ids.toml's: an empty one knows no Confluent id.
+        let decoders: &[&Decoder] = if what.starts_with("Confluent") {
+            let e = with_empty_registry.decode::<T>(bytes).unwrap_err();
+            assert_eq!(
+                e.reason(),
+                RejectReason::UnknownSchema,
+                "{name} {what}: {e}"
+            );
+            &[&bare, &registry]
+        } else {
+            &[&bare, &with_empty_registry, &registry]
+        };
+        for d in decoders {
             assert_eq!(&d.decode::<T>(bytes).unwrap(), v10, "{name} {what}");
             // Into a value that held a 1.1 record: nothing of it is left.
             let mut place = v11.clone();
@@ -715,11 +730,11 @@ struct Registry {
 }
 
 impl SchemaResolver for Registry {
-    fn resolve(&self, id: u32) -> Option<Arc<Schema>> {
-        self.by_id.get(&id).cloned()
+    fn resolve(&self, id: u32) -> Result<Option<Arc<Schema>>, ResolveError> {
+        Ok(self.by_id.get(&id).cloned())
     }
-    fn resolve_fingerprint(&self, fingerprint: u64) -> Option<Arc<Schema>> {
-        self.by_fp.get(&fingerprint).cloned()
+    fn resolve_fingerprint(&self, fingerprint: u64) -> Result<Option<Arc<Schema>>, ResolveError> {
+        Ok(self.by_fp.get(&fingerprint).cloned())
     }
 }
 
@@ -762,10 +777,13 @@ fn value_field<'a>(v: &'a mut Value, name: &str) -> &'a mut Value {
 fn decoder_for(schema: &Schema) -> (Decoder, u64) {
     let fp = codec::crc64_avro(schema.canonical_form().as_bytes());
     let schema = Arc::new(schema.clone());
-    let d = Decoder::with_resolver(Arc::new(Registry {
-        by_id: BTreeMap::from([(5001, schema.clone())]),
-        by_fp: BTreeMap::from([(fp, schema)]),
-    }));
+    let d = Decoder::with_resolver(
+        Arc::new(Registry {
+            by_id: BTreeMap::from([(5001, schema.clone())]),
+            by_fp: BTreeMap::from([(fp, schema)]),
+        }),
+        100,
+    );
     (d, fp)
 }
 

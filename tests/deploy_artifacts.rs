@@ -1,9 +1,12 @@
 //! Checks the operator-facing deployment artifacts against each other and against the service:
 //! dashboards and alerts may only query metrics the service declares (`src/telemetry.rs`, listed
 //! in `deploy/metrics.txt` and the README table, which must match it),
-//! alert rules must pass `promtool`, and the compose file, Kubernetes manifests and Dockerfile
-//! must describe the binary and endpoints mtdgate really has. These files are not compiled, so
-//! without this test a renamed metric or probe path would only show up in production.
+//! alert rules must pass `promtool check rules` and their unit tests (`promtool test rules`,
+//! a firing and a quiet case per alert), the Kubernetes manifests `kubernetes-validate --strict`,
+//! and the compose file, manifests and Dockerfile must describe the binary and endpoints mtdgate
+//! really has. These files are not compiled, so without this test a renamed metric or probe path
+//! would only show up in production. `tests/kafka_metrics.rs` compares the declarations (and
+//! `deploy/metrics.txt`) with a real scrape of the running binary.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -104,12 +107,17 @@ fn resolve<'a>(name: &'a str, known: &BTreeSet<String>) -> Option<&'a str> {
         })
 }
 
-/// Asserts every metric in `expr` is exported; returns the metrics used.
+/// The scrape job of `deploy/prometheus/prometheus.yml` (the ServiceMonitor's job label, the
+/// Service name, is the same).
+const JOB: &str = "mtdgate";
+
+/// Asserts every metric in `expr` is exported; returns the metrics used. An expression naming
+/// no mtdgate metric must be about the scrape itself: `up{job="mtdgate"}`.
 fn check_expr(origin: &str, expr: &str, known: &BTreeSet<String>) -> Vec<String> {
     let refs = metric_refs(expr);
     assert!(
-        !refs.is_empty(),
-        "{origin}: expression names no mtdgate metric: {expr}"
+        !refs.is_empty() || expr.contains(&format!("up{{job=\"{JOB}\"}}")),
+        "{origin}: expression names no mtdgate metric (nor up{{job=\"{JOB}\"}}): {expr}"
     );
     refs.iter()
         .map(|r| {
@@ -140,25 +148,32 @@ fn json_strings_at(v: &serde_json::Value, key: &str, out: &mut Vec<String>) {
     }
 }
 
-fn promtool(args: &[&str]) {
-    let out = match Command::new("promtool")
-        .args(args)
-        .current_dir(root())
-        .output()
-    {
+/// Runs an external checker in the repository root; its stdout and stderr, or a panic naming
+/// how to install it (a missing tool fails the test, never skips it).
+fn run_tool(tool: &str, install: &str, args: &[&str]) -> (bool, String) {
+    let out = match Command::new(tool).args(args).current_dir(root()).output() {
         Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "promtool is not on PATH; run `bash scripts/install-deps` (Debian package `prometheus`)"
-        ),
-        Err(e) => panic!("running promtool: {e}"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("{tool} is not on PATH; {install}")
+        }
+        Err(e) => panic!("running {tool}: {e}"),
     };
-    assert!(
-        out.status.success(),
-        "promtool {} failed:\n{}{}",
-        args.join(" "),
+    let text = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out.status.success(), text)
+}
+
+fn promtool(args: &[&str]) -> String {
+    let (ok, text) = run_tool(
+        "promtool",
+        "run `bash scripts/install-deps` (Debian package `prometheus`)",
+        args,
+    );
+    assert!(ok, "promtool {} failed:\n{text}", args.join(" "));
+    text
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -386,12 +401,198 @@ fn alert_rules_use_exported_metrics_and_pass_promtool() {
         "MtdgateTransactionAborts",
         "MtdgateNotReady",
         "MtdgatePipelineRestarting",
+        "MtdgateInstanceDown",
+        "MtdgateAbsent",
+        "MtdgateSchemaRegistryUnreachable",
     ] {
         assert!(names.contains(want), "alerts.yml lacks {want}");
     }
 
+    // A job selector names the job Prometheus really scrapes.
+    let prom = yaml("deploy/prometheus/prometheus.yml");
+    let jobs: Vec<&str> = prom["scrape_configs"]
+        .as_sequence()
+        .expect("prometheus.yml has scrape_configs")
+        .iter()
+        .filter_map(|c| c["job_name"].as_str())
+        .collect();
+    assert!(
+        jobs.contains(&JOB),
+        "prometheus.yml scrapes no job {JOB}: {jobs:?}"
+    );
+    for r in rules {
+        let expr = r["expr"].as_str().unwrap();
+        for (i, _) in expr.match_indices("job=") {
+            let value = expr[i + 4..].trim_start_matches(['"', '~']);
+            assert!(
+                value.starts_with(&format!("{JOB}\"")),
+                "{}: job selector other than job=\"{JOB}\": {expr}",
+                r["alert"].as_str().unwrap()
+            );
+        }
+    }
+
     promtool(&["check", "rules", rel]);
     promtool(&["check", "config", "deploy/prometheus/prometheus.yml"]);
+}
+
+const ALERT_TESTS: &str = "deploy/prometheus/alerts.test.yml";
+
+/// `promtool test rules`: every alert fires when it should, with its labels and annotations,
+/// after its `for`, and stays quiet otherwise.
+#[test]
+fn alert_rules_pass_their_promtool_unit_tests() {
+    let out = promtool(&["test", "rules", ALERT_TESTS]);
+    assert!(out.contains("SUCCESS"), "promtool test rules:\n{out}");
+}
+
+/// Every alert of `alerts.yml` has a case in `alerts.test.yml` where it fires and one where it
+/// does not, and the tests name no alert that does not exist.
+#[test]
+fn every_alert_has_a_firing_and_a_quiet_test_case() {
+    let rules = yaml("deploy/prometheus/alerts.yml");
+    let alerts: BTreeSet<String> = rules["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .filter_map(|r| r["alert"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!alerts.is_empty());
+
+    let doc = yaml(ALERT_TESTS);
+    let files: Vec<&str> = doc["rule_files"]
+        .as_sequence()
+        .expect("alerts.test.yml has rule_files")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        files,
+        ["alerts.yml"],
+        "{ALERT_TESTS} tests alerts.yml next to it"
+    );
+    let (mut fires, mut quiet) = (BTreeSet::new(), BTreeSet::new());
+    for t in doc["tests"]
+        .as_sequence()
+        .expect("alerts.test.yml has tests")
+    {
+        for case in t["alert_rule_test"].as_sequence().into_iter().flatten() {
+            let name = case["alertname"]
+                .as_str()
+                .expect("alert_rule_test without alertname")
+                .to_owned();
+            assert!(
+                alerts.contains(&name),
+                "{ALERT_TESTS} tests {name}, which alerts.yml does not define"
+            );
+            let expected = case["exp_alerts"].as_sequence().map_or(0, Vec::len);
+            if expected > 0 {
+                fires.insert(name);
+            } else {
+                quiet.insert(name);
+            }
+        }
+    }
+    let never_fires: Vec<_> = alerts.difference(&fires).collect();
+    assert!(
+        never_fires.is_empty(),
+        "{ALERT_TESTS} has no case where these alerts fire: {never_fires:?}"
+    );
+    let never_quiet: Vec<_> = alerts.difference(&quiet).collect();
+    assert!(
+        never_quiet.is_empty(),
+        "{ALERT_TESTS} has no case where these alerts stay quiet: {never_quiet:?}"
+    );
+}
+
+/// The registry compose runs, and the URL mtdgate is given for it (its Confluent API).
+const REGISTRY_IMAGE: &str = "apicurio/apicurio-registry:3.3.3";
+const REGISTRY_URL: &str = "http://registry:8080/apis/ccompat/v7";
+
+/// A compose service's `environment`, as a map or a `KEY=value` list.
+fn compose_env(svc: &Value) -> Vec<(String, String)> {
+    match &svc["environment"] {
+        Value::Mapping(m) => m
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
+                };
+                (k.as_str().unwrap().to_owned(), v)
+            })
+            .collect(),
+        Value::Sequence(s) => s
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A healthcheck's `test` as argv: `["CMD", ...]` as given, `CMD-SHELL` / a string via `sh -c`.
+fn healthcheck_argv(svc: &Value, service: &str) -> Vec<String> {
+    let test = &svc["healthcheck"]["test"];
+    match test {
+        Value::Sequence(s) => {
+            let words: Vec<String> = s
+                .iter()
+                .map(|w| w.as_str().expect("healthcheck words").to_owned())
+                .collect();
+            match words.first().map(String::as_str) {
+                Some("CMD") => words[1..].to_vec(),
+                Some("CMD-SHELL") => vec!["sh".into(), "-c".into(), words[1..].join(" ")],
+                _ => panic!("docker-compose.yml {service}: healthcheck test must start with CMD or CMD-SHELL"),
+            }
+        }
+        Value::String(s) => vec!["sh".into(), "-c".into(), s.clone()],
+        _ => panic!("docker-compose.yml: service {service} has no healthcheck"),
+    }
+}
+
+/// The programs the runtime image of the Dockerfile has: a Debian base (`bash`, `sh`, `grep`,
+/// `head`, ...) plus what its runtime stage installs, and mtdgate itself. Neither curl nor wget
+/// unless installed there.
+fn runtime_image_programs() -> BTreeSet<String> {
+    let docker = read("Dockerfile");
+    let stage = docker
+        .rsplit_once("\nFROM ")
+        .map(|(_, s)| s)
+        .expect("Dockerfile has a runtime stage");
+    assert!(
+        stage.starts_with("debian:"),
+        "Dockerfile: the runtime stage is no longer Debian ({}); revisit the compose healthcheck",
+        stage.lines().next().unwrap_or_default()
+    );
+    let mut have: BTreeSet<String> = [
+        "bash",
+        "sh",
+        "/bin/sh",
+        "/bin/bash",
+        "grep",
+        "head",
+        "cat",
+        "mtdgate",
+    ]
+    .map(String::from)
+    .into();
+    for line in stage.lines() {
+        if let Some(rest) = line.split("apt-get install").nth(1) {
+            have.extend(
+                rest.split_whitespace()
+                    .take_while(|w| *w != "&&" && *w != "\\")
+                    .filter(|w| !w.starts_with('-'))
+                    .map(String::from),
+            );
+        }
+    }
+    have
 }
 
 #[test]
@@ -401,10 +602,18 @@ fn compose_runs_the_whole_stack_from_the_repository_image() {
     let services = doc["services"]
         .as_mapping()
         .expect("compose file has services");
-    for want in ["kafka", "mtdgate", "simulator", "prometheus", "grafana"] {
+    for want in [
+        "kafka",
+        "registry",
+        "mtdgate",
+        "simulator",
+        "prometheus",
+        "grafana",
+    ] {
         assert!(services.contains_key(want), "{rel} has no service {want}");
     }
-    let build = &doc["services"]["mtdgate"]["build"];
+    let mtdgate = &doc["services"]["mtdgate"];
+    let build = &mtdgate["build"];
     let (context, dockerfile) = match build {
         Value::String(s) => (s.as_str(), "Dockerfile"),
         Value::Mapping(_) => (
@@ -418,6 +627,120 @@ fn compose_runs_the_whole_stack_from_the_repository_image() {
         matches!(context, "." | "./") && path.is_file(),
         "{rel}: mtdgate must build from the repository Dockerfile, not {}",
         path.display()
+    );
+
+    // One image, built once: mtdgate alone builds and tags it, the simulator runs that tag.
+    let image = mtdgate["image"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{rel}: service mtdgate must tag its image (image:)"));
+    let builders: Vec<&str> = services
+        .iter()
+        .filter(|(_, svc)| !svc["build"].is_null())
+        .map(|(name, _)| name.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        builders,
+        ["mtdgate"],
+        "{rel}: only service mtdgate may build"
+    );
+    let simulator = &doc["services"]["simulator"];
+    assert_eq!(
+        simulator["image"].as_str(),
+        Some(image),
+        "{rel}: the simulator runs the image service mtdgate builds"
+    );
+    assert_eq!(
+        simulator["command"][0].as_str(),
+        Some("simulate"),
+        "{rel}: the simulator runs `mtdgate simulate`"
+    );
+    assert_eq!(
+        simulator["pull_policy"].as_str(),
+        Some("never"),
+        "{rel}: the simulator's image is built here, never pulled"
+    );
+
+    // The registry: Apicurio with in-memory storage, and mtdgate pointed at its Confluent API.
+    let registry = &doc["services"]["registry"];
+    assert_eq!(registry["image"].as_str(), Some(REGISTRY_IMAGE));
+    let renv = compose_env(registry);
+    for (k, v) in [
+        ("APICURIO_STORAGE_KIND", "sql"),
+        ("APICURIO_STORAGE_SQL_KIND", "h2"),
+    ] {
+        assert!(
+            renv.iter().any(|(ek, ev)| ek == k && ev == v),
+            "{rel}: registry must use in-memory storage ({k}={v})"
+        );
+    }
+    assert!(
+        healthcheck_argv(registry, "registry")
+            .join(" ")
+            .contains("/apis/ccompat/v7/"),
+        "{rel}: the registry's healthcheck asks the Confluent API mtdgate uses"
+    );
+    let env = compose_env(mtdgate);
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "MTDGATE_SCHEMA_REGISTRY__URL" && v == REGISTRY_URL),
+        "{rel}: mtdgate must use the registry: MTDGATE_SCHEMA_REGISTRY__URL={REGISTRY_URL}"
+    );
+    assert_eq!(
+        str_at(mtdgate, &["depends_on", "registry", "condition"]),
+        Some("service_healthy"),
+        "{rel}: mtdgate starts once the registry answers"
+    );
+
+    // The environment gives the binary a configuration it accepts (the image's file, then the
+    // overrides), with the registry set.
+    let out = Command::new(env!("CARGO_BIN_EXE_mtdgate"))
+        .args(["config", "--config", "deploy/docker/mtdgate.toml"])
+        .current_dir(root())
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("run mtdgate config");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{rel}: mtdgate rejects the mtdgate service's environment:\n{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let effective: toml::Value = toml::from_str(&printed).unwrap();
+    assert_eq!(
+        effective["schema_registry"]["url"].as_str(),
+        Some(REGISTRY_URL)
+    );
+    assert_eq!(
+        effective["kafka"]["bootstrap_servers"].as_str(),
+        Some("kafka:9092")
+    );
+
+    // mtdgate's healthcheck: GET /healthz on the listener, with a program the image has.
+    let listen = effective["http"]["listen"].as_str().unwrap();
+    let port = listen.rsplit(':').next().unwrap();
+    let argv = healthcheck_argv(mtdgate, "mtdgate");
+    let joined = argv.join(" ");
+    assert!(
+        joined.contains("/healthz") && joined.contains(&format!("/{port}")),
+        "{rel}: mtdgate's healthcheck must GET /healthz on port {port}: {joined}"
+    );
+    let have = runtime_image_programs();
+    assert!(
+        have.contains(&argv[0]),
+        "{rel}: mtdgate's healthcheck runs {}, which the runtime image lacks (it has {have:?})",
+        argv[0]
+    );
+    for tool in ["curl", "wget"] {
+        assert!(
+            !argv.iter().any(|w| w.split_whitespace().any(|x| x == tool)) || have.contains(tool),
+            "{rel}: mtdgate's healthcheck uses {tool}, which the runtime image lacks"
+        );
+    }
+    assert_eq!(
+        str_at(simulator, &["depends_on", "mtdgate", "condition"]),
+        Some("service_healthy"),
+        "{rel}: the simulator waits for a healthy mtdgate"
     );
 
     // Every file mounted from the repository exists.
@@ -434,6 +757,73 @@ fn compose_runs_the_whole_stack_from_the_repository_image() {
                 );
             }
         }
+    }
+}
+
+/// The Kubernetes version whose schemas the manifests are validated against (bundled with
+/// `kubernetes-validate`, which 1.37.0 has for 1.25.0 to 1.37.0).
+const KUBERNETES_VERSION: &str = "1.34.0";
+
+/// Files of `deploy/kubernetes` that `kubernetes-validate` has no schema for: the ServiceMonitor
+/// is a Prometheus Operator CRD, the kustomization a kustomize file, not an API object (its
+/// resources are checked below).
+const NOT_VALIDATED: [(&str, &str); 2] = [
+    ("servicemonitor.yaml", "ServiceMonitor"),
+    ("kustomization.yaml", "Kustomization"),
+];
+
+/// `kubernetes-validate --strict` (unknown fields are errors) over every manifest: each document
+/// must pass, and a manifest it finds no schema for fails rather than passing with a warning.
+#[test]
+fn kubernetes_manifests_pass_strict_schema_validation() {
+    let dir = root().join("deploy/kubernetes");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes exists")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect();
+    files.sort();
+    for (file, kind) in NOT_VALIDATED {
+        let docs = yaml_docs(&dir.join(file));
+        assert!(
+            docs.iter().all(|d| d["kind"].as_str() == Some(kind)),
+            "deploy/kubernetes/{file} is left out of validation as a {kind} only"
+        );
+    }
+    files.retain(|f| !NOT_VALIDATED.iter().any(|(n, _)| n == f));
+    assert!(!files.is_empty(), "deploy/kubernetes holds no manifests");
+
+    let paths: Vec<String> = files
+        .iter()
+        .map(|f| format!("deploy/kubernetes/{f}"))
+        .collect();
+    let mut args = vec!["--strict", "--kubernetes-version", KUBERNETES_VERSION];
+    args.extend(paths.iter().map(String::as_str));
+    let (ok, out) = run_tool(
+        "kubernetes-validate",
+        "install it with `pip install kubernetes-validate` (scripts/install-deps does)",
+        &args,
+    );
+    assert!(ok, "kubernetes-validate {} failed:\n{out}", args.join(" "));
+    let problems: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("INFO "))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "kubernetes-validate reported (warnings count: a missing schema validates nothing):\n{out}"
+    );
+    for p in &paths {
+        let docs = yaml_docs(&root().join(p)).len();
+        let passed = out
+            .lines()
+            .filter(|l| l.starts_with(&format!("INFO {p} passed for resource")))
+            .count();
+        assert_eq!(
+            passed, docs,
+            "{p}: {docs} documents, {passed} validated:\n{out}"
+        );
     }
 }
 

@@ -156,6 +156,7 @@ fn metrics_and_readiness_reflect_the_traffic() {
 }
 
 /// One `/metrics` scrape, parsed: `# TYPE` and `# HELP` per family, label keys per sample.
+/// Every line counts, not only `mtdgate_` ones, so an undeclared family of any name shows.
 #[derive(Default)]
 struct Scrape {
     types: BTreeMap<String, String>,
@@ -167,7 +168,7 @@ struct Scrape {
 impl Scrape {
     fn parse(text: &str) -> Scrape {
         let mut s = Scrape::default();
-        for line in text.lines().filter(|l| l.contains(telemetry::PREFIX)) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
                 assert!(
@@ -177,7 +178,9 @@ impl Scrape {
             } else if let Some(rest) = line.strip_prefix("# HELP ") {
                 let (name, help) = rest.split_once(' ').expect("# HELP name text");
                 s.helps.insert(name.into(), help.into());
-            } else if !line.starts_with('#') {
+            } else if line.starts_with('#') {
+                panic!("unexpected comment line in the scrape: {line}");
+            } else {
                 let (series, value) = line.rsplit_once(' ').expect("sample value");
                 let (name, labels) = series.split_once('{').unwrap_or((series, ""));
                 let mut keys: Vec<String> = labels
@@ -201,14 +204,129 @@ impl Scrape {
     }
 }
 
-/// The scrape of the shipped binary (`mtdgate run`, in a process of its own) carries exactly the
-/// families `src/telemetry.rs` declares, with their `# TYPE`, help text and label keys: the
-/// check that `deploy/metrics.txt`, the README, the dashboard and the alerts (all checked
-/// against the declarations) describe what Prometheus really receives.
+/// `deploy/metrics.txt`: (name, type, sorted label keys) per family.
+fn metrics_txt() -> BTreeMap<String, (String, Vec<String>)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/metrics.txt");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(cols.len(), 3, "deploy/metrics.txt: {l:?}");
+            let mut labels: Vec<String> = match cols[2] {
+                "-" => Vec::new(),
+                ls => ls.split(',').map(str::to_owned).collect(),
+            };
+            labels.sort();
+            (cols[0].to_owned(), (cols[1].to_owned(), labels))
+        })
+        .collect()
+}
+
+/// A stand-in for a Confluent-compatible schema registry (the subset mtdgate asks: register or
+/// look up a schema under a subject, a schema by id), so the `mtdgate_schema_registry_*`
+/// families, exported only with a registry configured, are in the scrape too. Ids it has not
+/// given out are answered 404 / 40403, as Confluent's and Apicurio's registries do.
+fn fake_registry() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/apis/ccompat/v7", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        // (subject, schema) -> id; ids are content ids: the same schema text, the same id.
+        let mut subjects: BTreeMap<(String, String), u32> = BTreeMap::new();
+        let mut schemas: Vec<String> = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut length = 0;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let schema = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["schema"].as_str().map(str::to_owned));
+            let mut words = request_line.split_whitespace();
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let path = path.strip_prefix("/apis/ccompat/v7").unwrap_or(path);
+            let not_found = |what: &str| {
+                (
+                    404,
+                    json!({"error_code": 40403, "message": format!("{what} not found")}),
+                )
+            };
+            let parts: Vec<&str> = path.split('/').collect();
+            let (status, answer) = match (method, parts.as_slice()) {
+                ("POST", ["", "subjects", subject, "versions"]) if schema.is_some() => {
+                    let schema = schema.unwrap();
+                    let id = match schemas.iter().position(|s| *s == schema) {
+                        Some(i) => i as u32 + 1,
+                        None => {
+                            schemas.push(schema.clone());
+                            schemas.len() as u32
+                        }
+                    };
+                    subjects.insert(((*subject).to_owned(), schema), id);
+                    (200, json!({"id": id}))
+                }
+                ("POST", ["", "subjects", subject]) if schema.is_some() => {
+                    let schema = schema.unwrap();
+                    match subjects.get(&((*subject).to_owned(), schema.clone())) {
+                        Some(id) => (
+                            200,
+                            json!({"subject": subject, "id": id, "version": 1, "schema": schema}),
+                        ),
+                        None => not_found("Schema"),
+                    }
+                }
+                ("GET", ["", "schemas", "ids", id]) => {
+                    match id
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| schemas.get(i.wrapping_sub(1)))
+                    {
+                        Some(schema) => (200, json!({"schema": schema})),
+                        None => not_found(&format!("Schema {id}")),
+                    }
+                }
+                _ => not_found(path),
+            };
+            let body = answer.to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// The scrape of the shipped binary (`mtdgate run`, in a process of its own, with a schema
+/// registry configured) after traffic carries exactly the families `src/telemetry.rs` declares
+/// and `deploy/metrics.txt` lists, with their `# TYPE`, help text and label keys, and nothing
+/// else: the check that `deploy/metrics.txt`, the README, the dashboard and the alerts (all
+/// checked against the declarations) describe what Prometheus really receives.
 #[test]
 fn scrape_of_the_running_binary_matches_the_declarations() {
     let mut cfg = test_config("metrics-decl");
     cfg.http.listen = format!("127.0.0.1:{}", free_port());
+    cfg.schema_registry.url = fake_registry();
     let base = format!("http://{}", cfg.http.listen);
     let process = Process::start(&cfg, "metrics-decl");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -278,6 +396,11 @@ fn scrape_of_the_running_binary_matches_the_declarations() {
         scrape.types, declared,
         "# TYPE lines vs src/telemetry.rs\n{text}"
     );
+    assert_eq!(
+        scrape.helps.keys().collect::<Vec<_>>(),
+        declared.keys().collect::<Vec<_>>(),
+        "# HELP lines vs src/telemetry.rs\n{text}"
+    );
     for d in telemetry::ALL {
         assert_eq!(
             scrape.helps.get(d.name).map(String::as_str),
@@ -313,6 +436,33 @@ fn scrape_of_the_running_binary_matches_the_declarations() {
         with_samples, declared_names,
         "families without samples\n{text}"
     );
+
+    // deploy/metrics.txt, read as the operator reads it, against the scrape itself: each family
+    // with its type and the label keys its samples carry (histograms: `le` on buckets only).
+    let mut scraped: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for (name, kind) in &scrape.types {
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        for (sample, k, _) in &scrape.samples {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter(|_| kind == "histogram")
+                .find_map(|s| sample.strip_suffix(s))
+                .unwrap_or(sample);
+            if family == name {
+                keys.extend(k.iter().filter(|k| *k != "le").cloned());
+            }
+        }
+        scraped.insert(name.clone(), (kind.clone(), keys.into_iter().collect()));
+    }
+    assert_eq!(
+        metrics_txt(),
+        scraped,
+        "deploy/metrics.txt vs the scrape (name, type, label keys)\n{text}"
+    );
+    // With the registry answering (404 for the undecodable record's id 7 is an answer).
+    if let Some(up) = MetricDef::find("mtdgate_schema_registry_up") {
+        assert_eq!(scrape.value(up.name), Some(1.0), "{text}");
+    }
 
     // The traffic shows up under the declared names; the event-only counters start at zero
     // (a healthy run neither restarts nor aborts).

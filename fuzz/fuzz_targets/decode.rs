@@ -36,7 +36,7 @@ use apache_avro::Schema;
 use libfuzzer_sys::fuzz_target;
 use mtdgate::codec::{
     self, canonical, decode, encode, AvroRecord, DecodeError, Decoder, OutputEncoding,
-    SchemaResolver,
+    ResolveError, SchemaResolver,
 };
 use mtdgate::model::*;
 use serde::de::DeserializeOwned;
@@ -84,11 +84,11 @@ struct Registry {
 }
 
 impl SchemaResolver for Registry {
-    fn resolve(&self, id: u32) -> Option<Arc<Schema>> {
-        self.by_id.get(&id).cloned()
+    fn resolve(&self, id: u32) -> Result<Option<Arc<Schema>>, ResolveError> {
+        Ok(self.by_id.get(&id).cloned())
     }
-    fn resolve_fingerprint(&self, fp: u64) -> Option<Arc<Schema>> {
-        self.by_fp.get(&fp).cloned()
+    fn resolve_fingerprint(&self, fp: u64) -> Result<Option<Arc<Schema>>, ResolveError> {
+        Ok(self.by_fp.get(&fp).cloned())
     }
 }
 
@@ -102,10 +102,13 @@ fn registry_decoder() -> &'static Decoder {
                 .as_bytes(),
         );
         let current = Arc::new(DeviceThreatReport::schema_entry().schema().clone());
-        Decoder::with_resolver(Arc::new(Registry {
-            by_id: BTreeMap::from([(77, old.clone()), (78, current)]),
-            by_fp: BTreeMap::from([(fp, old)]),
-        }))
+        Decoder::with_resolver(
+            Arc::new(Registry {
+                by_id: BTreeMap::from([(77, old.clone()), (78, current)]),
+                by_fp: BTreeMap::from([(fp, old)]),
+            }),
+            100,
+        )
     })
 }
 

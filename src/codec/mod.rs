@@ -12,7 +12,9 @@
 //! read with Avro schema resolution (`resolve`), straight into the model struct as well: the
 //! earlier versions shipped in `schemas/history/` (ids in `schemas/ids.toml`) with no further
 //! configuration, any other version once a [`SchemaResolver`] (a schema registry) gives its
-//! schema. Values of the current schemas take the same path as before there were versions: one
+//! schema. With a resolver, Confluent ids are the registry's alone (`schemas/ids.toml` is the
+//! registry-less fallback), and one it cannot give now is [`DecodeError::Unavailable`]: the
+//! caller waits instead of rejecting. Values of the current schemas take the same path as before there were versions: one
 //! look-up, then the positional decoder.
 //!
 //! # Why a hand-written decoder (measured 2026-12-01)
@@ -159,6 +161,10 @@ pub enum DecodeError {
     /// Well-formed, but a field is missing, of the wrong type or an unknown enum symbol.
     #[error("invalid field: {0}")]
     InvalidField(String),
+    /// The writer schema is in a schema registry that cannot be asked now. Not a property of
+    /// the record: it is never a rejection; the caller waits and decodes it again later.
+    #[error("schema registry unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl DecodeError {
@@ -168,7 +174,15 @@ impl DecodeError {
             DecodeError::Undecodable(_) => RejectReason::Undecodable,
             DecodeError::UnknownSchema(_) => RejectReason::UnknownSchema,
             DecodeError::InvalidField(_) => RejectReason::InvalidField,
+            // Callers wait instead of rejecting (`is_unavailable`); were one to reject anyway,
+            // the closest reason is the schema's.
+            DecodeError::Unavailable(_) => RejectReason::UnknownSchema,
         }
+    }
+
+    /// Whether decoding must wait for the schema registry (not a rejection).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DecodeError::Unavailable(_))
     }
 
     /// Human-readable detail, e.g. `threats[2].severity: enum index 9 out of range (5 symbols)`.
@@ -176,7 +190,8 @@ impl DecodeError {
         match self {
             DecodeError::Undecodable(d)
             | DecodeError::UnknownSchema(d)
-            | DecodeError::InvalidField(d) => d,
+            | DecodeError::InvalidField(d)
+            | DecodeError::Unavailable(d) => d,
         }
     }
 }
@@ -193,17 +208,31 @@ impl From<AvroError> for DecodeError {
 
 /// Looks up writer schemas that are not in the embedded schema set, e.g. in a schema registry.
 ///
-/// The [`Decoder`] keeps every schema it was given, so each id or fingerprint is asked once;
-/// a `None` is not remembered (the schema may be registered later), so an implementation whose
-/// look-ups are expensive should remember its own misses for a while.
+/// The [`Decoder`] keeps the schemas it was given (up to its capacity), so each id or
+/// fingerprint is asked about once; an `Ok(None)` is not remembered (the schema may be
+/// registered later), so an implementation whose look-ups are expensive should remember its
+/// own misses for a while.
 pub trait SchemaResolver: Send + Sync {
-    /// The schema registered under Confluent schema id `id`.
-    fn resolve(&self, id: u32) -> Option<Arc<Schema>>;
+    /// The schema registered under Confluent schema id `id`; `Ok(None)` when the source
+    /// answered that it has none.
+    fn resolve(&self, id: u32) -> Result<Option<Arc<Schema>>, ResolveError>;
 
     /// The schema with this CRC-64-AVRO fingerprint (single-object encoding of other versions).
-    fn resolve_fingerprint(&self, _fingerprint: u64) -> Option<Arc<Schema>> {
-        None
+    fn resolve_fingerprint(&self, _fingerprint: u64) -> Result<Option<Arc<Schema>>, ResolveError> {
+        Ok(None)
     }
+}
+
+/// Why a [`SchemaResolver`] gave no schema, other than not having one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// The source did not answer (unreachable, timed out, a server error): ask again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The source answered with something that is not a usable Avro schema (another schema
+    /// type, unparsable text, references): the record is `UNKNOWN_SCHEMA`.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// A writer schema found through a [`SchemaResolver`], prepared once.
@@ -268,7 +297,15 @@ pub struct Decoder {
     resolver: Option<Arc<dyn SchemaResolver>>,
     by_id: RwLock<IdMap<u32, Arc<WriterSchema>>>,
     by_fingerprint: RwLock<IdMap<u64, Arc<WriterSchema>>>,
+    /// Most resolved schemas kept per map; past it an arbitrary one is dropped (and asked for
+    /// again if it is seen again). Ids given with [`Decoder::prime`] are kept apart, always.
+    capacity: usize,
+    /// Ids of the embedded current schemas as a registry gave them (mtdgate's own outputs).
+    primed: RwLock<IdMap<u32, Arc<WriterSchema>>>,
 }
+
+/// Schemas a [`Decoder`] keeps by default (per map).
+pub const DEFAULT_DECODER_CAPACITY: usize = 1000;
 
 impl fmt::Debug for Decoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -285,14 +322,49 @@ impl Decoder {
         Decoder::default()
     }
 
-    /// A decoder that asks `resolver` (e.g. a schema registry) first for Confluent schema ids,
-    /// and falls back to `schemas/ids.toml` for ids it does not know; fingerprints of neither
-    /// the embedded schemas nor their earlier versions are asked of it too.
-    pub fn with_resolver(resolver: Arc<dyn SchemaResolver>) -> Decoder {
+    /// A decoder that resolves every Confluent schema id with `resolver` (a schema registry:
+    /// its ids replace those of `schemas/ids.toml`, as the contract says), keeping up to
+    /// `capacity` schemas; fingerprints of neither the embedded schemas nor their earlier
+    /// versions are asked of it too.
+    pub fn with_resolver(resolver: Arc<dyn SchemaResolver>, capacity: usize) -> Decoder {
         Decoder {
             resolver: Some(resolver),
+            capacity: capacity.max(1),
             ..Decoder::default()
         }
+    }
+
+    /// Records that the registry gave Confluent id `id` to the embedded current schema
+    /// `entry`, so that values under it (mtdgate's own outputs read back) take the fast path
+    /// without asking the registry.
+    pub fn prime(&self, id: u32, entry: &'static SchemaEntry) {
+        let writer = Arc::new(WriterSchema {
+            label: Encoding::Confluent { schema_id: id }.to_string(),
+            full_name: entry.full_name().to_owned(),
+            plan: Plan::Current(entry),
+        });
+        write_lock(&self.primed).insert(id, writer);
+    }
+
+    /// Asks the resolver now for the writer schema of `bytes` if it is a Confluent value
+    /// whose id is not known yet, so that decoding it later needs no request. An id the
+    /// resolver has no schema for is fine here (decoding will say so); only
+    /// [`DecodeError::Unavailable`] is an error.
+    pub fn prefetch(&self, bytes: &[u8]) -> Result<(), DecodeError> {
+        match Encoding::detect(bytes) {
+            Ok(Encoding::Confluent { schema_id }) if self.resolver.is_some() => {
+                match self.writer_by_id(schema_id) {
+                    Err(e) if e.is_unavailable() => Err(e),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether Confluent ids are resolved by a registry (not `schemas/ids.toml`).
+    pub fn has_resolver(&self) -> bool {
+        self.resolver.is_some()
     }
 
     /// Decodes `bytes` (any accepted encoding) as a `T`.
@@ -317,8 +389,13 @@ impl Decoder {
                 )))
             }
             Encoding::Confluent { schema_id } => {
-                if let Some(writer) = self.writer_by_id(schema_id)? {
-                    return decode_writer::<T>(&writer, payload);
+                if self.resolver.is_some() {
+                    return match self.writer_by_id(schema_id)? {
+                        Some(writer) => decode_writer::<T>(&writer, payload),
+                        None => Err(DecodeError::UnknownSchema(format!(
+                            "Confluent schema id {schema_id} is not in the schema registry"
+                        ))),
+                    };
                 }
                 if let Some(entry) = set.by_id(schema_id) {
                     return decode_entry::<T>(entry, payload, &encoding);
@@ -348,6 +425,11 @@ impl Decoder {
         let embedded = match encoding {
             Encoding::SingleObject { fingerprint } => set.by_fingerprint(fingerprint),
             Encoding::Confluent { schema_id } if self.resolver.is_none() => set.by_id(schema_id),
+            // Through the registry: in place when it is the current schema, already known.
+            Encoding::Confluent { schema_id } => self.known(schema_id).and_then(|w| match w.plan {
+                Plan::Current(entry) => Some(entry),
+                _ => None,
+            }),
             _ => None,
         };
         match embedded {
@@ -361,7 +443,18 @@ impl Decoder {
         }
     }
 
+    /// The writer schema of Confluent id `id` if it is known without asking the resolver.
+    fn known(&self, id: u32) -> Option<Arc<WriterSchema>> {
+        if let Some(w) = read_lock(&self.primed).get(&id) {
+            return Some(w.clone());
+        }
+        read_lock(&self.by_id).get(&id).cloned()
+    }
+
     fn writer_by_id(&self, id: u32) -> Result<Option<Arc<WriterSchema>>, DecodeError> {
+        if let Some(w) = read_lock(&self.primed).get(&id) {
+            return Ok(Some(w.clone()));
+        }
         let encoding = Encoding::Confluent { schema_id: id };
         self.writer(&self.by_id, id, encoding, |r| r.resolve(id))
     }
@@ -380,7 +473,7 @@ impl Decoder {
         cache: &RwLock<IdMap<K, Arc<WriterSchema>>>,
         key: K,
         encoding: Encoding,
-        resolve: impl FnOnce(&dyn SchemaResolver) -> Option<Arc<Schema>>,
+        resolve: impl FnOnce(&dyn SchemaResolver) -> Result<Option<Arc<Schema>>, ResolveError>,
     ) -> Result<Option<Arc<WriterSchema>>, DecodeError> {
         let Some(resolver) = &self.resolver else {
             return Ok(None);
@@ -388,11 +481,22 @@ impl Decoder {
         if let Some(w) = read_lock(cache).get(&key) {
             return Ok(Some(w.clone()));
         }
-        let Some(schema) = resolve(&**resolver) else {
-            return Ok(None);
+        let schema = match resolve(&**resolver) {
+            Ok(Some(schema)) => schema,
+            Ok(None) => return Ok(None),
+            Err(ResolveError::Unavailable(why)) => return Err(DecodeError::Unavailable(why)),
+            Err(ResolveError::Unusable(why)) => {
+                return Err(DecodeError::UnknownSchema(format!("{encoding}: {why}")))
+            }
         };
         let writer = Arc::new(WriterSchema::new(encoding.to_string(), schema)?);
-        write_lock(cache).insert(key, writer.clone());
+        let mut map = write_lock(cache);
+        if map.len() >= self.capacity.max(1) {
+            if let Some(&evicted) = map.keys().next() {
+                map.remove(&evicted);
+            }
+        }
+        map.insert(key, writer.clone());
         Ok(Some(writer))
     }
 }
@@ -534,7 +638,8 @@ pub enum OutputEncoding {
     Json,
     /// Avro single-object encoding (`0xC3 0x01` + fingerprint + Avro binary).
     Avro,
-    /// Confluent wire format with the schema id of `schemas/ids.toml`.
+    /// Confluent wire format with the schema id a configured schema registry gave the
+    /// topic's subject, else the one of `schemas/ids.toml`.
     AvroConfluent,
 }
 
@@ -591,6 +696,18 @@ pub fn encode<T: AvroRecord + Serialize>(
     enc: OutputEncoding,
     buf: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
+    encode_with_id(value, enc, None, buf)
+}
+
+/// [`encode`], with `confluent_id` (the id a schema registry gave the record's schema under
+/// the destination topic's subject) instead of the one of `schemas/ids.toml` when `enc` is
+/// `avro-confluent`.
+pub fn encode_with_id<T: AvroRecord + Serialize>(
+    value: &T,
+    enc: OutputEncoding,
+    confluent_id: Option<u32>,
+    buf: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let start = buf.len();
     let entry = T::schema_entry();
     let result = match enc {
@@ -606,7 +723,8 @@ pub fn encode<T: AvroRecord + Serialize>(
                 buf.extend_from_slice(&entry.fingerprint_bytes());
             } else {
                 buf.push(CONFLUENT_MAGIC);
-                buf.extend_from_slice(&entry.confluent_id().to_be_bytes());
+                let id = confluent_id.unwrap_or_else(|| entry.confluent_id());
+                buf.extend_from_slice(&id.to_be_bytes());
             }
             avro_ser::to_vec(&entry.compiled, value, buf).map_err(|e| EncodeError::Avro {
                 record: T::SCHEMA_NAME,

@@ -6,6 +6,7 @@ pub mod kafka;
 
 pub mod pipeline;
 pub mod restore;
+pub mod schemas;
 pub mod tables;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,6 +122,7 @@ pub fn run(
     }
     let partitions = verify_with_retry(&cfg, &catalogue, cfg.topics.create)?;
     info!(partitions, instance = %cfg.kafka.instance_id, "topics verified");
+    let schemas = Arc::new(schemas::Schemas::connect(&cfg, &catalogue, &shutdown)?);
     let mut backoff = Duration::from_millis(200);
     loop {
         status.set_tables_loaded(false);
@@ -135,20 +137,20 @@ pub fn run(
             cfg.clone(),
             clock.clone(),
             engine,
+            schemas.clone(),
             partitions,
             shutdown.clone(),
             status.clone(),
         ) {
             Ok(()) => return Ok(()),
+            // Failing while shutting down: the caller reports it, once.
+            Err(e) if shutdown.load(Ordering::SeqCst) => return Err(e),
             Err(e) => {
                 crate::telemetry::pipeline_restart();
                 error!(
                     error = format!("{e:#}"),
                     "pipeline failed; restarting from committed state"
                 );
-                if shutdown.load(Ordering::SeqCst) {
-                    return Err(e);
-                }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }

@@ -10,20 +10,34 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use std::sync::Arc;
+
 use crate::config::Config;
 
 use super::kafka::{consumer_config, EofAware};
+use super::schemas::{RegistryWait, Schemas};
 
 /// Reads the table topics from the beginning.
 pub struct TableReader {
     consumer: BaseConsumer<EofAware>,
+    schemas: Arc<Schemas>,
+    /// Set when a record waits for the schema registry: the reader was rewound to it and
+    /// reads no table record before this instant (table records are applied in order).
+    waiting_until: Option<Instant>,
+}
+
+/// What a handler's result means for the reader.
+enum Step {
+    Next,
+    /// Rewound to this record; try again at the instant.
+    Wait(Instant),
 }
 
 type Handler<'a> =
     dyn FnMut(&str, i32, i64, Option<&[u8]>, Option<&[u8]>) -> anyhow::Result<()> + 'a;
 
 impl TableReader {
-    pub fn new(cfg: &Config, partners: &[&str]) -> anyhow::Result<Self> {
+    pub fn new(cfg: &Config, partners: &[&str], schemas: Arc<Schemas>) -> anyhow::Result<Self> {
         let mut c = consumer_config(cfg);
         c.set(
             "group.id",
@@ -61,7 +75,36 @@ impl TableReader {
             }
         }
         consumer.assign(&tpl).context("assign table partitions")?;
-        Ok(TableReader { consumer })
+        Ok(TableReader {
+            consumer,
+            schemas,
+            waiting_until: None,
+        })
+    }
+
+    /// Rewinds to a record whose decoding waits for the registry; other errors pass.
+    fn step(
+        &self,
+        result: anyhow::Result<()>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> anyhow::Result<Step> {
+        match result {
+            Ok(()) => Ok(Step::Next),
+            Err(e) if e.downcast_ref::<RegistryWait>().is_some() => {
+                self.consumer
+                    .seek(
+                        topic,
+                        partition,
+                        Offset::Offset(offset),
+                        Duration::from_secs(5),
+                    )
+                    .with_context(|| format!("rewind table {topic}/{partition} to {offset}"))?;
+                Ok(Step::Wait(self.schemas.retry_at()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads every table record up to the end each partition had when the call started;
@@ -113,7 +156,8 @@ impl TableReader {
             }
         }
         let mut n = 0;
-        let deadline = Instant::now() + Duration::from_secs(300);
+        // Time spent waiting for the schema registry does not count against the limit.
+        let mut deadline = Instant::now() + Duration::from_secs(300);
         while !pending.is_empty() {
             if Instant::now() > deadline {
                 anyhow::bail!(
@@ -123,7 +167,13 @@ impl TableReader {
             }
             match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    f(m.topic(), m.partition(), m.offset(), m.key(), m.payload())?;
+                    let r = f(m.topic(), m.partition(), m.offset(), m.key(), m.payload());
+                    if let Step::Wait(at) = self.step(r, m.topic(), m.partition(), m.offset())? {
+                        let wait = at.saturating_duration_since(Instant::now());
+                        std::thread::sleep(wait.max(Duration::from_millis(50)));
+                        deadline += wait;
+                        continue;
+                    }
                     n += 1;
                     let key = (m.topic().to_owned(), m.partition());
                     if pending
@@ -150,11 +200,24 @@ impl TableReader {
         Ok(n)
     }
 
-    /// Applies whatever table records have arrived, without waiting.
+    /// Applies whatever table records have arrived, without waiting (nor while a record
+    /// waits for the schema registry).
     pub fn poll_live(&mut self, f: &mut Handler<'_>) -> anyhow::Result<()> {
+        if let Some(at) = self.waiting_until {
+            if Instant::now() < at {
+                return Ok(());
+            }
+            self.waiting_until = None;
+        }
         for _ in 0..1000 {
             match self.consumer.poll(Duration::ZERO) {
-                Some(Ok(m)) => f(m.topic(), m.partition(), m.offset(), m.key(), m.payload())?,
+                Some(Ok(m)) => {
+                    let r = f(m.topic(), m.partition(), m.offset(), m.key(), m.payload());
+                    if let Step::Wait(at) = self.step(r, m.topic(), m.partition(), m.offset())? {
+                        self.waiting_until = Some(at);
+                        return Ok(());
+                    }
+                }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "table consumer error"),
                 None => break,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -32,8 +33,9 @@ use super::kafka::consumer_config;
 use super::tables::TableReader;
 use super::Status;
 
+use super::schemas::Schemas;
 use delivery::Sink;
-use processor::{DeviceTopic, Processor, Route};
+use processor::{DeviceTopic, Handled, Processor, Route};
 use rebalance::GroupContext;
 
 /// Most records taken from the consumer per loop iteration (one lock, one clock reading, one
@@ -52,11 +54,13 @@ pub fn run_pipeline(
     cfg: Arc<Config>,
     clock: Arc<dyn Clock>,
     engine: Engine,
+    schemas: Arc<Schemas>,
     device_partitions: i32,
     shutdown: Arc<AtomicBool>,
     status: Arc<Status>,
 ) -> anyhow::Result<()> {
-    let (mut pipeline, consumer) = Pipeline::set_up(cfg, clock, engine, device_partitions, status)?;
+    let (mut pipeline, consumer) =
+        Pipeline::set_up(cfg, clock, engine, schemas, device_partitions, status)?;
     let mut batch = Vec::with_capacity(POLL_BATCH);
     while !shutdown.load(Ordering::SeqCst) {
         poll(&consumer, &mut batch);
@@ -79,6 +83,11 @@ struct Pipeline {
     lag_seconds: metrics::Gauge,
     last_commit: Instant,
     last_gauges: Instant,
+    schemas: Arc<Schemas>,
+    /// Partitions paused at a record whose schema the registry must give first.
+    waiting: Vec<(String, i32)>,
+    /// When the waiting partitions are resumed (their records fetched and decoded again).
+    resume_at: Instant,
 }
 
 impl Pipeline {
@@ -88,6 +97,7 @@ impl Pipeline {
         cfg: Arc<Config>,
         clock: Arc<dyn Clock>,
         engine: Engine,
+        schemas: Arc<Schemas>,
         device_partitions: i32,
         status: Arc<Status>,
     ) -> anyhow::Result<(Pipeline, BaseConsumer<GroupContext>)> {
@@ -117,9 +127,10 @@ impl Pipeline {
             last_status: HashMap::new(),
             spare_report: None,
             end_to_end: telemetry::end_to_end_histogram(),
+            schemas: schemas.clone(),
         }));
 
-        let mut tables = TableReader::new(&cfg, &partner_ids)?;
+        let mut tables = TableReader::new(&cfg, &partner_ids, schemas.clone())?;
         let started = Instant::now();
         {
             let mut p = lock(&processor);
@@ -157,6 +168,9 @@ impl Pipeline {
             lag_seconds: telemetry::lag_seconds_gauge(),
             last_commit: Instant::now(),
             last_gauges: Instant::now(),
+            schemas,
+            waiting: Vec::new(),
+            resume_at: Instant::now(),
         };
         Ok((pipeline, consumer))
     }
@@ -169,6 +183,16 @@ impl Pipeline {
         consumer: &'c BaseConsumer<GroupContext>,
         batch: &mut Vec<Polled<'c>>,
     ) -> anyhow::Result<()> {
+        self.resume_waiting(consumer);
+        // Schemas the registry must give are asked for before the processing lock is taken.
+        if self.schemas.decoder.has_resolver() {
+            for (msg, _) in batch.iter() {
+                let _ = self
+                    .schemas
+                    .decoder
+                    .prefetch(msg.payload().unwrap_or_default());
+            }
+        }
         let mut p = lock(&self.processor);
         if let Some(e) = p.failure.take() {
             return Err(e);
@@ -178,6 +202,9 @@ impl Pipeline {
         let current = consumer.context().rebalances();
         let mut handled = 0;
         let mut newest_ts = None;
+        // Partitions stopped in this batch at a record that waits for the registry, with
+        // that record's offset: their later records in the batch wait too (order per key).
+        let mut stopped: Vec<(String, i32, i64)> = Vec::new();
         for (msg, seen) in batch.drain(..) {
             // Polled before a rebalance that ran inside a later poll of this batch: the
             // partition was revoked (and maybe assigned again, restored from the committed
@@ -185,13 +212,31 @@ impl Pipeline {
             if seen != current {
                 continue;
             }
-            newest_ts = msg.timestamp().to_millis().or(newest_ts);
-            match self.routes.get(msg.topic()) {
-                Some(route) => p.handle(route, &msg, now)?,
-                None => warn!(topic = msg.topic(), "record from an unexpected topic"),
+            if stopped
+                .iter()
+                .any(|(t, part, _)| *part == msg.partition() && t == msg.topic())
+            {
+                continue;
             }
-            handled += 1;
+            let Some(route) = self.routes.get(msg.topic()) else {
+                warn!(topic = msg.topic(), "record from an unexpected topic");
+                continue;
+            };
+            match p.handle(route, &msg, now)? {
+                Handled::Applied => {
+                    newest_ts = msg.timestamp().to_millis().or(newest_ts);
+                    handled += 1;
+                }
+                Handled::Wait => {
+                    stopped.push((msg.topic().to_owned(), msg.partition(), msg.offset()))
+                }
+            }
         }
+        drop(p);
+        if !stopped.is_empty() {
+            self.wait_for_registry(consumer, stopped)?;
+        }
+        let mut p = lock(&self.processor);
         if handled > 0 {
             p.produce_changelog()?;
             self.processing
@@ -207,6 +252,56 @@ impl Pipeline {
                 p.handle_table(topic, partition, offset, key, payload, true)
             })?;
         p.fire_deadlines()
+    }
+
+    /// Rewinds each stopped partition to the record that waits for the registry and pauses
+    /// it until the registry may be asked again; nothing of it after that record was applied.
+    fn wait_for_registry(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        stopped: Vec<(String, i32, i64)>,
+    ) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in stopped {
+            consumer
+                .seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(5),
+                )
+                .with_context(|| format!("rewind {topic}/{partition} to {offset}"))?;
+            tpl.add_partition(&topic, partition);
+            if !self
+                .waiting
+                .iter()
+                .any(|(t, p)| *p == partition && *t == topic)
+            {
+                self.waiting.push((topic, partition));
+            }
+        }
+        consumer
+            .pause(&tpl)
+            .context("pause partitions waiting for the registry")?;
+        self.resume_at = self.schemas.retry_at();
+        telemetry::schema_registry_waiting(self.waiting.len());
+        Ok(())
+    }
+
+    /// Resumes the waiting partitions once the registry may be asked again. Partitions
+    /// revoked meanwhile are resumed too (an error, ignored): nothing stays paused forever.
+    fn resume_waiting(&mut self, consumer: &BaseConsumer<GroupContext>) {
+        if self.waiting.is_empty() || Instant::now() < self.resume_at {
+            return;
+        }
+        for (topic, partition) in self.waiting.drain(..) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::debug!(topic, partition, error = %e, "resume");
+            }
+        }
+        telemetry::schema_registry_waiting(0);
     }
 
     /// Commit: at `max_batch` inputs, or once the commit interval has passed with anything

@@ -22,7 +22,7 @@ pub(super) type Source<'a> = (&'a str, i32, i64, Option<&'a [u8]>, &'a [u8]);
 /// `tenant/partner` for a connector status (rejections are keyed by their input instead).
 fn encode_keyed(
     o: &Output,
-    enc: OutputEncoding,
+    enc: (OutputEncoding, Option<u32>),
     buf: &mut Vec<u8>,
     key: &mut String,
 ) -> Result<(), codec::EncodeError> {
@@ -89,7 +89,8 @@ impl Processor {
                         raw: raw.to_vec(),
                         rejected_at: now,
                     };
-                    codec::encode(&ev, enc, &mut buf)?;
+                    let id = self.schemas.output_id(&cfg.topics.rejected);
+                    codec::encode_with_id(&ev, enc, id, &mut buf)?;
                     let key = raw_key.unwrap_or_default();
                     self.sink
                         .send(&cfg.topics.rejected, None, key, Some(&buf))?;
@@ -97,7 +98,8 @@ impl Processor {
                 }
             };
             key.clear();
-            encode_keyed(o, enc, &mut buf, &mut key)?;
+            let id = self.schemas.output_id(&topic);
+            encode_keyed(o, (enc, id), &mut buf, &mut key)?;
             self.sink.send(&topic, None, key.as_bytes(), Some(&buf))?;
         }
         self.buf = buf;
@@ -159,11 +161,11 @@ impl Processor {
 /// Encodes `value` and hands back the two parts of its key.
 fn encoded<'a, T: AvroRecord + Serialize>(
     value: &T,
-    enc: OutputEncoding,
+    (enc, schema_id): (OutputEncoding, Option<u32>),
     buf: &mut Vec<u8>,
     tenant: &'a str,
     id: &'a str,
 ) -> Result<(&'a str, &'a str), codec::EncodeError> {
-    codec::encode(value, enc, buf)?;
+    codec::encode_with_id(value, enc, schema_id, buf)?;
     Ok((tenant, id))
 }

@@ -19,6 +19,7 @@ use crate::engine::{check_partner_binding, Body, Engine, Event, Output, Rejectio
 use crate::model::*;
 use crate::runtime::clock::Clock;
 use crate::runtime::restore::restore_partitions;
+use crate::runtime::schemas::{RegistryWait, Schemas};
 use crate::runtime::Status;
 use crate::telemetry;
 
@@ -64,6 +65,18 @@ pub(super) struct Processor {
     /// The last decoded report, reused as the next one's decoding buffer.
     pub(super) spare_report: Option<DeviceThreatReport>,
     pub(super) end_to_end: metrics::Histogram,
+    /// The input decoder and the output schema ids.
+    pub(super) schemas: Arc<Schemas>,
+}
+
+/// What became of a device-topic record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handled {
+    /// Applied or rejected: its offset is committed with the outputs.
+    Applied,
+    /// Its schema is in a registry that does not answer now: nothing was done; the record
+    /// (and the rest of its partition) is read again later.
+    Wait,
 }
 
 fn rejection_of(e: codec::DecodeError) -> Rejection {
@@ -77,29 +90,48 @@ impl Processor {
         route: &Route,
         msg: &BorrowedMessage<'_>,
         now: i64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Handled> {
         let key = msg.key();
         let payload = msg.payload();
-        route.consumed.increment(1);
-        let body = match (route.kind, payload) {
+        let decoder = &self.schemas.decoder;
+        // `Err(None)`: a record without a value where one is needed.
+        let body: Result<Body, Option<codec::DecodeError>> = match (route.kind, payload) {
             (DeviceTopic::Enrollments, None) => Ok(Body::Enrollment(None)),
-            (_, None) => Err(Rejection::new(
+            (_, None) => Err(None),
+            // Reports decode into one reused value: its strings keep their buffers.
+            (DeviceTopic::Threats, Some(b)) => match self.spare_report.take() {
+                Some(mut r) => match decoder.decode_into(b, &mut r) {
+                    Ok(()) => Ok(Body::Threat(r)),
+                    Err(e) => {
+                        self.spare_report = Some(r);
+                        Err(Some(e))
+                    }
+                },
+                None => decoder
+                    .decode::<DeviceThreatReport>(b)
+                    .map(Body::Threat)
+                    .map_err(Some),
+            },
+            (DeviceTopic::Enrollments, Some(b)) => decoder
+                .decode::<DeviceEnrollment>(b)
+                .map(|e| Body::Enrollment(Some(e)))
+                .map_err(Some),
+            (DeviceTopic::Inventory, Some(b)) => decoder
+                .decode::<AppInventory>(b)
+                .map(Body::Inventory)
+                .map_err(Some),
+        };
+        let body = match body {
+            // Not applied, not rejected, offset not advanced: read again later.
+            Err(Some(e)) if e.is_unavailable() => return Ok(Handled::Wait),
+            Err(Some(e)) => Err(rejection_of(e)),
+            Err(None) => Err(Rejection::new(
                 RejectReason::Undecodable,
                 "record has no value",
             )),
-            // Reports decode into one reused value: its strings keep their buffers.
-            (DeviceTopic::Threats, Some(b)) => match self.spare_report.take() {
-                Some(mut r) => codec::decode_into(b, &mut r).map(|()| Body::Threat(r)),
-                None => codec::decode::<DeviceThreatReport>(b).map(Body::Threat),
-            }
-            .map_err(rejection_of),
-            (DeviceTopic::Enrollments, Some(b)) => codec::decode::<DeviceEnrollment>(b)
-                .map(|e| Body::Enrollment(Some(e)))
-                .map_err(rejection_of),
-            (DeviceTopic::Inventory, Some(b)) => codec::decode::<AppInventory>(b)
-                .map(Body::Inventory)
-                .map_err(rejection_of),
+            Ok(b) => Ok(b),
         };
+        route.consumed.increment(1);
         let body = body.and_then(|b| match route.bound.as_deref() {
             Some(partner) => check_partner_binding(&b, partner).map(|()| b),
             None => Ok(b),
@@ -139,7 +171,7 @@ impl Processor {
             }
         }
         self.pending += 1;
-        Ok(())
+        Ok(Handled::Applied)
     }
 
     /// Applies one table record (all instances read every table record); `live` is false
@@ -155,53 +187,58 @@ impl Processor {
     ) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
         let t = &self.cfg.topics;
+        let decoder = &self.schemas.decoder;
+        // A decode that must wait for the registry stops the table reader at this record.
+        let wait = |e: &codec::DecodeError| -> anyhow::Result<()> {
+            if e.is_unavailable() {
+                return Err(RegistryWait(e.detail().to_owned()).into());
+            }
+            Ok(())
+        };
         if topic == t.connector_status {
-            if let Some(Ok(s)) = payload.map(codec::decode::<ConnectorStatusChange>) {
-                self.last_status.insert(
-                    (s.tenant_id, s.partner_id),
-                    (s.current, s.compliance_ignored),
-                );
+            match payload.map(|b| decoder.decode::<ConnectorStatusChange>(b)) {
+                Some(Ok(s)) => {
+                    self.last_status.insert(
+                        (s.tenant_id, s.partner_id),
+                        (s.current, s.compliance_ignored),
+                    );
+                }
+                Some(Err(e)) => wait(&e)?,
+                None => {}
             }
             return Ok(());
         }
+        fn table<T: codec::AvroRecord + serde::de::DeserializeOwned>(
+            decoder: &codec::Decoder,
+            payload: Option<&[u8]>,
+        ) -> Result<Option<T>, codec::DecodeError> {
+            payload.map(|b| decoder.decode::<T>(b)).transpose()
+        }
         let decoded = if topic == t.connectors {
-            payload
-                .map(codec::decode::<ConnectorConfig>)
-                .transpose()
-                .map(Body::Connector)
-                .map_err(rejection_of)
+            table::<ConnectorConfig>(decoder, payload).map(Body::Connector)
         } else if topic == t.policies {
-            payload
-                .map(codec::decode::<ThreatPolicy>)
-                .transpose()
-                .map(Body::Policy)
-                .map_err(rejection_of)
+            table::<ThreatPolicy>(decoder, payload).map(Body::Policy)
         } else if topic == t.group_memberships {
-            payload
-                .map(codec::decode::<GroupMembership>)
-                .transpose()
-                .map(Body::Membership)
-                .map_err(rejection_of)
+            table::<GroupMembership>(decoder, payload).map(Body::Membership)
         } else if topic == t.tenant_settings {
-            payload
-                .map(codec::decode::<TenantSettings>)
-                .transpose()
-                .map(Body::Settings)
-                .map_err(rejection_of)
-        } else if let Some(bound) = self.heartbeat_topics.get(topic) {
+            table::<TenantSettings>(decoder, payload).map(Body::Settings)
+        } else if self.heartbeat_topics.contains_key(topic) {
             let Some(b) = payload else {
                 return Ok(());
             };
-            codec::decode::<ConnectorHeartbeat>(b)
-                .map(Body::Heartbeat)
-                .map_err(rejection_of)
-                .and_then(|body| match bound {
-                    Some(partner) => check_partner_binding(&body, partner).map(|()| body),
-                    None => Ok(body),
-                })
+            decoder.decode::<ConnectorHeartbeat>(b).map(Body::Heartbeat)
         } else {
             return Ok(());
         };
+        if let Err(e) = &decoded {
+            wait(e)?;
+        }
+        let decoded = decoded.map_err(rejection_of).and_then(|body| {
+            match self.heartbeat_topics.get(topic).and_then(|b| b.as_deref()) {
+                Some(partner) => check_partner_binding(&body, partner).map(|()| body),
+                None => Ok(body),
+            }
+        });
         match decoded {
             Ok(body) => {
                 let event = Event {
