@@ -138,6 +138,12 @@ impl SecurityFailure {
 }
 
 impl ClientContext for SecurityFailure {
+    // Connection failures of the probe are logged by librdkafka too; the caller's one message
+    // says what failed, so they are detail here.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(?level, fac, "librdkafka: {log_message}");
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let security = matches!(
             error.rdkafka_error_code(),
@@ -150,7 +156,9 @@ impl ClientContext for SecurityFailure {
         if security {
             *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
         }
-        tracing::error!("librdkafka: {error}: {reason}");
+        // Only the start-up probe has this context, and its failure is reported once, with
+        // the reason, by the caller: each connection attempt is detail.
+        tracing::debug!("librdkafka: {error}: {reason}");
     }
 }
 
