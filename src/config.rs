@@ -65,6 +65,9 @@ pub struct TopicsConfig {
     pub rejected: String,
     /// The compacted per-device state changelog.
     pub device_state: String,
+    /// Internal, co-partitioned with the device topics: device-keyed records that arrived in
+    /// another partition than their key's murmur2 partition, forwarded to their owner.
+    pub repartition: String,
     /// Bind each partner to its own input topics (so Kafka ACLs authenticate the vendor):
     /// device threats and heartbeats are then read from the two topics below, and a record
     /// naming another partner than its topic's is rejected as `SPOOFED`.
@@ -176,7 +179,7 @@ impl Default for KafkaConfig {
 impl TopicsConfig {
     /// Every topic name (templates with `{partner}` included), to rename them all at once: tests
     /// and benchmarks give each run topics of its own, and a topic added here is renamed too.
-    pub fn names_mut(&mut self) -> [&mut String; 16] {
+    pub fn names_mut(&mut self) -> [&mut String; 17] {
         [
             &mut self.device_threats,
             &mut self.connector_heartbeats,
@@ -192,6 +195,7 @@ impl TopicsConfig {
             &mut self.partner_app_inventory,
             &mut self.rejected,
             &mut self.device_state,
+            &mut self.repartition,
             &mut self.partner_device_threats,
             &mut self.partner_heartbeats,
         ]
@@ -233,6 +237,7 @@ impl Default for TopicsConfig {
             partner_app_inventory: "mtd.partner-app-inventory.{partner}.v1".into(),
             rejected: "mtd.rejected.v1".into(),
             device_state: "mtd.device-state.v1".into(),
+            repartition: "mtd.device-repartition.v1".into(),
             bind_partners: false,
             partner_device_threats: "mtd.device-threats.{partner}.v1".into(),
             partner_heartbeats: "mtd.connector-heartbeats.{partner}.v1".into(),

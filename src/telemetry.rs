@@ -103,6 +103,8 @@ metric_defs! {
         "1 when tables are loaded and assigned partitions restored, else 0.";
     BUILD_INFO: Gauge, "mtdgate_build_info", ["version"],
         "Always 1; the version label carries the build.";
+    RECORDS_REROUTED: Counter, "mtdgate_records_rerouted_total", ["topic"],
+        "Device-keyed records that arrived outside their key's murmur2 partition, forwarded to it.";
     SCHEMA_REGISTRY_REQUESTS: Counter, "mtdgate_schema_registry_requests_total", ["result"],
         "Schema registry requests, by result (ok, not_found, error); with a registry only.";
     SCHEMA_REGISTRY_UP: Gauge, "mtdgate_schema_registry_up", [],
@@ -188,6 +190,11 @@ pub fn consumed_counter(topic: &str) -> metrics::Counter {
 }
 
 /// [`PROCESSING`].
+/// The rerouted counter of one device topic (created at 0, so the first one is seen).
+pub fn rerouted_counter(topic: &str) -> metrics::Counter {
+    metrics::counter!(RECORDS_REROUTED.name, "topic" => topic.to_owned())
+}
+
 pub fn processing_histogram() -> metrics::Histogram {
     metrics::histogram!(PROCESSING.name)
 }

@@ -103,6 +103,7 @@ pub fn all_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<(String, bool)> {
         (t.connector_status.clone(), false),
         (t.rejected.clone(), false),
         (t.device_state.clone(), true),
+        (t.repartition.clone(), false),
     ]);
     for p in &partners {
         v.push((cfg.partner_topic(p), false));
@@ -122,6 +123,7 @@ pub fn device_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<String> {
         cfg.topics.device_enrollments.clone(),
         cfg.topics.app_inventory.clone(),
         cfg.topics.device_state.clone(),
+        cfg.topics.repartition.clone(),
     ]);
     v
 }

@@ -8,6 +8,7 @@ configuration (auto.register.schemas: the schema is registered under the subject
 on first use; the schema id goes in the 5-byte Confluent prefix), StringSerializer keys.
 
   produce  --bootstrap B --registry URL --topic T --schema FILE.avsc [--timeout S]
+  produce  --bootstrap B --topic T --json [--timeout S]     (values as JSON text)
       stdin: JSON lines {"key": "...", "value": {...}}; "value": null is a tombstone, "key"
       may be null or absent. Values are as fastavro takes them: timestamp-millis as epoch-millis
       ints, enums as symbol strings, optional (["null", X]) fields as plain values or null.
@@ -85,10 +86,17 @@ def to_json(v):
 
 
 def produce(args):
-    with open(args.schema, encoding="utf-8") as f:
-        schema_str = f.read()
-    registry = SchemaRegistryClient({"url": args.registry})
-    value_ser = AvroSerializer(registry, schema_str)
+    if args.json:
+        # The value as JSON text, as a gateway without a registry sends it.
+        def value_ser(value, _ctx):
+            return json.dumps(value).encode("utf-8")
+    else:
+        if not args.registry or not args.schema:
+            die("produce: --registry and --schema are required unless --json")
+        with open(args.schema, encoding="utf-8") as f:
+            schema_str = f.read()
+        registry = SchemaRegistryClient({"url": args.registry})
+        value_ser = AvroSerializer(registry, schema_str)
     key_ser = StringSerializer("utf_8")
     producer = Producer({"bootstrap.servers": args.bootstrap})
 
@@ -221,9 +229,11 @@ def main():
 
     pp = sub.add_parser("produce", help="JSON lines on stdin -> Avro records")
     pp.add_argument("--bootstrap", required=True)
-    pp.add_argument("--registry", required=True)
+    pp.add_argument("--registry")
     pp.add_argument("--topic", required=True)
-    pp.add_argument("--schema", required=True, help="writer schema, an .avsc file")
+    pp.add_argument("--schema", help="writer schema, an .avsc file")
+    pp.add_argument("--json", action="store_true",
+                    help="values as JSON text (no registry, no schema)")
     pp.add_argument("--timeout", type=float, default=30.0, help="flush timeout, seconds")
     pp.set_defaults(func=produce)
 

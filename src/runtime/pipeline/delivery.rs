@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::warn;
@@ -101,6 +102,31 @@ impl Sink {
         }
         if let Some(p) = partition {
             record = record.partition(p);
+        }
+        send_waiting(&self.producer, record)
+    }
+
+    /// Produces a record forwarded to partition `partition` of `topic` with its headers and
+    /// timestamp, into the open transaction (begun if there is none).
+    pub fn forward(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: OwnedHeaders,
+        timestamp: Option<i64>,
+    ) -> anyhow::Result<()> {
+        self.begin()?;
+        let mut record = BaseRecord::<[u8], [u8], ()>::to(topic)
+            .key(key)
+            .partition(partition)
+            .headers(headers);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
         }
         send_waiting(&self.producer, record)
     }

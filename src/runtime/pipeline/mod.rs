@@ -128,6 +128,7 @@ impl Pipeline {
             spare_report: None,
             end_to_end: telemetry::end_to_end_histogram(),
             schemas: schemas.clone(),
+            device_partitions,
         }));
 
         let mut tables = TableReader::new(&cfg, &partner_ids, schemas.clone())?;
@@ -157,7 +158,8 @@ impl Pipeline {
             })
             .context("create consumer")?;
         let routes = device_routes(&cfg, &partner_ids);
-        let subscribed: Vec<&str> = routes.keys().map(String::as_str).collect();
+        let mut subscribed: Vec<&str> = routes.keys().map(String::as_str).collect();
+        subscribed.push(&cfg.topics.repartition);
         consumer.subscribe(&subscribed).context("subscribe")?;
         let pipeline = Pipeline {
             cfg,
@@ -218,11 +220,28 @@ impl Pipeline {
             {
                 continue;
             }
-            let Some(route) = self.routes.get(msg.topic()) else {
-                warn!(topic = msg.topic(), "record from an unexpected topic");
+            // A forwarded record goes the way of the topic it first arrived on.
+            let origin = if msg.topic() == self.cfg.topics.repartition {
+                match processor::Origin::of(&msg) {
+                    Some(o) => Some(o),
+                    None => {
+                        warn!(
+                            partition = msg.partition(),
+                            offset = msg.offset(),
+                            "record without a valid origin header on the repartition topic; skipped"
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let topic = origin.as_ref().map_or(msg.topic(), |o| o.topic.as_str());
+            let Some(route) = self.routes.get(topic) else {
+                warn!(topic, "record from an unexpected topic");
                 continue;
             };
-            match p.handle(route, &msg, now)? {
+            match p.handle(route, &msg, origin.as_ref(), now)? {
                 Handled::Applied => {
                     newest_ts = msg.timestamp().to_millis().or(newest_ts);
                     handled += 1;
@@ -350,12 +369,14 @@ fn device_routes(cfg: &Config, partner_ids: &[&str]) -> HashMap<String, Route> {
     let mut routes = HashMap::new();
     let mut route = |topic: String, kind: DeviceTopic, bound: Option<String>| {
         let consumed = telemetry::consumed_counter(&topic);
+        let rerouted = telemetry::rerouted_counter(&topic);
         routes.insert(
             topic,
             Route {
                 kind,
                 bound,
                 consumed,
+                rerouted,
             },
         );
     };

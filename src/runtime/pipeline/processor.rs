@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info};
 
 use crate::codec::{self, OutputEncoding};
 use crate::config::Config;
 use crate::engine::ownership::{PartitionOwnership, PublishedStatuses};
+use crate::engine::partitioner::partition_for;
 use crate::engine::{check_partner_binding, Body, Engine, Event, Output, Rejection};
 use crate::model::*;
 use crate::runtime::clock::Clock;
@@ -39,6 +40,39 @@ pub(super) struct Route {
     /// The partner a per-partner topic is bound to.
     pub(super) bound: Option<String>,
     pub(super) consumed: metrics::Counter,
+    pub(super) rerouted: metrics::Counter,
+}
+
+/// The header a forwarded record carries: `{partition}/{offset}/{topic}` of the input it was.
+pub(super) const ORIGIN_HEADER: &str = "mtdgate-origin";
+
+/// Where a record read from the repartition topic first arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Origin {
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+}
+
+impl Origin {
+    /// The origin in `msg`'s headers, if it has a well-formed one.
+    pub(super) fn of(msg: &BorrowedMessage<'_>) -> Option<Origin> {
+        let headers = msg.headers()?;
+        let value = headers
+            .iter()
+            .find(|h| h.key == ORIGIN_HEADER)
+            .and_then(|h| h.value)?;
+        let text = std::str::from_utf8(value).ok()?;
+        let mut parts = text.splitn(3, '/');
+        let partition = parts.next()?.parse().ok()?;
+        let offset = parts.next()?.parse().ok()?;
+        let topic = parts.next()?.to_owned();
+        Some(Origin {
+            topic,
+            partition,
+            offset,
+        })
+    }
 }
 
 /// State shared between the loop and the rebalance callbacks (which run inside `poll`).
@@ -67,6 +101,8 @@ pub(super) struct Processor {
     pub(super) end_to_end: metrics::Histogram,
     /// The input decoder and the output schema ids.
     pub(super) schemas: Arc<Schemas>,
+    /// Partitions of the device topics: a key's owner is its murmur2 partition among them.
+    pub(super) device_partitions: i32,
 }
 
 /// What became of a device-topic record.
@@ -84,15 +120,29 @@ fn rejection_of(e: codec::DecodeError) -> Rejection {
 }
 
 impl Processor {
-    /// Applies one device-topic record, as of `now`.
+    /// Applies one device-topic record, as of `now`; `origin` is where a record read from the
+    /// repartition topic first arrived. A keyed record outside its key's murmur2 partition is
+    /// forwarded there instead (librdkafka's default partitioner, used by Python, Go, .NET
+    /// and kcat clients, places keys elsewhere than Java's): every device has one owner.
     pub fn handle(
         &mut self,
         route: &Route,
         msg: &BorrowedMessage<'_>,
+        origin: Option<&Origin>,
         now: i64,
     ) -> anyhow::Result<Handled> {
         let key = msg.key();
         let payload = msg.payload();
+        if let (None, Some(k)) = (origin, key) {
+            let owner = partition_for(k, self.device_partitions);
+            if owner != msg.partition() {
+                self.forward(msg, owner)?;
+                route.consumed.increment(1);
+                route.rerouted.increment(1);
+                self.advance(msg);
+                return Ok(Handled::Applied);
+            }
+        }
         let decoder = &self.schemas.decoder;
         // `Err(None)`: a record without a value where one is needed.
         let body: Result<Body, Option<codec::DecodeError>> = match (route.kind, payload) {
@@ -153,14 +203,54 @@ impl Processor {
         if let Some(ts) = msg.timestamp().to_millis() {
             self.end_to_end.record((now - ts).max(0) as f64 / 1000.0);
         }
-        let source = (
-            msg.topic(),
-            msg.partition(),
-            msg.offset(),
-            key,
-            payload.unwrap_or_default(),
-        );
+        // Rejections name the input as it first arrived.
+        let source = match origin {
+            Some(o) => (
+                o.topic.as_str(),
+                o.partition,
+                o.offset,
+                key,
+                payload.unwrap_or_default(),
+            ),
+            None => (
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                key,
+                payload.unwrap_or_default(),
+            ),
+        };
         self.flush_outputs(now, Some(source))?;
+        self.advance(msg);
+        Ok(Handled::Applied)
+    }
+
+    /// Forwards `msg` to partition `owner` of the repartition topic, in the open transaction,
+    /// with its headers, its timestamp and an [`ORIGIN_HEADER`].
+    fn forward(&mut self, msg: &BorrowedMessage<'_>, owner: i32) -> anyhow::Result<()> {
+        let origin = format!("{}/{}/{}", msg.partition(), msg.offset(), msg.topic());
+        let mut headers = OwnedHeaders::new();
+        if let Some(hs) = msg.headers() {
+            for h in hs.iter().filter(|h| h.key != ORIGIN_HEADER) {
+                headers = headers.insert(h);
+            }
+        }
+        let headers = headers.insert(Header {
+            key: ORIGIN_HEADER,
+            value: Some(origin.as_bytes()),
+        });
+        self.sink.forward(
+            &self.cfg.topics.repartition,
+            owner,
+            msg.key().unwrap_or_default(),
+            msg.payload(),
+            headers,
+            msg.timestamp().to_millis(),
+        )
+    }
+
+    /// Marks `msg` handled: its offset is committed with the next transaction.
+    fn advance(&mut self, msg: &BorrowedMessage<'_>) {
         match self.offsets.get_mut(msg.topic()) {
             Some(by_partition) => {
                 by_partition.insert(msg.partition(), msg.offset() + 1);
@@ -171,7 +261,6 @@ impl Processor {
             }
         }
         self.pending += 1;
-        Ok(Handled::Applied)
     }
 
     /// Applies one table record (all instances read every table record); `live` is false
