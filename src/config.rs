@@ -68,6 +68,9 @@ pub struct TopicsConfig {
     /// Internal, co-partitioned with the device topics: device-keyed records that arrived in
     /// another partition than their key's murmur2 partition, forwarded to their owner.
     pub repartition: String,
+    /// Internal, compacted, key `tenant/partner`: the latest heartbeat state of every connector
+    /// with the heartbeat offsets it covers, so a start reads it instead of days of heartbeats.
+    pub heartbeats_latest: String,
     /// Bind each partner to its own input topics (so Kafka ACLs authenticate the vendor):
     /// device threats and heartbeats are then read from the two topics below, and a record
     /// naming another partner than its topic's is rejected as `SPOOFED`.
@@ -179,7 +182,7 @@ impl Default for KafkaConfig {
 impl TopicsConfig {
     /// Every topic name (templates with `{partner}` included), to rename them all at once: tests
     /// and benchmarks give each run topics of its own, and a topic added here is renamed too.
-    pub fn names_mut(&mut self) -> [&mut String; 17] {
+    pub fn names_mut(&mut self) -> [&mut String; 18] {
         [
             &mut self.device_threats,
             &mut self.connector_heartbeats,
@@ -196,6 +199,7 @@ impl TopicsConfig {
             &mut self.rejected,
             &mut self.device_state,
             &mut self.repartition,
+            &mut self.heartbeats_latest,
             &mut self.partner_device_threats,
             &mut self.partner_heartbeats,
         ]
@@ -238,6 +242,7 @@ impl Default for TopicsConfig {
             rejected: "mtd.rejected.v1".into(),
             device_state: "mtd.device-state.v1".into(),
             repartition: "mtd.device-repartition.v1".into(),
+            heartbeats_latest: "mtd.connector-heartbeats-latest.v1".into(),
             bind_partners: false,
             partner_device_threats: "mtd.device-threats.{partner}.v1".into(),
             partner_heartbeats: "mtd.connector-heartbeats.{partner}.v1".into(),

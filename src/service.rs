@@ -10,6 +10,9 @@ use crate::config::Config;
 use crate::http::{router, HttpState};
 use crate::runtime::{self, clock::SystemClock, Status};
 
+/// How often the Prometheus recorder's histograms are drained.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn prometheus() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -26,6 +29,16 @@ pub fn prometheus() -> Option<PrometheusHandle> {
                 .ok()?;
             crate::telemetry::describe_all();
             crate::telemetry::build_info();
+            // Histogram samples pile up until drained: drained here every few seconds, a
+            // render never has more than that to do (and memory stays flat unscraped).
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("mtdgate-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkeep.run_upkeep();
+                })
+                .ok()?;
             Some(handle)
         })
         .clone()
@@ -37,16 +50,16 @@ pub fn start_http(cfg: &Config, status: Arc<Status>) -> anyhow::Result<std::net:
         .with_context(|| format!("http.listen {}: cannot bind", cfg.http.listen))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let state = HttpState {
-        prometheus: prometheus(),
-        status,
-        token: cfg.http.explain_token.clone(),
-    };
+    let state = HttpState::new(prometheus(), status, cfg.http.explain_token.clone());
     std::thread::Builder::new()
         .name("mtdgate-http".into())
         .spawn(move || {
+            // One thread serves every request and never runs anything that waits for the
+            // pipeline; explain reads and metric renders go to the blocking pool.
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(crate::http::EXPLAIN_CONCURRENCY + 4)
+                .thread_name("mtdgate-http-blocking")
                 .build()
             {
                 Ok(rt) => rt,

@@ -310,6 +310,7 @@ fn device_state() -> DeviceStateRecord {
                 observed_at: 5,
                 event_fingerprint: -1,
                 threats: Vec::new(),
+                earlier_event_fingerprints: Vec::new(),
             },
             PartnerObservation {
                 partner_id: "jamf".into(),
@@ -317,6 +318,7 @@ fn device_state() -> DeviceStateRecord {
                 observed_at: 6,
                 event_fingerprint: i32::MAX,
                 threats: report().threats,
+                earlier_event_fingerprints: vec![i32::MIN],
             },
         ],
         graces: vec![
@@ -1543,8 +1545,12 @@ prop_compose! {
     fn any_observation()(
         partner_id in text(), health_state in sym(HealthState::ALL), observed_at in any::<i64>(),
         event_fingerprint in any::<i32>(), threats in prop::collection::vec(threat(), 0..4),
+        earlier_event_fingerprints in prop::collection::vec(any::<i32>(), 0..3),
     ) -> PartnerObservation {
-        PartnerObservation { partner_id, health_state, observed_at, event_fingerprint, threats }
+        PartnerObservation {
+            partner_id, health_state, observed_at, event_fingerprint, threats,
+            earlier_event_fingerprints,
+        }
     }
 }
 

@@ -287,6 +287,7 @@ fn v10_state() -> DeviceStateRecord {
                 observed_at: 1_700_000_000_000,
                 event_fingerprint: -17,
                 threats: Vec::new(),
+                earlier_event_fingerprints: Vec::new(),
             },
             PartnerObservation {
                 partner_id: "microsoft-defender-for-endpoint".into(),
@@ -294,6 +295,7 @@ fn v10_state() -> DeviceStateRecord {
                 observed_at: 1_700_000_000_100,
                 event_fingerprint: 5,
                 threats: Vec::new(),
+                earlier_event_fingerprints: Vec::new(),
             },
         ],
         graces: Vec::new(),

@@ -408,13 +408,18 @@ fn ids_are_never_reused_and_changed_records_got_new_ones() {
         ("ComplianceChange", 1016, 1007),
         ("AppProtectionAction", 1017, 1008),
         ("RejectedEvent", 1018, 1011),
-        ("DeviceStateRecord", 1019, 1012),
+        ("DeviceStateRecord", 1020, 1012),
     ] {
         assert_eq!(id(name), current, "{name}");
         let h = schema_set().historic_by_id(old).unwrap();
         assert_eq!((h.name(), h.version()), (name, "1.0"));
         assert!(schema_set().by_id(old).is_none(), "{old} is no current id");
     }
+    // DeviceStateRecord changed again after 1.1 (the replay window,
+    // `partners[].earlier_event_fingerprints`): 1019 moved to [history."1.1"].
+    let h = schema_set().historic_by_id(1019).unwrap();
+    assert_eq!((h.name(), h.version()), ("DeviceStateRecord", "1.1"));
+    assert!(schema_set().by_id(1019).is_none(), "1019 is no current id");
     for (name, kept) in [
         ("DeviceThreatReport", 1001),
         ("ConnectorHeartbeat", 1002),

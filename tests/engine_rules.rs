@@ -2,7 +2,8 @@
 
 mod support;
 
-use mtdgate::engine::Body;
+use mtdgate::engine::devices::{Observation, REPLAY_WINDOW};
+use mtdgate::engine::{ids, Body};
 use mtdgate::model::*;
 use support::engine::*;
 
@@ -833,4 +834,210 @@ fn restore_from_changelog() {
     let ob = b.report(ra);
     assert_eq!(oa, ob);
     assert_eq!(actions(&oa)[0].action, AppAction::Unblock);
+}
+
+/// What one report of a replay scenario should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    Applied,
+    Duplicate,
+    Stale,
+}
+
+/// One report of a replay scenario: partner, event id, `observed_at` (ms after `T0`), outcome.
+type ReplayStep = (&'static str, String, i64, Replay);
+
+/// The tenant of the replay scenarios: Lookout and Zimperium enabled, a compliance policy.
+fn replay_tenant() -> Harness {
+    let mut h = Harness::new();
+    tenant_with(&mut h, LOOKOUT, |_| {});
+    h.connector(enabled("t", ZIMPERIUM));
+    h
+}
+
+/// Applies one replay step to device `d`, checking its outcome (and that a duplicate's detail
+/// names the event and says it was applied).
+fn replay_step(h: &mut Harness, (partner, id, at, expect): &ReplayStep, name: &str) {
+    let r = support::engine::report("t", partner, "d", Ios, Mdm, H::Low, T0 + at, id);
+    let before = h.engine.device_record(0, "t", "d");
+    let out = h.report(r);
+    let got = match rejected(&out).first() {
+        None => Replay::Applied,
+        Some(r) if r.reason == RejectReason::Duplicate => {
+            assert!(
+                r.detail.contains(id.as_str()) && r.detail.contains("already applied"),
+                "{name}: {}",
+                r.detail
+            );
+            Replay::Duplicate
+        }
+        Some(r) if r.reason == RejectReason::Stale => Replay::Stale,
+        Some(r) => panic!("{name}: {partner} {id} @{at}: {r:?}"),
+    };
+    assert_eq!(got, *expect, "{name}: {partner} {id} @{at}: {out:?}");
+    if got != Replay::Applied {
+        assert_eq!(
+            out.len(),
+            1,
+            "{name}: a refused report publishes nothing else"
+        );
+        let after = h.engine.device_record(0, "t", "d");
+        assert_eq!(before, after, "{name}: a refused report changes nothing");
+    }
+}
+
+/// The replay scenarios: the contract ignores a report whose `event_id` was already applied,
+/// and mtdgate remembers the last `REPLAY_WINDOW` applied per (device, partner).
+fn replay_rows() -> Vec<(&'static str, Vec<ReplayStep>)> {
+    use Replay::*;
+    let n = REPLAY_WINDOW as i64;
+    let s = |p, id: &str, at, e| (p, id.to_owned(), at, e);
+    // `a`, then `k` other reports of the same partner, then `a` again at `at`.
+    let after_others = |k: i64, at: i64, last: Replay| {
+        let mut steps = vec![s(LOOKOUT, "a", 0, Applied)];
+        steps.extend((1..=k).map(|i| (LOOKOUT, format!("other-{i}"), 10 * i, Applied)));
+        steps.push(s(LOOKOUT, "a", at, last));
+        steps
+    };
+    vec![
+        (
+            "redelivery (same observed_at)",
+            vec![s(LOOKOUT, "a", 0, Applied), s(LOOKOUT, "a", 0, Duplicate)],
+        ),
+        (
+            "same id, newer observed_at (re-stamped retry)",
+            vec![s(LOOKOUT, "a", 0, Applied), s(LOOKOUT, "a", 50, Duplicate)],
+        ),
+        (
+            "same id, older observed_at: DUPLICATE, not STALE",
+            vec![s(LOOKOUT, "a", 20, Applied), s(LOOKOUT, "a", 10, Duplicate)],
+        ),
+        (
+            "replay after other reports within the window, re-stamped",
+            after_others(n - 1, 1_000, Duplicate),
+        ),
+        (
+            "replay after other reports within the window, old timestamp",
+            after_others(n - 1, 0, Duplicate),
+        ),
+        (
+            "fell out of the window, re-stamped: applied as new",
+            after_others(n, 1_000, Applied),
+        ),
+        (
+            "fell out of the window, old timestamp: STALE",
+            after_others(n, 0, Stale),
+        ),
+        (
+            "different id, same observed_at as the held report",
+            vec![s(LOOKOUT, "a", 10, Applied), s(LOOKOUT, "b", 10, Applied)],
+        ),
+        (
+            "different id, older observed_at",
+            vec![s(LOOKOUT, "a", 10, Applied), s(LOOKOUT, "b", 5, Stale)],
+        ),
+        (
+            "a refused replay does not take a place in the window",
+            vec![
+                s(LOOKOUT, "a", 0, Applied),
+                s(LOOKOUT, "b", 10, Applied),
+                s(LOOKOUT, "a", 20, Duplicate),
+            ]
+            .into_iter()
+            .chain((1..n).map(|i| (LOOKOUT, format!("c-{i}"), 20 + i, Applied)))
+            .chain([s(LOOKOUT, "a", 100, Applied)])
+            .collect(),
+        ),
+        (
+            "other partners do not share a window",
+            vec![
+                s(LOOKOUT, "a", 0, Applied),
+                s(ZIMPERIUM, "a", 10, Applied),
+                s(LOOKOUT, "a", 20, Duplicate),
+                s(ZIMPERIUM, "a", 30, Duplicate),
+                s(ZIMPERIUM, "z", 40, Applied),
+                s(LOOKOUT, "z", 50, Applied),
+            ],
+        ),
+    ]
+}
+
+/// A replayed `event_id` is `DUPLICATE` whatever its `observed_at` while it is one of the
+/// partner's last `REPLAY_WINDOW` applied reports for the device; past the window a newer one
+/// is applied as new and an older one is `STALE`.
+#[test]
+fn replays_within_the_window_are_duplicates() {
+    for (name, steps) in replay_rows() {
+        let mut h = replay_tenant();
+        for step in &steps {
+            replay_step(&mut h, step, name);
+        }
+    }
+}
+
+/// The window is device state in the changelog: after every step of every scenario, a fresh
+/// instance restored from the changelog holds the same record and gives the next step the
+/// same outcome.
+#[test]
+fn replay_window_survives_restore() {
+    for (name, steps) in replay_rows() {
+        for cut in 1..steps.len() {
+            let mut a = replay_tenant();
+            for step in &steps[..cut] {
+                replay_step(&mut a, step, name);
+            }
+            let mut log = Vec::new();
+            a.engine.drain_changelog(0, |k, r| log.push((k, r)));
+            let mut b = replay_tenant();
+            for (k, r) in &log {
+                b.engine.restore(0, k, r.as_ref()).unwrap();
+            }
+            assert_eq!(
+                a.engine.device_record(0, "t", "d"),
+                b.engine.device_record(0, "t", "d"),
+                "{name} after {cut} steps"
+            );
+            for step in &steps[cut..] {
+                replay_step(&mut b, step, &format!("{name}, restored after {cut} steps"));
+            }
+        }
+    }
+}
+
+/// The changelog record carries the window (`earlier_event_fingerprints`, newest first); a
+/// record written before it existed (schema id 1019 and earlier) restores with the latest
+/// report's event only, so a replay of an earlier one is then applied if newer.
+#[test]
+fn replay_window_in_the_changelog_record() {
+    let mut a = replay_tenant();
+    for (id, at) in [("a", 0), ("b", 10)] {
+        let r = support::engine::report("t", LOOKOUT, "d", Ios, Mdm, H::Low, T0 + at, id);
+        assert!(rejected(&a.report(r)).is_empty());
+    }
+    let mut record = a.engine.device_record(0, "t", "d").unwrap();
+    let p = &record.partners[0];
+    assert_eq!(p.event_fingerprint, ids::event_fingerprint("b") as i32);
+    assert_eq!(
+        p.earlier_event_fingerprints,
+        [ids::event_fingerprint("a") as i32]
+    );
+    record.partners[0].earlier_event_fingerprints.clear();
+    let mut b = replay_tenant();
+    b.engine.restore(0, "t/d", Some(&record)).unwrap();
+    let replay = |id| support::engine::report("t", LOOKOUT, "d", Ios, Mdm, H::Low, T0 + 20, id);
+    assert_eq!(rejection(&b.report(replay("b"))), RejectReason::Duplicate);
+    assert!(rejected(&b.report(replay("a"))).is_empty());
+}
+
+/// An `observed_at` before what an observation holds (48 bits of milliseconds, about 4,460
+/// years before 1970) is refused, not clamped into another report's time.
+#[test]
+fn observed_at_out_of_range_is_refused() {
+    let mut h = replay_tenant();
+    let mut r = h.threat("t", LOOKOUT, "d", Ios, Mdm, H::Low);
+    r.observed_at = Observation::MIN_OBSERVED_AT - 1;
+    assert_eq!(rejection(&h.report(r.clone())), RejectReason::InvalidField);
+    r.observed_at = Observation::MIN_OBSERVED_AT;
+    r.event_id = "oldest".into();
+    assert!(rejected(&h.report(r)).is_empty());
 }

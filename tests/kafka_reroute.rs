@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mtdgate::config::Config;
+use mtdgate::engine::ownership::is_status_key;
 use mtdgate::engine::partitioner::partition_for;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -88,6 +89,7 @@ fn changelog_partitions(cfg: &Config) -> BTreeMap<String, BTreeSet<i32>> {
     let mut idle = 0;
     while idle < 20 {
         match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if is_status_key(m.key().unwrap_or_default()) => idle = 0,
             Some(Ok(m)) => {
                 idle = 0;
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();

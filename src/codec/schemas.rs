@@ -78,6 +78,7 @@ history! {
         RejectedEvent,
         DeviceStateRecord,
     ],
+    "1.1" => [DeviceStateRecord],
 }
 
 /// A model type that is a top-level record of the schema set.

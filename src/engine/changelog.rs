@@ -62,9 +62,10 @@ pub fn to_record(
             .map(|o| PartnerObservation {
                 partner_id: catalogue.partner(o.partner).id.clone(),
                 health_state: o.health,
-                observed_at: o.observed_at,
+                observed_at: o.observed_at(),
                 event_fingerprint: o.event_fingerprint as i32,
                 threats: tables.threats(shard.threats(slot, o.partner)),
+                earlier_event_fingerprints: o.earlier_fingerprints().map(|f| f as i32).collect(),
             })
             .collect(),
         graces: shard
@@ -145,12 +146,17 @@ impl Engine {
                     partner: p.partner_id.clone(),
                 }
             })?;
-            observations.push(Observation {
-                observed_at: p.observed_at,
-                event_fingerprint: p.event_fingerprint as u32,
-                partner,
-                health: p.health_state,
-            });
+            // The replay window comes back with the observation (an earlier record has none:
+            // only the latest report's event is then known).
+            observations.push(
+                Observation::new(
+                    p.observed_at,
+                    p.event_fingerprint as u32,
+                    partner,
+                    p.health_state,
+                )
+                .with_earlier(p.earlier_event_fingerprints.iter().map(|&f| f as u32)),
+            );
         }
         observations.sort_by_key(|o: &Observation| o.partner);
         let tenant = self.intern_tenant(&r.tenant_id);

@@ -21,13 +21,114 @@ use super::users::{ThreatSetId, UserId, NO_THREATS, NO_USER};
 
 const CHUNK: usize = 4096;
 
-/// What one partner last reported for a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+const _: () = assert!(
+    REPLAY_WINDOW >= 2,
+    "the latest report and at least one before it"
+);
+
+/// How many applied reports of one (device, partner) have their event id remembered, so that a
+/// replay of one of them is `DUPLICATE` whatever its `observed_at`: the latest and the one
+/// before it. Two is what the 16-byte [`Observation`] holds (a third fingerprint would make it
+/// 24 bytes: +8 B per slab slot and +16 B per two-partner allocation). A gateway that re-stamps
+/// a retry sends it before the partner's next report for the device (seconds against minutes
+/// or hours), so the report before the latest already covers a retry that crossed a new report.
+pub const REPLAY_WINDOW: usize = 2;
+
+/// What one partner last reported for a device, and the fingerprints (32-bit xxh3,
+/// [`super::ids::event_fingerprint`]) of the event ids of its last [`REPLAY_WINDOW`] applied
+/// reports.
+///
+/// 16 bytes: `observed_at` is kept in 48 bits (signed milliseconds, about 4,460 years either
+/// side of 1970: [`Self::MIN_OBSERVED_AT`] to [`Self::MAX_OBSERVED_AT`]), which leaves room for
+/// the earlier fingerprint in the bytes an `i64` field would pad.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Observation {
-    pub observed_at: i64,
-    pub event_fingerprint: u32,
+    at_low: u32,
+    at_high: i16,
     pub partner: PartnerIdx,
     pub health: HealthState,
+    /// Fingerprint of the latest applied report's `event_id`.
+    pub event_fingerprint: u32,
+    /// Fingerprints of the reports applied before it, newest first; 0 is an empty place.
+    earlier: [u32; REPLAY_WINDOW - 1],
+}
+
+impl Observation {
+    /// The earliest `observed_at` an observation holds.
+    pub const MIN_OBSERVED_AT: i64 = -(1 << 47);
+    /// The latest `observed_at` an observation holds.
+    pub const MAX_OBSERVED_AT: i64 = (1 << 47) - 1;
+
+    /// An observation with nothing earlier in its replay window. `observed_at` is clamped to
+    /// [`Self::MIN_OBSERVED_AT`]..=[`Self::MAX_OBSERVED_AT`] (reports outside are refused before).
+    pub fn new(
+        observed_at: i64,
+        event_fingerprint: u32,
+        partner: PartnerIdx,
+        health: HealthState,
+    ) -> Self {
+        let at = observed_at.clamp(Self::MIN_OBSERVED_AT, Self::MAX_OBSERVED_AT);
+        Observation {
+            at_low: at as u32,
+            at_high: (at >> 32) as i16,
+            partner,
+            health,
+            event_fingerprint,
+            earlier: [0; REPLAY_WINDOW - 1],
+        }
+    }
+
+    /// Event time of the latest applied report, epoch milliseconds.
+    pub fn observed_at(&self) -> i64 {
+        ((self.at_high as i64) << 32) | self.at_low as i64
+    }
+
+    /// The same observation with `earlier` (newest first; zeros and any beyond the window are
+    /// dropped) as the fingerprints of the reports applied before the latest (restore).
+    pub fn with_earlier(mut self, earlier: impl IntoIterator<Item = u32>) -> Self {
+        self.earlier = [0; REPLAY_WINDOW - 1];
+        for (place, f) in self
+            .earlier
+            .iter_mut()
+            .zip(earlier.into_iter().filter(|&f| f != 0))
+        {
+            *place = f;
+        }
+        self
+    }
+
+    /// Fingerprints of the reports applied before the latest, newest first.
+    pub fn earlier_fingerprints(&self) -> impl Iterator<Item = u32> + '_ {
+        self.earlier.iter().copied().filter(|&f| f != 0)
+    }
+
+    /// Whether a report with this event fingerprint is one of the last [`REPLAY_WINDOW`]
+    /// applied (a replay, whatever its `observed_at`).
+    pub fn applied(&self, event_fingerprint: u32) -> bool {
+        self.event_fingerprint == event_fingerprint
+            || self.earlier_fingerprints().any(|f| f == event_fingerprint)
+    }
+
+    /// `next`, the partner's newly applied report, with this one's event moved into its
+    /// replay window (the oldest falls out).
+    fn followed_by(&self, mut next: Observation) -> Observation {
+        next.earlier = [0; REPLAY_WINDOW - 1];
+        next.earlier[0] = self.event_fingerprint;
+        next.earlier[1..].copy_from_slice(&self.earlier[..REPLAY_WINDOW - 2]);
+        next
+    }
+}
+
+impl std::fmt::Debug for Observation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observation")
+            .field("observed_at", &self.observed_at())
+            .field("event_fingerprint", &self.event_fingerprint)
+            .field("earlier", &self.earlier)
+            .field("partner", &self.partner)
+            .field("health", &self.health)
+            .finish()
+    }
 }
 
 /// A device's observations, one per partner, sorted by partner: one inline in 16 bytes (the
@@ -156,8 +257,13 @@ impl Device {
         self.observations.iter().find(|o| o.partner == partner)
     }
 
-    /// Records an observation, replacing the partner's previous one.
+    /// Records a newly applied report's observation, replacing the partner's previous one,
+    /// whose event moves into the new one's replay window.
     pub fn observe(&mut self, obs: Observation) {
+        let obs = match self.observation(obs.partner) {
+            Some(previous) => previous.followed_by(obs),
+            None => obs,
+        };
         self.observations.upsert(obs);
     }
 }
@@ -329,7 +435,8 @@ impl DeviceShard {
             .unwrap_or(NO_THREATS)
     }
 
-    /// Records an observation and its threat list, replacing the partner's previous one.
+    /// Records a newly applied report's observation and its threat list, replacing the
+    /// partner's previous one (see [`Device::observe`]).
     pub fn observe(&mut self, slot: Slot, obs: Observation, threats: ThreatSetId) {
         if threats == NO_THREATS {
             self.threats.remove(&(slot, obs.partner));
@@ -579,6 +686,7 @@ mod tests {
 
     #[test]
     fn device_is_small() {
+        assert_eq!(std::mem::size_of::<Observation>(), 16);
         assert_eq!(std::mem::size_of::<Observations>(), 16);
         assert!(
             std::mem::size_of::<Option<Device>>() <= 72,
@@ -589,21 +697,63 @@ mod tests {
 
     #[test]
     fn observations_stay_sorted_and_unique() {
-        let o = |partner, at| Observation {
-            observed_at: at,
-            event_fingerprint: 0,
-            partner,
-            health: HealthState::Secured,
-        };
+        let o = |partner, at| Observation::new(at, 0, partner, HealthState::Secured);
         let mut list = Observations::default();
         for (p, at) in [(5, 1), (2, 2), (5, 3), (9, 4), (1, 5), (2, 6)] {
             list.upsert(o(p, at));
         }
-        let got: Vec<_> = list.iter().map(|o| (o.partner, o.observed_at)).collect();
+        let got: Vec<_> = list.iter().map(|o| (o.partner, o.observed_at())).collect();
         assert_eq!(got, [(1, 5), (2, 6), (5, 3), (9, 4)]);
         assert!(matches!(list, Observations::More(_)));
         let two = Observations::from_sorted(&[o(1, 1), o(2, 2)]);
         assert!(matches!(two, Observations::Two(_)));
+    }
+
+    #[test]
+    fn observed_at_keeps_48_bits() {
+        for at in [
+            0,
+            1,
+            -1,
+            1_733_000_000_000,
+            -86_400_000,
+            u32::MAX as i64 + 1,
+            Observation::MIN_OBSERVED_AT,
+            Observation::MAX_OBSERVED_AT,
+        ] {
+            assert_eq!(
+                Observation::new(at, 7, 1, HealthState::Low).observed_at(),
+                at
+            );
+        }
+        let clamped = |at| Observation::new(at, 7, 1, HealthState::Low).observed_at();
+        assert_eq!(clamped(i64::MAX), Observation::MAX_OBSERVED_AT);
+        assert_eq!(clamped(i64::MIN), Observation::MIN_OBSERVED_AT);
+    }
+
+    #[test]
+    fn replay_window_keeps_the_last_reports() {
+        let mut d = Device::new(0, "d", Platform::Ios, Management::Mdm);
+        let report = |at, fp| Observation::new(at, fp, 3, HealthState::Secured);
+        d.observe(report(1, 11));
+        let o = d.observation(3).unwrap();
+        assert!(o.applied(11) && !o.applied(0) && !o.applied(22));
+        d.observe(report(2, 22));
+        let o = *d.observation(3).unwrap();
+        assert!(o.applied(22) && o.applied(11));
+        assert_eq!(o.earlier_fingerprints().collect::<Vec<_>>(), [11]);
+        d.observe(report(3, 33));
+        let o = *d.observation(3).unwrap();
+        assert!(o.applied(33) && o.applied(22));
+        assert!(!o.applied(11), "fell out of a window of {REPLAY_WINDOW}");
+        // Another partner has its own window.
+        d.observe(Observation::new(4, 44, 5, HealthState::Low));
+        assert!(!d.observation(5).unwrap().applied(33));
+        assert!(!d.observation(3).unwrap().applied(44));
+        // Restore: zeros are empty places, extra fingerprints beyond the window dropped.
+        let r = report(5, 55).with_earlier([0, 66, 77, 88]);
+        assert_eq!(r.earlier_fingerprints().collect::<Vec<_>>(), [66]);
+        assert!(r.applied(55) && r.applied(66) && !r.applied(0));
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub fn usable_level(view: &PlatformView, o: &Observation, now: i64) -> Option<Th
 /// Whether the observation's report is older than the tenant's `report_validity_days`.
 pub fn expired(view: &PlatformView, o: &Observation, now: i64) -> bool {
     view.report_validity_ms
-        .is_some_and(|v| now >= o.observed_at.saturating_add(v))
+        .is_some_and(|v| now >= o.observed_at().saturating_add(v))
 }
 
 /// Evaluates an enrolled (MDM) device at `now`, with the graces it `held`. Pushes the reasons
@@ -127,7 +127,8 @@ pub fn evaluate_compliance(
                                 format!(
                                     "latest report ({} at {}) is older than the tenant's report \
                                      validity; {why}",
-                                    o.health, o.observed_at
+                                    o.health,
+                                    o.observed_at()
                                 )
                             })
                         }
@@ -209,7 +210,7 @@ pub fn next_deadline(
             .observations
             .iter()
             .filter(|o| o.health.level().is_some())
-            .map(move |o| o.observed_at.saturating_add(v))
+            .map(move |o| o.observed_at().saturating_add(v))
     });
     graces.chain(expiries).filter(|&t| t > now).min()
 }

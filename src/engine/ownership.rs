@@ -22,6 +22,23 @@ pub struct PartitionOwnership {
 /// topic: (status, compliance ignored).
 pub type PublishedStatuses = HashMap<(String, String), (ConnectorStatus, bool)>;
 
+/// Key prefix of the connector status records kept in the device-state changelog: the status
+/// last published for a connector, written to its owner partition in the same transaction as
+/// the publication, so a new owner restores exactly what was committed (a status change is
+/// then published exactly once across ownership moves). Device keys are `tenant/device` and
+/// never start with this control character.
+pub const STATUS_KEY_PREFIX: &str = "\u{1}connector-status/";
+
+/// The changelog key of connector `tenant/partner`'s published status.
+pub fn status_key(tenant: &str, partner: &str) -> String {
+    format!("{STATUS_KEY_PREFIX}{tenant}/{partner}")
+}
+
+/// Whether a changelog key holds a connector status rather than a device.
+pub fn is_status_key(key: &[u8]) -> bool {
+    key.starts_with(STATUS_KEY_PREFIX.as_bytes())
+}
+
 impl PartitionOwnership {
     pub fn new(device_partitions: i32) -> Self {
         PartitionOwnership {

@@ -1,14 +1,17 @@
 //! Device threat reports: the latest report of each partner decides its view of a device. A
-//! redelivery of the latest report is `DUPLICATE`, an older one `STALE`; MDM reports of an
-//! app-protection-only partner, reports for a blocked connector and reports naming another
-//! platform than the enrollment are refused. The report's worst threats (at most 3) are kept
-//! with the observation, interned per tenant.
+//! report whose `event_id` is one of the partner's last [`REPLAY_WINDOW`] applied for the
+//! device is `DUPLICATE` whatever its `observed_at` (a redelivery, a replay, a gateway that
+//! re-stamps a retry); otherwise one older than the latest is `STALE`. The duplicate check
+//! comes first: a replayed older report was applied, which `STALE` ("never applied, something
+//! newer is held") would hide. MDM reports of an app-protection-only partner, reports for a
+//! blocked connector and reports naming another platform than the enrollment are refused. The
+//! report's worst threats (at most 3) are kept with the observation, interned per tenant.
 
 use crate::model::*;
 
 use super::checks::{connector_accepts, not_older};
 use super::compact::OsVersion;
-use super::devices::{flags, Device, Observation};
+use super::devices::{flags, Device, Observation, REPLAY_WINDOW};
 use super::evaluate::next_deadline;
 use super::reevaluate::Reevaluation;
 use super::users::{self, NO_THREATS, NO_USER};
@@ -35,6 +38,18 @@ impl Engine {
             ));
         }
         self.check_skew("observed_at", r.observed_at, now)?;
+        // An observation keeps 48 bits of milliseconds (about 4,460 years either side of 1970).
+        if !(Observation::MIN_OBSERVED_AT..=Observation::MAX_OBSERVED_AT).contains(&r.observed_at) {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                format!(
+                    "observed_at {} is out of range ({} to {} ms)",
+                    r.observed_at,
+                    Observation::MIN_OBSERVED_AT,
+                    Observation::MAX_OBSERVED_AT
+                ),
+            ));
+        }
         let worst = users::worst_threats(&r.threats);
         let mut tenants = self.tenants.read();
         let tenant = tenants.get(kt).ok_or_else(|| {
@@ -90,13 +105,17 @@ impl Engine {
                     ));
                 }
                 if let Some(o) = d.observation(partner) {
-                    not_older("observed_at", r.observed_at, o.observed_at, "the report")?;
-                    if r.observed_at == o.observed_at && o.event_fingerprint == fingerprint {
+                    if o.applied(fingerprint) {
                         return Err(Rejection::new(
                             RejectReason::Duplicate,
-                            format!("event {} was already applied", r.event_id),
+                            format!(
+                                "event {} was already applied (one of the last {REPLAY_WINDOW} \
+                                 reports of {} for the device)",
+                                r.event_id, r.partner_id
+                            ),
                         ));
                     }
+                    not_older("observed_at", r.observed_at, o.observed_at(), "the report")?;
                 }
                 slot
             }
@@ -109,12 +128,7 @@ impl Engine {
         };
         shard.observe(
             slot,
-            Observation {
-                observed_at: r.observed_at,
-                event_fingerprint: fingerprint,
-                partner,
-                health: r.health_state,
-            },
+            Observation::new(r.observed_at, fingerprint, partner, r.health_state),
             threat_set,
         );
         // The enrollment is authoritative; until there is one the report describes the device.

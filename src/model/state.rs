@@ -23,6 +23,10 @@ pub struct PartnerObservation {
     /// The worst threats (at most 3) of the last applied report.
     #[serde(default)]
     pub threats: Vec<Threat>,
+    /// Fingerprints of the event ids of the reports applied before the last one, newest first
+    /// (with `event_fingerprint`, the replay window: a report naming one is `DUPLICATE`).
+    #[serde(default)]
+    pub earlier_event_fingerprints: Vec<i32>,
 }
 
 /// Changelog topic `mtd.device-state.v1` (compacted), key `tenant/device`; a tombstone

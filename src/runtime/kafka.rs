@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,6 +28,8 @@ pub enum KafkaSetupError {
     MissingTopic(String),
     #[error("topics keyed by device must have the same partition count: {0}")]
     NotCoPartitioned(String),
+    #[error("topic {0} must be compacted (cleanup.policy=compact): it holds the latest heartbeat of every connector")]
+    NotCompacted(String),
     #[error("creating topic {topic}: {reason}")]
     Create { topic: String, reason: String },
     #[error("kafka client: {0}")]
@@ -104,6 +106,7 @@ pub fn all_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<(String, bool)> {
         (t.rejected.clone(), false),
         (t.device_state.clone(), true),
         (t.repartition.clone(), false),
+        (t.heartbeats_latest.clone(), true),
     ]);
     for p in &partners {
         v.push((cfg.partner_topic(p), false));
@@ -221,8 +224,44 @@ pub fn verify_topics(cfg: &Config, catalogue: &Catalogue) -> Result<i32, KafkaSe
             .join(", ");
         return Err(KafkaSetupError::NotCoPartitioned(list));
     }
+    // With delete retention the heartbeat view could lose a silent connector's record while
+    // keeping a later checkpoint. Checked when the broker answers DescribeConfigs.
+    let view = &cfg.topics.heartbeats_latest;
+    if let Some(policy) = cleanup_policy(cfg, view) {
+        if !policy.split(',').any(|p| p.trim() == "compact") {
+            return Err(KafkaSetupError::NotCompacted(view.clone()));
+        }
+    }
     Ok(dev[0].1)
 }
+
+/// A topic's `cleanup.policy`, or `None` when the broker does not say (no DescribeConfigs
+/// permission, a mock cluster).
+fn cleanup_policy(cfg: &Config, topic: &str) -> Option<String> {
+    // Its own thread and runtime: callers may already be inside one.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            let admin: AdminClient<DefaultClientContext> = base_config(cfg).create().ok()?;
+            let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+            let got = rt
+                .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts))
+                .map_err(|e| tracing::debug!(error = %e, topic, "describe topic config"))
+                .ok()?;
+            let resource = got.into_iter().next()?.ok()?;
+            resource.get("cleanup.policy")?.value.clone()
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
+}
+
+/// `segment.ms` of the heartbeat view topic (10 minutes).
+const VIEW_SEGMENT_MS: &str = "600000";
 
 /// Creates every missing topic (device topics with `topics.partitions`, tables compacted).
 pub async fn create_topics(
@@ -243,10 +282,14 @@ pub async fn create_topics(
                 cfg.topics.partitions,
                 TopicReplication::Fixed(cfg.topics.replication_factor),
             );
-            if *compacted {
-                t.set("cleanup.policy", "compact")
-            } else {
-                t
+            match *compacted {
+                // The heartbeat view is rewritten in full every few minutes: short segments
+                // let the cleaner keep it near one record per connector.
+                true if *name == cfg.topics.heartbeats_latest => t
+                    .set("cleanup.policy", "compact")
+                    .set("segment.ms", VIEW_SEGMENT_MS),
+                true => t.set("cleanup.policy", "compact"),
+                false => t,
             }
         })
         .collect();

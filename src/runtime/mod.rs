@@ -23,26 +23,41 @@ use crate::engine::{Engine, EngineReader, EngineSettings};
 use clock::Clock;
 
 /// Readiness as seen by `/readyz`, and a reader of the running pipeline's engine for the
-/// explain API (which never takes the processing lock).
+/// explain API (which never takes the processing lock). Everything here is an atomic or a
+/// lock held only to copy a value in or out, never across pipeline work, so the HTTP surface
+/// never waits for the pipeline.
 #[derive(Default)]
 pub struct Status {
     tables_loaded: AtomicBool,
+    /// Every partition of the current assignment restored (and reconciled).
     restored: AtomicBool,
-    reader: std::sync::Mutex<Option<(EngineReader, Arc<dyn Clock>)>>,
+    /// An assignment's partitions are being restored from the changelog.
+    restoring: AtomicBool,
+    /// The partitions of the current assignment: the shards an explain call looks in.
+    assigned: parking_lot::Mutex<Arc<Vec<i32>>>,
+    reader: parking_lot::Mutex<Option<(EngineReader, Arc<dyn Clock>)>>,
 }
 
 impl Status {
     /// Runs `f` on a reader of the running pipeline's engine, with the clock's now (`None`
     /// before a pipeline started).
     pub fn with_reader<R>(&self, f: impl FnOnce(&EngineReader, i64) -> R) -> Option<R> {
-        let (reader, clock) = self.reader.lock().ok()?.clone()?;
+        let (reader, clock) = self.reader.lock().clone()?;
         Some(f(&reader, clock.now_ms()))
     }
 
     pub(crate) fn set_reader(&self, reader: Option<EngineReader>, clock: Arc<dyn Clock>) {
-        if let Ok(mut slot) = self.reader.lock() {
-            *slot = reader.map(|r| (r, clock));
-        }
+        *self.reader.lock() = reader.map(|r| (r, clock));
+    }
+
+    /// The partitions of the current assignment (empty before the first one).
+    pub fn assigned(&self) -> Arc<Vec<i32>> {
+        self.assigned.lock().clone()
+    }
+
+    pub(crate) fn set_assigned(&self, mut partitions: Vec<i32>) {
+        partitions.sort_unstable();
+        *self.assigned.lock() = Arc::new(partitions);
     }
 
     /// What readiness is waiting for.
@@ -52,6 +67,9 @@ impl Status {
             self.restored.load(Ordering::SeqCst),
         ) {
             (false, _) => "loading connector and policy tables",
+            (true, false) if self.restoring() => {
+                "restoring the assigned partitions' device state from the changelog"
+            }
             (true, false) => "waiting for partition assignment and state restore",
             (true, true) => "ready",
         }
@@ -63,7 +81,15 @@ impl Status {
     pub fn set_restored(&self, v: bool) {
         self.restored.store(v, Ordering::SeqCst);
     }
-    /// Tables loaded and assigned partitions restored.
+    pub fn set_restoring(&self, v: bool) {
+        self.restoring.store(v, Ordering::SeqCst);
+    }
+    /// Whether an assignment's partitions are being restored now.
+    pub fn restoring(&self) -> bool {
+        self.restoring.load(Ordering::SeqCst)
+    }
+    /// Tables loaded and every assigned partition restored (false again from a revocation or
+    /// a pipeline restart until the next assignment is restored in full).
     pub fn ready(&self) -> bool {
         self.tables_loaded.load(Ordering::SeqCst) && self.restored.load(Ordering::SeqCst)
     }

@@ -915,3 +915,26 @@ impl Reader {
         }
     }
 }
+
+impl Gateway {
+    /// [`Gateway::send_raw`] for streams that go on through a broker outage: when the
+    /// producer's queue is full (the broker is down and records pile up), serves delivery
+    /// reports and tries again instead of failing. Any other error panics.
+    pub fn send_raw_waiting(&self, topic: &str, key: &[u8], payload: &[u8]) {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
+        loop {
+            let r = BaseRecord::<[u8], [u8]>::to(topic)
+                .key(key)
+                .payload(payload);
+            match self.producer.send(r) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
+            }
+        }
+        self.producer.poll(Duration::ZERO);
+    }
+}

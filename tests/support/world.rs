@@ -420,6 +420,7 @@ impl Member {
                 observed_at: now - 1_000 * (k as i64 + 1),
                 event_fingerprint: (self.bits >> (16 + 8 * k)) as i32,
                 threats: Vec::new(),
+                earlier_event_fingerprints: Vec::new(),
             })
             .collect();
         DeviceStateRecord {
@@ -479,6 +480,7 @@ pub fn fanout_device(i: usize, tenant: &str, now: i64) -> DeviceStateRecord {
             observed_at: now - 1_000,
             event_fingerprint: mix(i as u64) as i32,
             threats: Vec::new(),
+            earlier_event_fingerprints: Vec::new(),
         }],
         graces: Vec::new(),
     }

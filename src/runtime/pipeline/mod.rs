@@ -125,6 +125,7 @@ impl Pipeline {
             status: status.clone(),
             failure: None,
             last_status: HashMap::new(),
+            exact_status: Default::default(),
             spare_report: None,
             end_to_end: telemetry::end_to_end_histogram(),
             schemas: schemas.clone(),

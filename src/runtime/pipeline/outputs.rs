@@ -9,8 +9,9 @@ use anyhow::anyhow;
 use serde::Serialize;
 
 use crate::codec::{self, AvroRecord, OutputEncoding};
+use crate::engine::ownership::status_key;
 use crate::engine::Output;
-use crate::model::RejectedEvent;
+use crate::model::{ConnectorStatusChange, RejectedEvent};
 use crate::telemetry;
 
 use super::processor::Processor;
@@ -101,10 +102,39 @@ impl Processor {
             let id = self.schemas.output_id(&topic);
             encode_keyed(o, (enc, id), &mut buf, &mut key)?;
             self.sink.send(&topic, None, key.as_bytes(), Some(&buf))?;
+            if let Output::ConnectorStatus(s) = o {
+                self.record_published_status(s, &mut buf)?;
+            }
         }
         self.buf = buf;
         outputs.clear();
         self.out = outputs;
+        Ok(())
+    }
+
+    /// Writes the status just published for a connector to its owner partition of the
+    /// changelog, in the same transaction, and remembers it as exact.
+    fn record_published_status(
+        &mut self,
+        s: &ConnectorStatusChange,
+        buf: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
+        buf.clear();
+        codec::encode(s, OutputEncoding::Avro, buf)?;
+        let partition = self
+            .ownership
+            .connector_partition(&s.tenant_id, &s.partner_id);
+        let key = status_key(&s.tenant_id, &s.partner_id);
+        self.sink.send(
+            &self.cfg.topics.device_state,
+            Some(partition),
+            key.as_bytes(),
+            Some(buf),
+        )?;
+        let id = (s.tenant_id.clone(), s.partner_id.clone());
+        self.last_status
+            .insert(id.clone(), (s.current, s.compliance_ignored));
+        self.exact_status.insert(id);
         Ok(())
     }
 

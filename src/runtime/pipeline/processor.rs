@@ -96,6 +96,9 @@ pub(super) struct Processor {
     pub(super) heartbeat_topics: HashMap<String, Option<String>>,
     /// Last status published per connector, as read back from the status topic.
     pub(super) last_status: PublishedStatuses,
+    /// Connectors whose entry in `last_status` came from the changelog or from this instance's
+    /// own publication: exact, so the (later, possibly older) read-back does not replace it.
+    pub(super) exact_status: HashSet<(String, String)>,
     /// The last decoded report, reused as the next one's decoding buffer.
     pub(super) spare_report: Option<DeviceThreatReport>,
     pub(super) end_to_end: metrics::Histogram,
@@ -263,9 +266,27 @@ impl Processor {
         self.pending += 1;
     }
 
+    /// Applies one table record ([`Self::apply_table`]); for a heartbeat, returns the state
+    /// its connector is in now, for the table reader's heartbeat view.
+    pub fn handle_table(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        live: bool,
+    ) -> anyhow::Result<crate::runtime::tables::Applied> {
+        self.apply_table(topic, partition, offset, key, payload, live)?;
+        Ok(match self.heartbeat_topics.contains_key(topic) {
+            true => crate::runtime::tables::latest_heartbeat(&self.engine, key),
+            false => None,
+        })
+    }
+
     /// Applies one table record (all instances read every table record); `live` is false
     /// while the history is replayed at start, whose outputs the previous run published.
-    pub fn handle_table(
+    fn apply_table(
         &mut self,
         topic: &str,
         partition: i32,
@@ -287,10 +308,11 @@ impl Processor {
         if topic == t.connector_status {
             match payload.map(|b| decoder.decode::<ConnectorStatusChange>(b)) {
                 Some(Ok(s)) => {
-                    self.last_status.insert(
-                        (s.tenant_id, s.partner_id),
-                        (s.current, s.compliance_ignored),
-                    );
+                    let key = (s.tenant_id, s.partner_id);
+                    if !self.exact_status.contains(&key) {
+                        self.last_status
+                            .insert(key, (s.current, s.compliance_ignored));
+                    }
                 }
                 Some(Err(e)) => wait(&e)?,
                 None => {}
@@ -379,7 +401,12 @@ impl Processor {
         }
         if !new.is_empty() {
             let started = Instant::now();
-            let counts = restore_partitions(&self.cfg, &mut self.engine, &new)?;
+            let mut restored = PublishedStatuses::new();
+            let counts = restore_partitions(&self.cfg, &mut self.engine, &new, &mut restored)?;
+            for (key, status) in restored {
+                self.exact_status.insert(key.clone());
+                self.last_status.insert(key, status);
+            }
             let secs = started.elapsed().as_secs_f64();
             let total: usize = counts.values().sum();
             telemetry::restore(secs, total as u64);

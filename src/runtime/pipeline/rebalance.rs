@@ -1,5 +1,6 @@
 //! The consumer context: commits before partitions are revoked, restores before new ones are
-//! processed, and reports consumer lag from librdkafka's statistics.
+//! processed (readiness holds only once every assigned partition is restored), and reports
+//! consumer lag from librdkafka's statistics.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,13 +53,14 @@ impl ConsumerContext for GroupContext {
         self.rebalances.fetch_add(1, Ordering::SeqCst);
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut p = lock(&self.processor);
+            // Not ready from here until the next assignment is restored in full.
+            p.status.set_restored(false);
             info!(partitions = tpl.count(), "partitions revoked");
             telemetry::rebalance(RebalanceKind::Revoke);
             if let Err(e) = p.commit(consumer) {
                 p.failure.get_or_insert(e);
             }
             p.offsets.clear();
-            p.status.set_restored(false);
         }
     }
 
@@ -68,10 +70,21 @@ impl ConsumerContext for GroupContext {
             let mut p = lock(&self.processor);
             telemetry::rebalance(RebalanceKind::Assign);
             let assigned: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            if let Err(e) = p.reassign(assigned) {
-                p.failure.get_or_insert(e);
+            p.status.set_restored(false);
+            p.status.set_assigned(assigned.iter().copied().collect());
+            p.status.set_restoring(true);
+            let result = p.reassign(assigned);
+            p.status.set_restoring(false);
+            match result {
+                // Ready only when every assigned partition is restored and nothing failed
+                // before (a failure ends the pipeline, and the next one restores again).
+                Ok(()) if p.failure.is_none() => p.status.set_restored(true),
+                Ok(()) => {}
+                // Left not ready; the supervisor logs the failure and restarts the pipeline.
+                Err(e) => {
+                    p.failure.get_or_insert(e);
+                }
             }
-            p.status.set_restored(true);
         }
     }
 }

@@ -16,6 +16,7 @@
 //! | `fanout` | a connector flipping to ignored over 1M devices: clock moved -> 1M changes read back | one transaction with the same records, written by a plain producer |
 //! | `grace` | 1M graces ending in the same second: `Engine::advance` alone, and clock moved -> 1M NONCOMPLIANT read back | the fan-out of 1M devices, engine only and end to end, in the same part (bar: 1.2x) |
 //! | `memory` | resident bytes per device in a fresh process (1M and 10M devices): restored, and filled live with the 1.0 and the 1.1 populations, each also with a report expiry deadline pending on every device, and with every enrolled device in a grace too | the size of one slab slot; for the 1.1 population, the live 1.0 population; for the expiry variants, the same population without |
+//! | `startup` | a fresh start until tables loaded, 20,000 connectors with 100 heartbeats each retained | the same with 1 heartbeat each (bar: 1.2x) |
 //! | `reload` | a membership table reload re-evaluating 100,000 users' devices in a 1M-device engine (engine only) | as many membership records that change no policy's scope |
 //!
 //! Every run uses fresh topic names and consumer groups and deletes its topics at the end.
@@ -31,6 +32,7 @@ mod pipe;
 mod population;
 mod reload;
 mod restore;
+mod startup;
 mod throughput;
 /// The world builders the tests, `benches/core.rs` and `examples/memory.rs` share.
 #[path = "../../../tests/support/world.rs"]
@@ -59,10 +61,12 @@ pub enum Part {
     Memory,
     /// A membership table reload re-evaluating users' devices, in the engine alone.
     Reload,
+    /// Table load of a fresh start, with 1 vs 100 heartbeats per connector retained.
+    Startup,
 }
 
 impl Part {
-    pub const ALL: [Part; 7] = [
+    pub const ALL: [Part; 8] = [
         Part::Throughput,
         Part::Latency,
         Part::Restore,
@@ -70,6 +74,7 @@ impl Part {
         Part::Grace,
         Part::Memory,
         Part::Reload,
+        Part::Startup,
     ];
 
     fn name(self) -> &'static str {
@@ -81,6 +86,7 @@ impl Part {
             Part::Grace => "grace",
             Part::Memory => "memory",
             Part::Reload => "reload",
+            Part::Startup => "startup",
         }
     }
 }
@@ -204,6 +210,9 @@ pub struct BenchArgs {
     /// Users whose membership records the reload part changes.
     #[arg(long)]
     pub reload_users: Option<usize>,
+    /// Connectors of the startup part (each with 1, then 100 heartbeats retained).
+    #[arg(long)]
+    pub startup_connectors: Option<usize>,
     /// Seconds of traffic in the latency part.
     #[arg(long)]
     pub latency_seconds: Option<f64>,
@@ -240,6 +249,7 @@ pub struct Sizes {
     pub memory_populations: Vec<MemoryPopulation>,
     pub reload_devices: usize,
     pub reload_users: usize,
+    pub startup_connectors: usize,
     pub latency_seconds: f64,
     pub latency_devices: usize,
 }
@@ -277,6 +287,9 @@ impl BenchArgs {
                 .reload_devices
                 .unwrap_or(if q { 50_000 } else { 1_000_000 }),
             reload_users: self.reload_users.unwrap_or(if q { 5_000 } else { 100_000 }),
+            startup_connectors: self
+                .startup_connectors
+                .unwrap_or(if q { 2_000 } else { 20_000 }),
             latency_seconds: self.latency_seconds.unwrap_or(if q { 3.0 } else { 20.0 }),
             latency_devices: if q { 500 } else { 10_000 },
         }
@@ -511,6 +524,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             Part::Grace => grace::run(&env, &sizes, args.repeat.max(1), &mut report),
             Part::Memory => memory::run(&sizes, &mut report),
             Part::Reload => reload::run(&sizes, &mut report),
+            Part::Startup => startup::run(&env, &sizes, &mut report),
         };
         match result {
             Ok(()) => println!(

@@ -83,7 +83,10 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
 
     let mut engine = world::engine();
     let t = Instant::now();
-    let restored: usize = restore_partitions(&cfg, &mut engine, &all)?.values().sum();
+    let mut statuses = Default::default();
+    let restored: usize = restore_partitions(&cfg, &mut engine, &all, &mut statuses)?
+        .values()
+        .sum();
     let secs = t.elapsed().as_secs_f64();
     anyhow::ensure!(
         restored == n && engine.device_count() == n,
