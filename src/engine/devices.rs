@@ -6,7 +6,7 @@
 //! The slab grows in fixed chunks and the hash index holds 4-byte slots only, so memory stays
 //! close to `size_of::<Device>()` per device instead of doubling with every table resize.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use hashbrown::HashTable;
 use smallvec::SmallVec;
@@ -15,6 +15,7 @@ use crate::catalogue::PartnerIdx;
 use crate::model::{ComplianceState, HealthState, Management, Ownership, Platform};
 
 use super::compact::{CompactStr, OsVersion};
+use super::deadlines::Deadlines;
 use super::evaluate::Grace;
 use super::tables::TenantId;
 use super::users::{ThreatSetId, UserId, NO_THREATS, NO_USER};
@@ -284,10 +285,10 @@ pub struct DeviceShard {
     threats: hashbrown::HashMap<(Slot, PartnerIdx), ThreatSetId>,
     /// Graces running, for the devices that have one.
     graces: hashbrown::HashMap<Slot, SmallVec<[Grace; 1]>>,
-    /// Pending device deadlines, packed `second << 32 | slot` (the instant rounded up to the
-    /// second), in firing order. An entry may be stale (the device's deadline moved later, or
-    /// it is gone): the engine re-derives the deadline from the device state when it fires.
-    deadlines: BTreeSet<u64>,
+    /// Pending device deadlines by second (the instant rounded up). An entry may be stale
+    /// (the device's deadline moved later, or it is gone): the engine re-derives the deadline
+    /// from the device state when it fires.
+    deadlines: Deadlines,
     dirty: Vec<Slot>,
     retired: Vec<(TenantId, String)>,
     len: usize,
@@ -468,27 +469,19 @@ impl DeviceShard {
     /// Schedules a re-evaluation of the device at `at` (rounded up to the second).
     pub fn schedule(&mut self, slot: Slot, at: i64) {
         let second = (at.max(0) as u64).div_ceil(1000).min(u32::MAX as u64);
-        self.deadlines.insert(second << 32 | slot as u64);
+        self.deadlines.schedule(second as u32, slot);
     }
 
     /// The first pending deadline, in milliseconds.
     pub fn first_deadline(&self) -> Option<i64> {
-        self.deadlines.first().map(|&e| (e >> 32) as i64 * 1000)
+        self.deadlines.first_second().map(|s| s as i64 * 1000)
     }
 
     /// Removes and returns the slots scheduled for the second of `at` (a value from
     /// [`Self::first_deadline`]).
     pub fn take_due(&mut self, at: i64) -> Vec<Slot> {
-        let second = (at / 1000) as u64;
-        let mut due = Vec::new();
-        while let Some(&e) = self.deadlines.first() {
-            if e >> 32 != second {
-                break;
-            }
-            self.deadlines.pop_first();
-            due.push(e as u32);
-        }
-        due
+        self.deadlines
+            .take((at / 1000).clamp(0, u32::MAX as i64) as u32)
     }
 
     /// Pending deadline entries (some may be stale).
@@ -675,8 +668,7 @@ impl DeviceShard {
             + self.threats.capacity()
                 * (std::mem::size_of::<((Slot, PartnerIdx), ThreatSetId)>() + 1)
             + self.graces.capacity() * (std::mem::size_of::<(Slot, SmallVec<[Grace; 1]>)>() + 1)
-            // A B-tree node holds up to 11 keys; assume two thirds full.
-            + self.deadlines.len() * 12
+            + self.deadlines.heap_bytes()
     }
 }
 

@@ -15,6 +15,7 @@ pub mod checks;
 pub mod compact;
 pub mod connector;
 pub mod connector_settings;
+pub mod deadlines;
 pub mod devices;
 pub mod enrollment;
 pub mod evaluate;

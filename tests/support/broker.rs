@@ -163,6 +163,21 @@ pub fn create_topics(cfg: &Config) {
         .unwrap();
     rt.block_on(runtime::kafka::create_topics(cfg, &catalogue))
         .unwrap();
+    // A loaded broker can answer the creation before its metadata lists the topics; a client
+    // started right after (the binary's topic check) would see them missing.
+    let wanted = runtime::kafka::all_topics(cfg, &catalogue);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = runtime::kafka::partition_counts(cfg).unwrap_or_default();
+        if wanted.iter().all(|(t, _)| counts.contains_key(t)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "created topics not in metadata within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// An in-process service with a clock the test can move.
