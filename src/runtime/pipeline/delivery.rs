@@ -4,6 +4,7 @@
 //! offsets, so a crash in between publishes some outputs again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
@@ -50,6 +51,69 @@ impl ProducerContext for DeliveryCounter {
 pub struct Sink {
     producer: BaseProducer<DeliveryCounter>,
     guarantee: DeliveryGuarantee,
+    watchdog: Arc<Watchdog>,
+}
+
+/// Ends the process when a transaction step outlives every timeout given to it.
+///
+/// librdkafka 2.12's `send_offsets_to_transaction` can wait forever after the broker fenced
+/// or lost the transaction coordinator, ignoring its timeout (librdkafka issues #5456 and
+/// #5511; seen in `scripts/soak` under heavy load). The pipeline cannot be rebuilt from inside
+/// that call, and an instance stuck in it holds its partitions until `max.poll.interval.ms`
+/// and ignores SIGTERM. Exiting is safe (the open transaction is aborted by the broker, the
+/// next run restores from committed state) and lets the orchestrator restart it.
+struct Watchdog {
+    /// When the running step began (ms since the Unix epoch), 0 when none runs.
+    since_ms: AtomicU64,
+}
+
+/// How long a transaction step may take before the process exits: well past [`TXN_TIMEOUT`].
+const STUCK_AFTER: Duration = Duration::from_secs(120);
+/// Exit code of a process ended by the watchdog (EX_SOFTWARE).
+const STUCK_EXIT_CODE: i32 = 70;
+
+impl Watchdog {
+    fn start() -> Arc<Watchdog> {
+        let w = Arc::new(Watchdog {
+            since_ms: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&w);
+        std::thread::Builder::new()
+            .name("txn-watchdog".into())
+            .spawn(move || {
+                while let Some(w) = weak.upgrade() {
+                    let since = w.since_ms.load(Ordering::Relaxed);
+                    if since != 0 && now_ms().saturating_sub(since) > STUCK_AFTER.as_millis() as u64
+                    {
+                        tracing::error!(
+                            seconds = STUCK_AFTER.as_secs(),
+                            "a Kafka transaction step has not returned (librdkafka ignored its \
+                             timeout); exiting so the instance restarts from committed state"
+                        );
+                        std::process::exit(STUCK_EXIT_CODE);
+                    }
+                    drop(w);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+            .ok();
+        w
+    }
+
+    fn arm(&self) {
+        self.since_ms.store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    fn disarm(&self) {
+        self.since_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Sink {
@@ -78,6 +142,7 @@ impl Sink {
         Ok(Sink {
             producer,
             guarantee,
+            watchdog: Watchdog::start(),
         })
     }
 
@@ -165,12 +230,17 @@ impl Sink {
                     let meta = consumer
                         .group_metadata()
                         .ok_or_else(|| anyhow!("no consumer group metadata"))?;
-                    self.producer
-                        .send_offsets_to_transaction(offsets, &meta, TXN_TIMEOUT)
-                        .context("send offsets to transaction")?;
+                    self.watchdog.arm();
+                    let sent =
+                        self.producer
+                            .send_offsets_to_transaction(offsets, &meta, TXN_TIMEOUT);
+                    self.watchdog.disarm();
+                    sent.context("send offsets to transaction")?;
                 }
                 let started = Instant::now();
+                self.watchdog.arm();
                 let committed = self.producer.commit_transaction(TXN_TIMEOUT);
+                self.watchdog.disarm();
                 self.guarantee = DeliveryGuarantee::ExactlyOnce { open: false };
                 if let Err(e) = committed {
                     telemetry::transaction_aborted();
