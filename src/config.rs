@@ -91,10 +91,15 @@ pub struct TopicsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessingConfig {
     pub exactly_once: bool,
-    /// Longest time a transaction stays open.
+    /// Longest time a transaction stays open (the commit cadence under load).
     pub commit_interval_ms: u64,
     /// Most input records per transaction.
     pub max_batch: usize,
+    /// Commit as soon as a poll drains the input, not only on the interval: latency is then
+    /// about one commit at low rates (`runtime::commit_policy`).
+    pub adaptive_commit: bool,
+    /// Least time between two commits made because the input was drained.
+    pub commit_min_gap_ms: u64,
     pub output_encoding: OutputEncoding,
     /// Deployment cloud: which partners the catalogue offers.
     pub cloud: String,
@@ -259,6 +264,8 @@ impl Default for ProcessingConfig {
             exactly_once: true,
             commit_interval_ms: 100,
             max_batch: 10_000,
+            adaptive_commit: true,
+            commit_min_gap_ms: 5,
             output_encoding: OutputEncoding::Json,
             cloud: "public".into(),
             catalogue: None,
@@ -359,6 +366,12 @@ impl Config {
             return bad(
                 "processing.commit_interval_ms and processing.max_batch must be at least 1".into(),
             );
+        }
+        if self.processing.commit_min_gap_ms > self.processing.commit_interval_ms {
+            return bad(format!(
+                "processing.commit_min_gap_ms ({}) must not exceed processing.commit_interval_ms ({})",
+                self.processing.commit_min_gap_ms, self.processing.commit_interval_ms
+            ));
         }
         if self.processing.max_clock_skew_ms < 0 {
             return bad("processing.max_clock_skew_ms must not be negative".into());
@@ -580,6 +593,10 @@ mod tests {
     fn bad_values_are_explained() {
         let e = Config::from_toml("[processing]\ncommit_interval_ms = \"soon\"\n").unwrap_err();
         assert!(e.to_string().contains("commit_interval_ms"), "{e}");
+        let e =
+            Config::from_toml("[processing]\ncommit_interval_ms = 10\ncommit_min_gap_ms = 20\n")
+                .unwrap_err();
+        assert!(e.to_string().contains("commit_min_gap_ms (20)"), "{e}");
         let e = Config::from_toml("[topics]\npartner_app_inventory = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("{partner}"), "{e}");
         let e = Config::from_toml("[kafka]\nbogus = 1\n").unwrap_err();

@@ -228,3 +228,47 @@ fn state_survives_restart() {
     assert_eq!(unblocked, 10);
     svc.stop();
 }
+
+/// Adaptive commits: with the interval far longer than the wait, outputs still become visible
+/// to a read_committed reader, because the loop commits as soon as its input is drained.
+#[test]
+fn drained_input_commits_before_the_interval() {
+    let mut cfg = test_config("drained");
+    // Below the 60 s transaction timeout, far above the waits.
+    cfg.processing.commit_interval_ms = 45_000;
+    cfg.processing.adaptive_commit = true;
+    let gw = Gateway::new();
+    let t = &cfg.topics;
+    let svc = Service::start(&cfg);
+    let now = svc.now();
+    gw.setup_tables(&compliance_tables(&cfg, "MEDIUM", now));
+    gw.send(
+        &t.device_enrollments,
+        "acme/d1",
+        Some(&enrollment_json("d1", now)),
+    );
+    gw.flush();
+    let within = Duration::from_secs(15);
+    let mut changes = Reader::new(&t.compliance_changes);
+    assert_eq!(changes.wait_for(1, within).len(), 1, "enrollment verdict");
+    for (n, (event, state)) in [("e1", "HIGH"), ("e2", "SECURED"), ("e3", "HIGH")]
+        .into_iter()
+        .enumerate()
+    {
+        gw.send(
+            &t.device_threats,
+            "acme/d1",
+            Some(&report(&svc, event, "lookout", "d1", "MDM", state)),
+        );
+        gw.flush();
+        let got = changes.wait_for(n + 2, within).to_vec();
+        assert_eq!(got.len(), n + 2, "verdict of {event} committed on drain");
+        let want = if state == "HIGH" {
+            "NONCOMPLIANT"
+        } else {
+            "COMPLIANT"
+        };
+        assert_eq!(got[n + 1].1["current"], want);
+    }
+    svc.stop();
+}

@@ -2,6 +2,7 @@
 //! pipeline and its supervisor.
 
 pub mod clock;
+pub mod commit_policy;
 pub mod kafka;
 
 pub mod pipeline;

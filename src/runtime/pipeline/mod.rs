@@ -29,6 +29,7 @@ use crate::engine::Engine;
 use crate::telemetry;
 
 use super::clock::Clock;
+use super::commit_policy::CommitPolicy;
 use super::kafka::consumer_config;
 use super::tables::TableReader;
 use super::Status;
@@ -40,7 +41,7 @@ use rebalance::GroupContext;
 
 /// Most records taken from the consumer per loop iteration (one lock, one clock reading, one
 /// table poll and one commit check per iteration).
-const POLL_BATCH: usize = 256;
+pub const POLL_BATCH: usize = 256;
 
 /// A polled record with the rebalance count seen right after the poll that returned it.
 type Polled<'c> = (BorrowedMessage<'c>, u64);
@@ -63,9 +64,9 @@ pub fn run_pipeline(
         Pipeline::set_up(cfg, clock, engine, schemas, device_partitions, status)?;
     let mut batch = Vec::with_capacity(POLL_BATCH);
     while !shutdown.load(Ordering::SeqCst) {
-        poll(&consumer, &mut batch);
+        let drained = poll(&consumer, &mut batch);
         pipeline.process(&consumer, &mut batch)?;
-        pipeline.commit_when_due(&consumer)?;
+        pipeline.commit_when_due(&consumer, drained)?;
     }
     info!("shutting down: committing the open transaction");
     lock(&pipeline.processor).commit(&consumer)?;
@@ -81,7 +82,7 @@ struct Pipeline {
     routes: HashMap<String, Route>,
     processing: metrics::Histogram,
     lag_seconds: metrics::Gauge,
-    last_commit: Instant,
+    commits: CommitPolicy,
     last_gauges: Instant,
     schemas: Arc<Schemas>,
     /// Partitions paused at a record whose schema the registry must give first.
@@ -162,6 +163,7 @@ impl Pipeline {
         let mut subscribed: Vec<&str> = routes.keys().map(String::as_str).collect();
         subscribed.push(&cfg.topics.repartition);
         consumer.subscribe(&subscribed).context("subscribe")?;
+        let commits = CommitPolicy::new(&cfg.processing, Instant::now());
         let pipeline = Pipeline {
             cfg,
             processor,
@@ -169,7 +171,7 @@ impl Pipeline {
             routes,
             processing: telemetry::processing_histogram(),
             lag_seconds: telemetry::lag_seconds_gauge(),
-            last_commit: Instant::now(),
+            commits,
             last_gauges: Instant::now(),
             schemas,
             waiting: Vec::new(),
@@ -324,16 +326,23 @@ impl Pipeline {
         telemetry::schema_registry_waiting(0);
     }
 
-    /// Commit: at `max_batch` inputs, or once the commit interval has passed with anything
+    /// Commit when the [`CommitPolicy`] says so: the input drained (`drained`: the last poll
+    /// emptied the consumer's queue), the interval passed or the batch is full, with anything
     /// uncommitted. Gauges are refreshed once a second.
-    fn commit_when_due(&mut self, consumer: &BaseConsumer<GroupContext>) -> anyhow::Result<()> {
+    fn commit_when_due(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        drained: bool,
+    ) -> anyhow::Result<()> {
         let mut p = lock(&self.processor);
-        let interval = Duration::from_millis(self.cfg.processing.commit_interval_ms);
-        if p.pending >= self.cfg.processing.max_batch
-            || (self.last_commit.elapsed() >= interval && p.has_uncommitted())
+        let now = Instant::now();
+        if self
+            .commits
+            .due(now, p.pending, p.has_uncommitted(), drained)
+            .is_some()
         {
             p.commit(consumer)?;
-            self.last_commit = Instant::now();
+            self.commits.committed(Instant::now());
         }
         if self.last_gauges.elapsed() >= Duration::from_secs(1) {
             p.publish_gauges();
@@ -346,7 +355,8 @@ impl Pipeline {
 
 /// Poll: waits for the first record, then takes what is already fetched, up to
 /// [`POLL_BATCH`], without the processing lock (rebalance callbacks inside `poll` take it).
-fn poll<'c>(consumer: &'c BaseConsumer<GroupContext>, batch: &mut Vec<Polled<'c>>) {
+/// Returns whether the consumer's queue was drained (the batch is not full).
+fn poll<'c>(consumer: &'c BaseConsumer<GroupContext>, batch: &mut Vec<Polled<'c>>) -> bool {
     batch.clear();
     let mut polled = consumer.poll(Duration::from_millis(20));
     loop {
@@ -359,10 +369,11 @@ fn poll<'c>(consumer: &'c BaseConsumer<GroupContext>, batch: &mut Vec<Polled<'c>
             None => break,
         }
         if batch.len() == POLL_BATCH {
-            break;
+            return false;
         }
         polled = consumer.poll(Duration::ZERO);
     }
+    true
 }
 
 /// The device topics and where their records go.

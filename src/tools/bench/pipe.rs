@@ -2,11 +2,14 @@
 //!
 //! It is mtdgate's loop with the work taken out: the same consumer settings (a consumer group,
 //! read_committed, the same prefetch bounds, the range assignor), the same producer settings
-//! (`runtime::kafka::producer_config`: linger, batch size, lz4, idempotence), one record polled
-//! at a time, and the same commits: with exactly-once a transaction every 100 ms or 10,000
-//! records holding the copies and the input offsets (`send_offsets_to_transaction`); without,
-//! flush then a synchronous offset commit. Each input record is copied to the output topic
-//! unchanged (same key, same payload).
+//! (`runtime::kafka::producer_config`: linger, batch size, lz4, idempotence), the same polls (the
+//! first record waited for, then whatever is already fetched, up to
+//! `runtime::pipeline::POLL_BATCH`), sends pipelined (delivery reports served without waiting,
+//! awaited only before a commit), and the same commits (`runtime::commit_policy`): with
+//! exactly-once a transaction holding the copies and the input offsets
+//! (`send_offsets_to_transaction`) when the input drains, or every 100 ms or 10,000 records
+//! under load; without, flush then a synchronous offset commit. Each input record is copied to
+//! the output topic unchanged (same key, same payload).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +23,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use mtdgate::config::Config;
+use mtdgate::runtime::commit_policy::CommitPolicy;
 use mtdgate::runtime::kafka::{await_deliveries, consumer_config, producer_config};
+use mtdgate::runtime::pipeline::POLL_BATCH;
 
 use super::kafka::Worker;
 
@@ -88,12 +93,10 @@ pub fn run_pipe(
     };
     consumer.subscribe(&[opts.input.as_str()])?;
 
-    let interval = Duration::from_millis(cfg.processing.commit_interval_ms);
-    let max_batch = cfg.processing.max_batch;
+    let mut policy = CommitPolicy::new(&cfg.processing, Instant::now());
     let mut offsets: HashMap<i32, i64> = HashMap::new();
     let mut pending = 0usize;
     let mut txn_open = false;
-    let mut last_commit = Instant::now();
     let output = opts.output.as_str();
     let commit = |offsets: &HashMap<i32, i64>, txn_open: &mut bool| -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
@@ -132,31 +135,47 @@ pub fn run_pipe(
         Ok(())
     };
     while !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(20)) {
-            Some(Ok(m)) => {
-                if eos && !txn_open {
-                    producer.begin_transaction().context("begin transaction")?;
-                    txn_open = true;
+        let mut polled = consumer.poll(Duration::from_millis(20));
+        let mut taken = 0;
+        let drained = loop {
+            match polled {
+                Some(Ok(m)) => {
+                    if eos && !txn_open {
+                        producer.begin_transaction().context("begin transaction")?;
+                        txn_open = true;
+                    }
+                    let mut r = BaseRecord::<[u8], [u8]>::to(output);
+                    if let Some(k) = m.key() {
+                        r = r.key(k);
+                    }
+                    if let Some(p) = m.payload() {
+                        r = r.payload(p);
+                    }
+                    crate::tools::send(&producer, r)?;
+                    offsets.insert(m.partition(), m.offset() + 1);
+                    pending += 1;
+                    taken += 1;
+                    copied.fetch_add(1, Ordering::Relaxed);
                 }
-                let mut r = BaseRecord::<[u8], [u8]>::to(output);
-                if let Some(k) = m.key() {
-                    r = r.key(k);
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "pipe consumer error");
+                    break true;
                 }
-                if let Some(p) = m.payload() {
-                    r = r.payload(p);
-                }
-                crate::tools::send(&producer, r)?;
-                offsets.insert(m.partition(), m.offset() + 1);
-                pending += 1;
-                copied.fetch_add(1, Ordering::Relaxed);
+                None => break true,
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "pipe consumer error"),
-            None => {}
-        }
-        if pending >= max_batch || (pending > 0 && last_commit.elapsed() >= interval) {
+            if taken == POLL_BATCH {
+                break false;
+            }
+            polled = consumer.poll(Duration::ZERO);
+        };
+        let uncommitted = pending > 0 || txn_open;
+        if policy
+            .due(Instant::now(), pending, uncommitted, drained)
+            .is_some()
+        {
             commit(&offsets, &mut txn_open)?;
             pending = 0;
-            last_commit = Instant::now();
+            policy.committed(Instant::now());
         }
         producer.poll(Duration::ZERO);
     }
