@@ -65,6 +65,9 @@ pub struct TopicsConfig {
     pub rejected: String,
     /// The compacted per-device state changelog.
     pub device_state: String,
+    /// Internal, compacted, co-partitioned with the changelog: partition snapshots of it
+    /// (`processing.snapshots`), so a restore reads the latest one and the changelog after it.
+    pub device_state_snapshots: String,
     /// Internal, co-partitioned with the device topics: device-keyed records that arrived in
     /// another partition than their key's murmur2 partition, forwarded to their owner.
     pub repartition: String,
@@ -100,6 +103,13 @@ pub struct ProcessingConfig {
     pub adaptive_commit: bool,
     /// Least time between two commits made because the input was drained.
     pub commit_min_gap_ms: u64,
+    /// Write partition snapshots of the changelog (`runtime::snapshots`) and restore from them.
+    pub snapshots: bool,
+    /// Changelog records a partition must have written since its last snapshot for another
+    /// (and at least as many as it holds devices).
+    pub snapshot_min_records: u64,
+    /// Least time between two snapshots of one partition.
+    pub snapshot_min_interval_ms: u64,
     pub output_encoding: OutputEncoding,
     /// Deployment cloud: which partners the catalogue offers.
     pub cloud: String,
@@ -187,7 +197,7 @@ impl Default for KafkaConfig {
 impl TopicsConfig {
     /// Every topic name (templates with `{partner}` included), to rename them all at once: tests
     /// and benchmarks give each run topics of its own, and a topic added here is renamed too.
-    pub fn names_mut(&mut self) -> [&mut String; 18] {
+    pub fn names_mut(&mut self) -> [&mut String; 19] {
         [
             &mut self.device_threats,
             &mut self.connector_heartbeats,
@@ -203,6 +213,7 @@ impl TopicsConfig {
             &mut self.partner_app_inventory,
             &mut self.rejected,
             &mut self.device_state,
+            &mut self.device_state_snapshots,
             &mut self.repartition,
             &mut self.heartbeats_latest,
             &mut self.partner_device_threats,
@@ -246,6 +257,7 @@ impl Default for TopicsConfig {
             partner_app_inventory: "mtd.partner-app-inventory.{partner}.v1".into(),
             rejected: "mtd.rejected.v1".into(),
             device_state: "mtd.device-state.v1".into(),
+            device_state_snapshots: "mtd.device-state-snapshots.v1".into(),
             repartition: "mtd.device-repartition.v1".into(),
             heartbeats_latest: "mtd.connector-heartbeats-latest.v1".into(),
             bind_partners: false,
@@ -266,6 +278,9 @@ impl Default for ProcessingConfig {
             max_batch: 10_000,
             adaptive_commit: true,
             commit_min_gap_ms: 5,
+            snapshots: true,
+            snapshot_min_records: 10_000,
+            snapshot_min_interval_ms: 10_000,
             output_encoding: OutputEncoding::Json,
             cloud: "public".into(),
             catalogue: None,
@@ -372,6 +387,9 @@ impl Config {
                 "processing.commit_min_gap_ms ({}) must not exceed processing.commit_interval_ms ({})",
                 self.processing.commit_min_gap_ms, self.processing.commit_interval_ms
             ));
+        }
+        if self.processing.snapshot_min_records == 0 {
+            return bad("processing.snapshot_min_records must be at least 1".into());
         }
         if self.processing.max_clock_skew_ms < 0 {
             return bad("processing.max_clock_skew_ms must not be negative".into());

@@ -92,7 +92,15 @@ metric_defs! {
     RESTORE_DURATION: Histogram, "mtdgate_restore_duration_seconds", [],
         "Time to restore newly assigned partitions from the changelog, one per assignment.";
     RESTORE_RECORDS: Counter, "mtdgate_restore_records_total", [],
-        "Changelog records read while restoring partitions.";
+        "Changelog records read while restoring partitions (after the snapshot, when one was used).";
+    RESTORE_SNAPSHOT_RECORDS: Counter, "mtdgate_restore_snapshot_records_total", [],
+        "Snapshot entries applied while restoring partitions.";
+    SNAPSHOTS: Counter, "mtdgate_snapshots_total", ["result"],
+        "Partition snapshots handed to the writer, by result (written or failed).";
+    SNAPSHOT_BYTES: Counter, "mtdgate_snapshot_bytes_total", [],
+        "Compressed bytes of partition snapshots written.";
+    SNAPSHOT_FALLBACKS: Counter, "mtdgate_snapshot_fallbacks_total", ["reason"],
+        "Partition restores that read the whole changelog because no snapshot was usable, by reason.";
     CONSUMER_LAG_RECORDS: Gauge, "mtdgate_consumer_lag_records", ["topic", "partition"],
         "Records between the application position and the log end, from librdkafka statistics.";
     CONSUMER_LAG_SECONDS: Gauge, "mtdgate_consumer_lag_seconds", [],
@@ -138,6 +146,38 @@ impl RebalanceKind {
     }
 }
 
+/// Label value of [`SNAPSHOT_FALLBACKS`]: why a restore could not use a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotFallback {
+    /// None was written yet.
+    Missing,
+    /// The newest generation's chunks are not all there (a write cut short, or compaction
+    /// between two generations).
+    Incomplete,
+    /// A chunk fails its checksum, does not decompress or holds an undecodable record.
+    Corrupt,
+    /// It covers more of the changelog than the changelog holds (the changelog was recreated).
+    Ahead,
+}
+
+impl SnapshotFallback {
+    pub const ALL: [SnapshotFallback; 4] = [
+        SnapshotFallback::Missing,
+        SnapshotFallback::Incomplete,
+        SnapshotFallback::Corrupt,
+        SnapshotFallback::Ahead,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SnapshotFallback::Missing => "missing",
+            SnapshotFallback::Incomplete => "incomplete",
+            SnapshotFallback::Corrupt => "corrupt",
+            SnapshotFallback::Ahead => "ahead",
+        }
+    }
+}
+
 /// Label value of [`TRANSACTIONS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransactionResult {
@@ -174,6 +214,14 @@ pub fn describe_all() {
     }
     metrics::counter!(PIPELINE_RESTARTS.name).absolute(0);
     metrics::counter!(RESTORE_RECORDS.name).absolute(0);
+    metrics::counter!(RESTORE_SNAPSHOT_RECORDS.name).absolute(0);
+    metrics::counter!(SNAPSHOT_BYTES.name).absolute(0);
+    for r in ["written", "failed"] {
+        metrics::counter!(SNAPSHOTS.name, "result" => r).absolute(0);
+    }
+    for r in SnapshotFallback::ALL {
+        metrics::counter!(SNAPSHOT_FALLBACKS.name, "reason" => r.as_str()).absolute(0);
+    }
     for r in TransactionResult::ALL {
         metrics::counter!(TRANSACTIONS.name, "result" => r.as_str()).absolute(0);
     }
@@ -265,9 +313,11 @@ pub fn rebalance(kind: RebalanceKind) {
     metrics::counter!(REBALANCES.name, "kind" => kind.as_str()).increment(1);
 }
 
-/// One assignment's restore: its new partitions took `seconds` and read `records`.
-pub fn restore(seconds: f64, records: u64) {
+/// One assignment's restore: its new partitions took `seconds`, applied `snapshot` snapshot
+/// entries and read `records` changelog records.
+pub fn restore(seconds: f64, snapshot: u64, records: u64) {
     metrics::histogram!(RESTORE_DURATION.name).record(seconds);
+    metrics::counter!(RESTORE_SNAPSHOT_RECORDS.name).increment(snapshot);
     metrics::counter!(RESTORE_RECORDS.name).increment(records);
 }
 
@@ -353,4 +403,20 @@ pub fn schema_registry_request(result: RegistryResult) {
 /// Input partitions paused waiting for the registry.
 pub fn schema_registry_waiting(partitions: usize) {
     metrics::gauge!(SCHEMA_REGISTRY_WAITING.name).set(partitions as f64);
+}
+
+/// A partition snapshot of `bytes` compressed bytes was written.
+pub fn snapshot_written(bytes: u64) {
+    metrics::counter!(SNAPSHOTS.name, "result" => "written").increment(1);
+    metrics::counter!(SNAPSHOT_BYTES.name).increment(bytes);
+}
+
+/// A partition snapshot could not be written.
+pub fn snapshot_failed() {
+    metrics::counter!(SNAPSHOTS.name, "result" => "failed").increment(1);
+}
+
+/// A partition restore read the whole changelog for `reason`.
+pub fn snapshot_fallback(reason: SnapshotFallback) {
+    metrics::counter!(SNAPSHOT_FALLBACKS.name, "reason" => reason.as_str()).increment(1);
 }

@@ -436,6 +436,10 @@ fn chaos_at_scale_sigkills_instances_and_broker() {
     let mut cfg = config_on(&bootstrap, "chaos-scale");
     cfg.topics.partitions = p.partitions;
     cfg.processing.commit_interval_ms = 100;
+    // Snapshots every few thousand changelog records: restarts restore through them and the
+    // changelog after them, under the same kills.
+    cfg.processing.snapshot_min_records = 2_000;
+    cfg.processing.snapshot_min_interval_ms = 2_000;
     create_topics(&cfg);
     // Created above: a restart checks them and goes on.
     cfg.topics.create = false;

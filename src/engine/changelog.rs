@@ -246,3 +246,35 @@ impl Engine {
         ))
     }
 }
+
+impl Engine {
+    /// Hands the changelog record of every device of `partition`, keyed `tenant/device`, in
+    /// slot order: the image a partition snapshot holds. Changes not yet drained are
+    /// included, so call it when none are pending (right after a commit) for an image equal
+    /// to the committed changelog.
+    pub fn partition_records(&self, partition: i32, mut f: impl FnMut(&str, &DeviceStateRecord)) {
+        // Tables before shards, the one lock order (see [`Engine`]).
+        let tenants = self.tenants.read();
+        let Some(shard) = self.shards.get(&partition) else {
+            return;
+        };
+        let catalogue = &self.catalogue;
+        let mut key = String::new();
+        for (slot, d) in shard.iter() {
+            let name = tenants.name(d.tenant);
+            let tables = tenants.tables(d.tenant);
+            d.id.with_str(|id| {
+                key.clear();
+                key.push_str(name);
+                key.push('/');
+                key.push_str(id);
+                f(&key, &to_record(name, tables, id, &shard, slot, catalogue));
+            });
+        }
+    }
+
+    /// Devices held for `partition`.
+    pub fn partition_len(&self, partition: i32) -> usize {
+        self.shards.get(&partition).map_or(0, |s| s.len())
+    }
+}

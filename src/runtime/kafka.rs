@@ -108,6 +108,9 @@ pub fn all_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<(String, bool)> {
         (t.repartition.clone(), false),
         (t.heartbeats_latest.clone(), true),
     ]);
+    if cfg.processing.snapshots {
+        v.push((t.device_state_snapshots.clone(), true));
+    }
     for p in &partners {
         v.push((cfg.partner_topic(p), false));
     }
@@ -128,6 +131,9 @@ pub fn device_topics(cfg: &Config, catalogue: &Catalogue) -> Vec<String> {
         cfg.topics.device_state.clone(),
         cfg.topics.repartition.clone(),
     ]);
+    if cfg.processing.snapshots {
+        v.push(cfg.topics.device_state_snapshots.clone());
+    }
     v
 }
 
@@ -226,10 +232,16 @@ pub fn verify_topics(cfg: &Config, catalogue: &Catalogue) -> Result<i32, KafkaSe
     }
     // With delete retention the heartbeat view could lose a silent connector's record while
     // keeping a later checkpoint. Checked when the broker answers DescribeConfigs.
-    let view = &cfg.topics.heartbeats_latest;
-    if let Some(policy) = cleanup_policy(cfg, view) {
-        if !policy.split(',').any(|p| p.trim() == "compact") {
-            return Err(KafkaSetupError::NotCompacted(view.clone()));
+    // Snapshots are overwritten chunk by chunk; with delete retention old chunks would expire.
+    let mut compacted = vec![&cfg.topics.heartbeats_latest];
+    if cfg.processing.snapshots {
+        compacted.push(&cfg.topics.device_state_snapshots);
+    }
+    for view in compacted {
+        if let Some(policy) = cleanup_policy(cfg, view) {
+            if !policy.split(',').any(|p| p.trim() == "compact") {
+                return Err(KafkaSetupError::NotCompacted(view.clone()));
+            }
         }
     }
     Ok(dev[0].1)
@@ -285,9 +297,13 @@ pub async fn create_topics(
             match *compacted {
                 // The heartbeat view is rewritten in full every few minutes: short segments
                 // let the cleaner keep it near one record per connector.
-                true if *name == cfg.topics.heartbeats_latest => t
-                    .set("cleanup.policy", "compact")
-                    .set("segment.ms", VIEW_SEGMENT_MS),
+                // So are snapshots, chunk by chunk.
+                true if *name == cfg.topics.heartbeats_latest
+                    || *name == cfg.topics.device_state_snapshots =>
+                {
+                    t.set("cleanup.policy", "compact")
+                        .set("segment.ms", VIEW_SEGMENT_MS)
+                }
                 true => t.set("cleanup.policy", "compact"),
                 false => t,
             }

@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod pipeline;
 pub mod restore;
 pub mod schemas;
+pub mod snapshots;
 pub mod tables;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -35,6 +35,7 @@ use super::tables::TableReader;
 use super::Status;
 
 use super::schemas::Schemas;
+use super::snapshots::Snapshots;
 use delivery::Sink;
 use processor::{DeviceTopic, Handled, Processor, Route};
 use rebalance::GroupContext;
@@ -131,6 +132,8 @@ impl Pipeline {
             end_to_end: telemetry::end_to_end_histogram(),
             schemas: schemas.clone(),
             device_partitions,
+            snapshots: Snapshots::new(&cfg)?,
+            status_records: HashMap::new(),
         }));
 
         let mut tables = TableReader::new(&cfg, &partner_ids, schemas.clone())?;
@@ -343,6 +346,9 @@ impl Pipeline {
         {
             p.commit(consumer)?;
             self.commits.committed(Instant::now());
+        } else if drained && !p.has_uncommitted() {
+            // Idle partitions are snapshotted too (their state equals the committed changelog).
+            p.snapshot_if_due();
         }
         if self.last_gauges.elapsed() >= Duration::from_secs(1) {
             p.publish_gauges();

@@ -131,6 +131,13 @@ impl Processor {
             key.as_bytes(),
             Some(buf),
         )?;
+        if let Some(snapshots) = self.snapshots.as_mut() {
+            snapshots.wrote(partition, 1);
+            self.status_records
+                .entry(partition)
+                .or_default()
+                .insert(key.into_bytes(), buf.clone());
+        }
         let id = (s.tenant_id.clone(), s.partner_id.clone());
         self.last_status
             .insert(id.clone(), (s.current, s.compliance_ignored));
@@ -157,10 +164,12 @@ impl Processor {
         let mut failed = None;
         for p in changed {
             let sink = &mut self.sink;
+            let mut written = 0u64;
             self.engine.drain_changelog(p, |key, rec| {
                 if failed.is_some() {
                     return;
                 }
+                written += 1;
                 buf.clear();
                 // The changelog is always Avro: compact and fast to restore.
                 let value = match rec {
@@ -177,6 +186,9 @@ impl Processor {
                     failed = Some(e);
                 }
             });
+            if let Some(s) = self.snapshots.as_mut() {
+                s.wrote(p, written);
+            }
         }
         self.buf = buf;
         match failed {

@@ -19,8 +19,9 @@ use crate::engine::partitioner::partition_for;
 use crate::engine::{check_partner_binding, Body, Engine, Event, Output, Rejection};
 use crate::model::*;
 use crate::runtime::clock::Clock;
-use crate::runtime::restore::restore_partitions;
+use crate::runtime::restore::{restore_partitions, RestoredStatuses};
 use crate::runtime::schemas::{RegistryWait, Schemas};
+use crate::runtime::snapshots::{Image, Snapshots};
 use crate::runtime::Status;
 use crate::telemetry;
 
@@ -106,6 +107,11 @@ pub(super) struct Processor {
     pub(super) schemas: Arc<Schemas>,
     /// Partitions of the device topics: a key's owner is its murmur2 partition among them.
     pub(super) device_partitions: i32,
+    /// Partition snapshots, when on.
+    pub(super) snapshots: Option<Snapshots>,
+    /// The connector status records in each owned changelog partition (key -> value): the
+    /// part of a partition's changelog image that is not device state.
+    pub(super) status_records: HashMap<i32, HashMap<Vec<u8>, Vec<u8>>>,
 }
 
 /// What became of a device-topic record.
@@ -394,6 +400,10 @@ impl Processor {
                 debug!(partition = p, devices = n, "dropped partition state");
             }
         }
+        self.status_records.retain(|p, _| assigned.contains(p));
+        if let Some(s) = self.snapshots.as_mut() {
+            s.retain(&assigned);
+        }
         let new = self.ownership.assign(assigned);
         for &p in &new {
             // A partition we did not own may hold stale state from an earlier ownership.
@@ -401,18 +411,29 @@ impl Processor {
         }
         if !new.is_empty() {
             let started = Instant::now();
-            let mut restored = PublishedStatuses::new();
+            let mut restored = RestoredStatuses::default();
             let counts = restore_partitions(&self.cfg, &mut self.engine, &new, &mut restored)?;
-            for (key, status) in restored {
+            for (key, status) in restored.published {
                 self.exact_status.insert(key.clone());
                 self.last_status.insert(key, status);
             }
+            for p in &new {
+                self.status_records.remove(p);
+            }
+            self.status_records.extend(restored.records);
             let secs = started.elapsed().as_secs_f64();
-            let total: usize = counts.values().sum();
-            telemetry::restore(secs, total as u64);
+            let snapshot: usize = counts.values().map(|c| c.snapshot).sum();
+            let changelog: usize = counts.values().map(|c| c.changelog).sum();
+            if let Some(s) = self.snapshots.as_mut() {
+                for (&p, c) in &counts {
+                    s.restored(p, c.chunks, c.changelog as u64);
+                }
+            }
+            telemetry::restore(secs, snapshot as u64, changelog as u64);
             info!(
                 partitions = ?counts.keys().collect::<Vec<_>>(),
-                records = total,
+                snapshot_entries = snapshot,
+                changelog_records = changelog,
                 seconds = secs,
                 "restored partition state"
             );
@@ -462,6 +483,49 @@ impl Processor {
         }
         self.sink.commit(consumer, &tpl)?;
         self.pending = 0;
+        self.snapshot_if_due();
         Ok(())
+    }
+
+    /// Copies the image of the partition most in need of a snapshot, if one is due, and hands
+    /// it to the snapshot writer. Only called with nothing uncommitted, when the state of every
+    /// partition equals its committed changelog. A snapshot that cannot be taken is skipped
+    /// with a log line: the changelog alone still restores everything.
+    pub fn snapshot_if_due(&mut self) {
+        let Some(s) = self.snapshots.as_mut() else {
+            return;
+        };
+        let engine = &self.engine;
+        let Some(p) = s.due(|p| engine.partition_len(p)) else {
+            return;
+        };
+        let covered = match s.covered(p) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %format!("{e:#}"), "snapshot skipped");
+                s.postpone(p);
+                return;
+            }
+        };
+        let mut image = Image::default();
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut failed = None;
+        self.engine.partition_records(p, |key, record| {
+            buf.clear();
+            match codec::encode(record, OutputEncoding::Avro, &mut buf) {
+                Ok(()) => image.push(key.as_bytes(), &buf),
+                Err(e) => failed = Some(e),
+            }
+        });
+        self.buf = buf;
+        if let Some(e) = failed {
+            tracing::warn!(partition = p, error = %e, "snapshot skipped");
+            s.postpone(p);
+            return;
+        }
+        for (key, value) in self.status_records.get(&p).into_iter().flatten() {
+            image.push(key, value);
+        }
+        s.submit(p, covered, image);
     }
 }

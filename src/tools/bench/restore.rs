@@ -1,17 +1,19 @@
-//! Device states/s restored from the changelog by `runtime::restore::restore_partitions`,
-//! against reading the same partitions the same way (`read_to_end`, one partition after the
-//! other, same fetch settings) without decoding or applying.
+//! Device states/s restored by `runtime::restore::restore_partitions` from the whole changelog,
+//! and from snapshots of every partition (`runtime::snapshots`, written the way the pipeline
+//! writes them), against reading the changelog's partitions the same way (`read_to_end`, one
+//! partition after the other, same fetch settings) without decoding or applying.
 
 use std::time::{Duration, Instant};
 
 use rdkafka::message::Message;
-use rdkafka::producer::BaseRecord;
+use rdkafka::producer::{BaseRecord, Producer};
 
 use crate::tools::simulate::group;
 use mtdgate::codec::{self, OutputEncoding};
 use mtdgate::engine::partitioner::partition_for;
 use mtdgate::runtime::clock::{Clock, SystemClock};
-use mtdgate::runtime::restore::{read_to_end, restore_partitions};
+use mtdgate::runtime::restore::{read_to_end, restore_partitions, RestoredStatuses};
+use mtdgate::runtime::snapshots::{write_snapshot, Image};
 
 use super::kafka::{flush, send, BenchEnv};
 use super::world;
@@ -81,11 +83,14 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
     let raw_secs = t.elapsed().as_secs_f64();
     anyhow::ensure!(read == n, "raw read found {read} of {n} records");
 
+    // The whole changelog, as without snapshots.
+    cfg.processing.snapshots = false;
     let mut engine = world::engine();
     let t = Instant::now();
-    let mut statuses = Default::default();
+    let mut statuses = RestoredStatuses::default();
     let restored: usize = restore_partitions(&cfg, &mut engine, &all, &mut statuses)?
         .values()
+        .map(|r| r.records())
         .sum();
     let secs = t.elapsed().as_secs_f64();
     anyhow::ensure!(
@@ -93,15 +98,74 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
         "restored {restored} records, {} devices, of {n}",
         engine.device_count()
     );
+
+    // A snapshot of every partition, taken from the restored engine as the pipeline takes
+    // them, then a restore through them (the changelog tail after them is empty).
+    cfg.processing.snapshots = true;
+    cfg.topics.device_state_snapshots = env.topic("restore.device-state-snapshots");
+    env.create_topic(&cfg.topics.device_state_snapshots, env.partitions, true)?;
+    let producer = env.producer()?;
+    let t = Instant::now();
+    let mut snapshot_bytes = 0;
+    for &p in &all {
+        let (_, high) = producer.client().fetch_watermarks(
+            &cfg.topics.device_state,
+            p,
+            Duration::from_secs(10),
+        )?;
+        let mut image = Image::default();
+        let mut buf = Vec::new();
+        engine.partition_records(p, |key, record| {
+            buf.clear();
+            if codec::encode(record, OutputEncoding::Avro, &mut buf).is_ok() {
+                image.push(key.as_bytes(), &buf);
+            }
+        });
+        snapshot_bytes += write_snapshot(
+            &producer,
+            &cfg.topics.device_state_snapshots,
+            p,
+            high,
+            &image,
+            0,
+        )?;
+    }
+    let write_secs = t.elapsed().as_secs_f64();
+    drop(engine);
+    let mut engine = world::engine();
+    let t = Instant::now();
+    let mut statuses = RestoredStatuses::default();
+    let counts = restore_partitions(&cfg, &mut engine, &all, &mut statuses)?;
+    let snap_secs = t.elapsed().as_secs_f64();
+    let from_snapshot: usize = counts.values().map(|r| r.snapshot).sum();
+    anyhow::ensure!(
+        from_snapshot == n && engine.device_count() == n,
+        "restored {from_snapshot} snapshot entries, {} devices, of {n}: {counts:?}",
+        engine.device_count()
+    );
     println!(
-        "    raw read {:.2} s, restore {:.2} s for {} partitions",
-        raw_secs, secs, env.partitions
+        "    raw read {:.2} s, restore from the changelog {:.2} s, snapshots written in {:.2} s \
+         ({:.1} B/device compressed), restore from them {:.2} s, for {} partitions",
+        raw_secs,
+        secs,
+        write_secs,
+        snapshot_bytes as f64 / n as f64,
+        snap_secs,
+        env.partitions
     );
     let unit = Unit::PerSecond("states");
     report.push(
         Figure::new(
-            format!("restore, {} devices", group(n as u64)),
+            format!("restore, {} devices, from the changelog", group(n as u64)),
             n as f64 / secs,
+            unit,
+        )
+        .baseline(n as f64 / raw_secs),
+    );
+    report.push(
+        Figure::new(
+            format!("restore, {} devices, from snapshots", group(n as u64)),
+            n as f64 / snap_secs,
             unit,
         )
         .baseline(n as f64 / raw_secs)
