@@ -454,11 +454,18 @@ impl Snapshots {
 }
 
 impl Drop for Snapshots {
-    /// Lets the writer finish the snapshot it holds (bounded by its send timeout).
+    /// Gives the writer up to 10 s to finish the snapshot it holds (one taken at shutdown
+    /// makes the next start short), then leaves it: an unfinished snapshot is only incomplete.
     fn drop(&mut self) {
         self.jobs = None;
         if let Some(w) = self.writer.take() {
-            let _ = w.join();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !w.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            }
         }
     }
 }
