@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::telemetry::{self, SnapshotFallback};
 
-use super::kafka::{base_config, producer_config};
+use super::kafka::{base_config, producer_config, send_waiting};
 
 const MAGIC: &[u8; 4] = b"MTDS";
 const VERSION: u8 = 1;
@@ -546,22 +546,7 @@ fn send(
     if let Some(v) = value {
         record = record.payload(v);
     }
-    let deadline = Instant::now() + SEND_TIMEOUT;
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) if Instant::now() < deadline => {
-                record = r;
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(e).context("produce a snapshot chunk"),
-        }
-    }
+    send_waiting(producer, record)
 }
 
 #[cfg(test)]
