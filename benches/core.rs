@@ -42,6 +42,8 @@ const ROUNDS: usize = 2;
 /// Reports between changelog drains (one runtime transaction).
 const BATCH: usize = 10_000;
 const FANOUT_DEVICES: usize = 1_000_000;
+/// Changelog records restored per sample of `restore_apply`.
+const RESTORE_DEVICES: usize = 200_000;
 
 /// Where timed regions read the time.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -585,7 +587,93 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_only, decode_evaluate, fanout);
+/// Applying changelog records as a restore does (`runtime::restore`): Avro decoding into one
+/// reused record, then `Engine::restore` into an empty engine, for the mixed population of
+/// `mtdgate bench`'s restore part (1,000 tenants). `decode` times the decoding alone,
+/// `decode_restore` applies record by record, `decode_restore_batch` in batches of 256
+/// records of one partition (`Engine::restore_batch`).
+fn restore_apply(c: &mut Criterion) {
+    let n = RESTORE_DEVICES;
+    let mut records: Option<Vec<(String, i32, Vec<u8>)>> = None;
+    let mut group = c.benchmark_group("restore_apply");
+    group.throughput(Throughput::Elements(n as u64));
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    for name in ["decode", "decode_restore", "decode_restore_batch"] {
+        group.bench_function(name, |b| {
+            let records = records.get_or_insert_with(|| {
+                (0..n)
+                    .map(|i| {
+                        let r = world::mixed_state(i, TENANTS, T0);
+                        let key = format!("{}/{}", r.tenant_id, r.device_id);
+                        let partition = partition_for(key.as_bytes(), PARTITIONS);
+                        let mut buf = Vec::new();
+                        codec::encode(&r, OutputEncoding::Avro, &mut buf).expect("encodes");
+                        (key, partition, buf)
+                    })
+                    .collect()
+            });
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let engine = world::engine();
+                    let first = codec::decode::<DeviceStateRecord>(&records[0].2).unwrap();
+                    // As `runtime::restore` does: batches of 256 records of one partition.
+                    let mut batch = vec![first; 256];
+                    let mut pending: Vec<Vec<usize>> = vec![Vec::new(); PARTITIONS as usize];
+                    let start = Mark::now();
+                    for (i, (key, partition, value)) in records.iter().enumerate() {
+                        match name {
+                            "decode" => {
+                                codec::decode_into(value, &mut batch[0]).expect("decodes");
+                                black_box(&batch[0]);
+                            }
+                            "decode_restore" => {
+                                codec::decode_into(value, &mut batch[0]).expect("decodes");
+                                engine
+                                    .restore(*partition, key, Some(&batch[0]))
+                                    .expect("restores");
+                            }
+                            _ => {
+                                let p = &mut pending[*partition as usize];
+                                p.push(i);
+                                if p.len() == batch.len() || i + 1 == records.len() {
+                                    for (k, &j) in p.iter().enumerate() {
+                                        codec::decode_into(&records[j].2, &mut batch[k])
+                                            .expect("decodes");
+                                    }
+                                    let items = p
+                                        .iter()
+                                        .zip(&batch)
+                                        .map(|(&j, r)| (records[j].0.as_str(), Some(r)));
+                                    engine.restore_batch(*partition, items).expect("restores");
+                                    p.clear();
+                                }
+                            }
+                        }
+                    }
+                    for (p, left) in pending.iter_mut().enumerate() {
+                        for (k, &j) in left.iter().enumerate() {
+                            codec::decode_into(&records[j].2, &mut batch[k]).expect("decodes");
+                        }
+                        let items = left
+                            .iter()
+                            .zip(&batch)
+                            .map(|(&j, r)| (records[j].0.as_str(), Some(r)));
+                        engine.restore_batch(p as i32, items).expect("restores");
+                        left.clear();
+                    }
+                    total += start.elapsed();
+                    assert!(name == "decode" || engine.device_count() == n);
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode_only, decode_evaluate, fanout, restore_apply);
 criterion_main!(benches, codec_choice);
 
 // Issue 9, item 8: the Avro codec decided by a measurement.

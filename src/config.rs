@@ -110,6 +110,9 @@ pub struct ProcessingConfig {
     pub snapshot_min_records: u64,
     /// Least time between two snapshots of one partition.
     pub snapshot_min_interval_ms: u64,
+    /// Threads restoring newly assigned partitions side by side, one partition each at a
+    /// time; 0: one per core.
+    pub restore_threads: usize,
     pub output_encoding: OutputEncoding,
     /// Deployment cloud: which partners the catalogue offers.
     pub cloud: String,
@@ -281,6 +284,7 @@ impl Default for ProcessingConfig {
             snapshots: true,
             snapshot_min_records: 10_000,
             snapshot_min_interval_ms: 10_000,
+            restore_threads: 0,
             output_encoding: OutputEncoding::Json,
             cloud: "public".into(),
             catalogue: None,

@@ -96,13 +96,15 @@ fn wait_for_snapshots(cfg: &Config) {
     }
 }
 
-/// Restores every partition into a fresh engine.
+/// Restores every partition into a fresh engine, on `threads` threads.
 fn restore(
     cfg: &Config,
     snapshots: bool,
+    threads: usize,
 ) -> (Engine, RestoredStatuses, BTreeMap<i32, PartitionRestore>) {
     let mut cfg = cfg.clone();
     cfg.processing.snapshots = snapshots;
+    cfg.processing.restore_threads = threads;
     let mut engine = world::engine();
     let mut statuses = RestoredStatuses::default();
     let all: Vec<i32> = (0..cfg.topics.partitions).collect();
@@ -111,7 +113,11 @@ fn restore(
 }
 
 /// Every device's state record and every connector status agree.
-fn assert_same_state(cfg: &Config, a: &(Engine, RestoredStatuses), b: &(Engine, RestoredStatuses)) {
+fn assert_same_state(
+    cfg: &Config,
+    a: (&Engine, &RestoredStatuses),
+    b: (&Engine, &RestoredStatuses),
+) {
     assert_eq!(a.0.device_count(), DEVICES);
     assert_eq!(b.0.device_count(), DEVICES);
     for d in 0..DEVICES {
@@ -132,8 +138,13 @@ fn assert_same_state(cfg: &Config, a: &(Engine, RestoredStatuses), b: &(Engine, 
 #[test]
 fn snapshot_and_tail_restore_equals_the_full_changelog() {
     let cfg = run_with_snapshots("snap-tail");
-    let (full, full_statuses, full_counts) = restore(&cfg, false);
-    let (snap, snap_statuses, counts) = restore(&cfg, true);
+    let (full, full_statuses, full_counts) = restore(&cfg, false, 1);
+    // Partitions restored side by side (one tenant: every thread interns its users) give the
+    // state one thread gives.
+    let (side, side_statuses, side_counts) = restore(&cfg, false, 3);
+    assert_eq!(side_counts, full_counts);
+    assert_same_state(&cfg, (&side, &side_statuses), (&full, &full_statuses));
+    let (snap, snap_statuses, counts) = restore(&cfg, true, 3);
     for (p, c) in &counts {
         assert_eq!(c.fallback, None, "partition {p}: {c:?}");
         assert!(
@@ -150,7 +161,7 @@ fn snapshot_and_tail_restore_equals_the_full_changelog() {
         counts.values().any(|c| c.changelog > 0),
         "some changes came after the snapshots: {counts:?}"
     );
-    assert_same_state(&cfg, &(snap, snap_statuses), &(full, full_statuses));
+    assert_same_state(&cfg, (&snap, &snap_statuses), (&full, &full_statuses));
 }
 
 #[test]
@@ -180,8 +191,8 @@ fn an_unusable_snapshot_falls_back_to_the_full_changelog() {
     )
     .unwrap();
 
-    let (full, full_statuses, _) = restore(&cfg, false);
-    let (snap, snap_statuses, counts) = restore(&cfg, true);
+    let (full, full_statuses, _) = restore(&cfg, false, 1);
+    let (snap, snap_statuses, counts) = restore(&cfg, true, 2);
     assert_eq!(
         counts[&0].fallback,
         Some(SnapshotFallback::Corrupt),
@@ -195,5 +206,5 @@ fn an_unusable_snapshot_falls_back_to_the_full_changelog() {
     );
     assert_eq!(counts[&2].fallback, None, "{counts:?}");
     assert!(counts[&2].snapshot > 0);
-    assert_same_state(&cfg, &(snap, snap_statuses), &(full, full_statuses));
+    assert_same_state(&cfg, (&snap, &snap_statuses), (&full, &full_statuses));
 }

@@ -12,8 +12,8 @@ use crate::model::{DeviceStateRecord, PartnerObservation, PolicyGrace};
 use super::compact::OsVersion;
 use super::devices::{flags, Device, DeviceShard, Observation, Observations, Slot};
 use super::evaluate::Grace;
-use super::tables::TenantTables;
-use super::users::{self, worst_threats, ThreatSetId, NO_USER};
+use super::tables::{TenantId, TenantTables, Tenants};
+use super::users::{self, worst_threats, ThreatSetId, UserId, NO_USER};
 use super::Engine;
 
 /// A changelog record that cannot be restored.
@@ -79,6 +79,53 @@ pub fn to_record(
     }
 }
 
+/// A checked changelog record with what it names interned ([`Engine::restore_batch`]).
+struct Prepared {
+    tenant: TenantId,
+    /// Adopted once for the restore itself; released when the device takes it.
+    user: UserId,
+    observations: SmallVec<[Observation; 4]>,
+    threat_sets: SmallVec<[(PartnerIdx, ThreatSetId); 2]>,
+    graces: SmallVec<[Grace; 1]>,
+}
+
+/// Writes a prepared record's device into `shard` (a device held already is overwritten).
+fn install(tenants: &Tenants, shard: &mut DeviceShard, r: &DeviceStateRecord, p: Prepared) {
+    let tables = tenants.tables(p.tenant);
+    let slot = match shard.find(p.tenant, &r.device_id) {
+        Some(s) => s,
+        None => shard.insert(Device::new(
+            p.tenant,
+            &r.device_id,
+            r.platform,
+            r.management,
+        )),
+    };
+    shard.set_platform(slot, r.platform);
+    shard.set_compliance(slot, r.compliance);
+    users::assign(&tables.users, shard, slot, p.user);
+    // The restore's own hold on the user (see [`Prepared::user`]).
+    tables.users.release(p.user);
+    shard.set_observations(
+        slot,
+        Observations::from_sorted(&p.observations),
+        &p.threat_sets,
+    );
+    shard.set_graces(slot, p.graces);
+    let d = shard.get_mut(slot);
+    d.output_seq = r.output_seq as u32;
+    d.os = r
+        .os_version
+        .as_deref()
+        .map_or(OsVersion::UNKNOWN, OsVersion::parse);
+    d.management = r.management;
+    d.ownership = r.ownership;
+    d.flags = 0;
+    d.set(flags::ENROLLED, r.enrolled);
+    d.set(flags::MAM_BLOCKED, r.mam_blocked);
+    d.set(flags::WIPE_INCIDENT, r.mam_wipe_incident);
+}
+
 impl Engine {
     /// Hands the changelog record (or `None` for a tombstone) of every device of `partition`
     /// changed since the last call, keyed `tenant/device`.
@@ -111,25 +158,80 @@ impl Engine {
     /// Restores one changelog record into `partition` (a later record for the same device
     /// replaces the earlier one; `None` removes the device).
     pub fn restore(
-        &mut self,
+        &self,
         partition: i32,
         key: &str,
         record: Option<&DeviceStateRecord>,
     ) -> Result<(), RestoreError> {
-        let Some(r) = record else {
-            if let Some((t, d)) = key.split_once('/') {
-                let tenants = self.tenants.read();
-                if let (Some(tenant), Some(mut shard)) =
-                    (tenants.get(t), self.shards.get_mut(&partition))
+        self.restore_batch(partition, std::iter::once((key, record)))
+            .map_err(|(_, e)| e)
+    }
+
+    /// Restores changelog records of `partition` in their order, with one write lock for all
+    /// their interning and then one read lock and one shard lock for all their devices: per
+    /// record, the locks cost more than the rest of the restore, and partitions restored on
+    /// several threads at once would fight over the write lock. Takes `&self` so those threads
+    /// can share the engine; nothing else may change it meanwhile. On a bad record, returns
+    /// its position with the error; the records before it are applied.
+    pub fn restore_batch<'r>(
+        &self,
+        partition: i32,
+        records: impl IntoIterator<Item = (&'r str, Option<&'r DeviceStateRecord>)> + Clone,
+    ) -> Result<(), (usize, RestoreError)> {
+        let mut prepared: SmallVec<[Option<Prepared>; 16]> = SmallVec::new();
+        let mut failed = None;
+        {
+            let mut tenants = self.tenants.write();
+            for (i, (key, record)) in records.clone().into_iter().enumerate() {
+                match record
+                    .map(|r| self.prepare(&mut tenants, key, r))
+                    .transpose()
                 {
-                    if let Some(slot) = shard.find(tenant, d) {
-                        let gone = shard.remove_restored(slot);
-                        tenants.tables(tenant).users.release(gone.user);
+                    Ok(p) => prepared.push(p),
+                    Err(e) => {
+                        failed = Some((i, e));
+                        break;
                     }
                 }
             }
-            return Ok(());
+        }
+        // Tables before shards, the one lock order (see [`Engine`]).
+        let tenants = self.tenants.read();
+        let mut shard = match prepared.iter().any(Option::is_some) {
+            true => self.shards.entry(partition).or_default(),
+            false => match self.shards.get_mut(&partition) {
+                Some(shard) => shard,
+                None => return failed.map_or(Ok(()), Err),
+            },
         };
+        for ((key, record), p) in records.into_iter().zip(prepared) {
+            match (record, p) {
+                (Some(r), Some(p)) => install(&tenants, &mut shard, r, p),
+                _ => {
+                    let Some((t, d)) = key.split_once('/') else {
+                        continue;
+                    };
+                    if let Some(tenant) = tenants.get(t) {
+                        if let Some(slot) = shard.find(tenant, d) {
+                            let gone = shard.remove_restored(slot);
+                            tenants.tables(tenant).users.release(gone.user);
+                        }
+                    }
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Checks a record and interns what it names (its tenant, user, threat lists and grace
+    /// policies) under the write lock. The user is adopted at once, so interning the next
+    /// record's user cannot sweep it before its device is written.
+    fn prepare(
+        &self,
+        tenants: &mut Tenants,
+        key: &str,
+        r: &DeviceStateRecord,
+    ) -> Result<Prepared, RestoreError> {
         if key.split_once('/') != Some((r.tenant_id.as_str(), r.device_id.as_str())) {
             return Err(RestoreError::KeyMismatch {
                 key: key.to_owned(),
@@ -138,6 +240,9 @@ impl Engine {
             });
         }
         let mut observations: SmallVec<[Observation; 4]> = SmallVec::new();
+        let mut threat_sets: SmallVec<[(PartnerIdx, ThreatSetId); 2]> = SmallVec::new();
+        let tenant = tenants.intern(&r.tenant_id);
+        let tables = tenants.tables_mut(tenant);
         for p in &r.partners {
             let partner = self.catalogue.index(&p.partner_id).ok_or_else(|| {
                 RestoreError::UnknownPartner {
@@ -157,61 +262,41 @@ impl Engine {
                 )
                 .with_earlier(p.earlier_event_fingerprints.iter().map(|&f| f as u32)),
             );
+            if !p.threats.is_empty() {
+                let worst = worst_threats(&p.threats);
+                threat_sets.push((partner, tables.threat_sets.intern(&worst)));
+            }
         }
         observations.sort_by_key(|o: &Observation| o.partner);
-        let tenant = self.intern_tenant(&r.tenant_id);
-        // The user and threat lists are interned under the write lock, the device then
-        // written under the read lock, like live traffic.
-        let mut threat_sets: SmallVec<[(PartnerIdx, ThreatSetId); 2]> = SmallVec::new();
-        let mut graces: SmallVec<[Grace; 1]> = SmallVec::new();
-        let user = {
-            let mut tenants = self.tenants.write();
-            let tables = tenants.tables_mut(tenant);
-            for p in r.partners.iter().filter(|p| !p.threats.is_empty()) {
-                let idx = self.catalogue.index(&p.partner_id).expect("checked above");
-                let worst = worst_threats(&p.threats);
-                threat_sets.push((idx, tables.threat_sets.intern(&worst)));
-            }
-            for g in &r.graces {
-                graces.push((
+        let graces = r
+            .graces
+            .iter()
+            .map(|g| {
+                (
                     tables.policy_keys.intern(g.policy_id.as_str().into()),
                     g.failing_since,
-                ));
+                )
+            })
+            .collect();
+        let user = match r.user_id.as_deref().filter(|u| !u.is_empty()) {
+            Some(u) => {
+                let id = tables.users.intern(u);
+                tables.users.adopt(id);
+                id
             }
-            match r.user_id.as_deref().filter(|u| !u.is_empty()) {
-                Some(u) => tables.users.intern(u),
-                None => NO_USER,
-            }
+            None => NO_USER,
         };
-        let tenants = self.tenants.read();
-        let tables = tenants.tables(tenant);
-        let mut shard = self.shards.entry(partition).or_default();
-        let slot = match shard.find(tenant, &r.device_id) {
-            Some(s) => s,
-            None => shard.insert(Device::new(tenant, &r.device_id, r.platform, r.management)),
-        };
-        shard.set_platform(slot, r.platform);
-        shard.set_compliance(slot, r.compliance);
-        users::assign(&tables.users, &mut shard, slot, user);
-        shard.set_observations(slot, Observations::from_sorted(&observations), &threat_sets);
-        shard.set_graces(slot, graces);
-        let d = shard.get_mut(slot);
-        d.output_seq = r.output_seq as u32;
-        d.os = r
-            .os_version
-            .as_deref()
-            .map_or(OsVersion::UNKNOWN, OsVersion::parse);
-        d.management = r.management;
-        d.ownership = r.ownership;
-        d.flags = 0;
-        d.set(flags::ENROLLED, r.enrolled);
-        d.set(flags::MAM_BLOCKED, r.mam_blocked);
-        d.set(flags::WIPE_INCIDENT, r.mam_wipe_incident);
-        Ok(())
+        Ok(Prepared {
+            tenant,
+            user,
+            observations,
+            threat_sets,
+            graces,
+        })
     }
 
     /// Drops the state of a partition this instance no longer owns.
-    pub fn drop_partition(&mut self, partition: i32) -> usize {
+    pub fn drop_partition(&self, partition: i32) -> usize {
         let Some((_, shard)) = self.shards.remove(&partition) else {
             return 0;
         };
@@ -273,8 +358,113 @@ impl Engine {
         }
     }
 
+    /// Makes room for about `devices` more devices in `partition` before a restore of that
+    /// many (a snapshot: its size is known before its devices are applied).
+    pub fn reserve_devices(&self, partition: i32, devices: usize) {
+        self.shards.entry(partition).or_default().reserve(devices);
+    }
+
     /// Devices held for `partition`.
     pub fn partition_len(&self, partition: i32) -> usize {
         self.shards.get(&partition).map_or(0, |s| s.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::EngineSettings;
+    use crate::model::{ComplianceState, Management, Ownership, Platform};
+
+    fn record(device: &str, user: &str, partner: &str) -> DeviceStateRecord {
+        DeviceStateRecord {
+            tenant_id: "acme".into(),
+            device_id: device.into(),
+            user_id: Some(user.into()),
+            platform: Platform::Android,
+            management: Management::Mdm,
+            ownership: Some(Ownership::Personal),
+            os_version: Some("14.0".into()),
+            enrolled: true,
+            compliance: ComplianceState::Compliant,
+            mam_blocked: false,
+            mam_wipe_incident: false,
+            output_seq: 3,
+            partners: vec![PartnerObservation {
+                partner_id: partner.into(),
+                health_state: crate::model::HealthState::Secured,
+                observed_at: 1_000,
+                event_fingerprint: 7,
+                threats: Vec::new(),
+                earlier_event_fingerprints: Vec::new(),
+            }],
+            graces: Vec::new(),
+        }
+    }
+
+    fn engine() -> Engine {
+        let catalogue = Arc::new(Catalogue::builtin("public").expect("catalogue"));
+        Engine::new(catalogue, EngineSettings::default())
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_and_stops_at_a_bad_record() {
+        let e = engine();
+        let (a, b, b2) = (
+            record("a", "u1", "lookout"),
+            record("b", "u1", "lookout"),
+            record("b", "u2", "lookout"),
+        );
+        let bad = record("c", "u3", "no-such-partner");
+        let late = record("d", "u4", "lookout");
+        let batch = [
+            ("acme/a", Some(&a)),
+            ("acme/b", Some(&b)),
+            ("acme/a", None),
+            ("acme/b", Some(&b2)),
+            ("acme/c", Some(&bad)),
+            ("acme/d", Some(&late)),
+        ];
+        let err = e.restore_batch(0, batch).unwrap_err();
+        assert_eq!(err.0, 4, "{err:?}");
+        assert!(matches!(err.1, RestoreError::UnknownPartner { .. }));
+        // Before the bad record: a removed again, b replaced by its later record.
+        assert_eq!(e.device_record(0, "acme", "a"), None);
+        assert_eq!(e.device_record(0, "acme", "b"), Some(b2.clone()));
+        assert_eq!(
+            e.device_record(0, "acme", "d"),
+            None,
+            "after the bad record"
+        );
+        // Users: u1 lost both devices and is swept by the next interning, u2 is held once,
+        // and the restore's own holds are all given back.
+        let tenants = e.tenants();
+        let users = &tenants.tables(tenants.get("acme").unwrap()).users;
+        let u2 = users.find("u2").expect("u2 held");
+        assert_eq!(users.refs(u2), 1);
+        assert_eq!(users.find("u1").map(|u| users.refs(u)).unwrap_or(0), 0);
+        assert!(
+            users.find("u3").is_none(),
+            "a refused record interns no user"
+        );
+    }
+
+    #[test]
+    fn a_user_interned_early_in_a_batch_survives_the_later_interning() {
+        let e = engine();
+        let (x, y) = (record("x", "u5", "lookout"), record("y", "u6", "lookout"));
+        e.restore_batch(1, [("acme/x", Some(&x)), ("acme/y", Some(&y))])
+            .unwrap();
+        assert_eq!(e.device_record(1, "acme", "x"), Some(x));
+        assert_eq!(e.device_record(1, "acme", "y"), Some(y));
+    }
+
+    #[test]
+    fn a_tombstone_only_batch_creates_no_shard() {
+        let e = engine();
+        e.restore_batch(5, [("acme/x", None)]).unwrap();
+        assert!(e.shards().get(&5).is_none());
     }
 }

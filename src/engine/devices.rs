@@ -349,6 +349,19 @@ impl DeviceShard {
             .copied()
     }
 
+    /// Makes room in the device index for `additional` more devices at once: growing it
+    /// step by step rehashes every device id held at each step, which a restore of a large
+    /// snapshot showed as a tenth of its time.
+    pub fn reserve(&mut self, additional: usize) {
+        let chunks = &self.chunks;
+        self.index.reserve(additional, |&s| {
+            let d = chunks[s as usize / CHUNK][s as usize % CHUNK]
+                .as_ref()
+                .expect("indexed slot in use");
+            d.id.with_str(|id| hash_key(d.tenant, id))
+        });
+    }
+
     /// Inserts a new device (the caller checked it is absent) and returns its slot.
     pub fn insert(&mut self, mut device: Device) -> Slot {
         let slot = match self.free.pop() {

@@ -570,7 +570,7 @@ pub(crate) mod tests {
     /// An engine holding device `acme/d1` in partition 0.
     pub(crate) fn engine_with_device() -> Engine {
         let catalogue = Arc::new(Catalogue::builtin("public").expect("catalogue"));
-        let mut engine = Engine::new(catalogue, EngineSettings::default());
+        let engine = Engine::new(catalogue, EngineSettings::default());
         let record = DeviceStateRecord {
             tenant_id: "acme".into(),
             device_id: "d1".into(),

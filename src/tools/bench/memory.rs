@@ -72,7 +72,7 @@ pub fn child(n: usize, population: MemoryPopulation) {
 }
 
 fn restored_child(n: usize) {
-    let mut engine = world::engine();
+    let engine = world::engine();
     let now = world::T0;
     // Warm the allocator and the tenant table with one device, outside the measurement.
     let r = mixed_state(0, TENANTS, now);

@@ -1,7 +1,8 @@
 //! Device states/s restored by `runtime::restore::restore_partitions` from the whole changelog,
 //! and from snapshots of every partition (`runtime::snapshots`, written the way the pipeline
-//! writes them), against reading the changelog's partitions the same way (`read_to_end`, one
-//! partition after the other, same fetch settings) without decoding or applying.
+//! writes them), each on one thread and on one thread per core, against reading the
+//! changelog's partitions the same way (`read_to_end`, one partition after the other, same
+//! fetch settings) without decoding or applying.
 
 use std::time::{Duration, Instant};
 
@@ -83,21 +84,27 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
     let raw_secs = t.elapsed().as_secs_f64();
     anyhow::ensure!(read == n, "raw read found {read} of {n} records");
 
-    // The whole changelog, as without snapshots.
+    // The whole changelog, as without snapshots: on one thread, then one per core.
     cfg.processing.snapshots = false;
-    let mut engine = world::engine();
-    let t = Instant::now();
-    let mut statuses = RestoredStatuses::default();
-    let restored: usize = restore_partitions(&cfg, &mut engine, &all, &mut statuses)?
-        .values()
-        .map(|r| r.records())
-        .sum();
-    let secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        restored == n && engine.device_count() == n,
-        "restored {restored} records, {} devices, of {n}",
-        engine.device_count()
-    );
+    let restore_all = |cfg: &mut mtdgate::config::Config, threads: usize| {
+        cfg.processing.restore_threads = threads;
+        let mut engine = world::engine();
+        let t = Instant::now();
+        let mut statuses = RestoredStatuses::default();
+        let counts = restore_partitions(cfg, &mut engine, &all, &mut statuses)?;
+        let secs = t.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            engine.device_count() == n,
+            "restored {} devices of {n}: {counts:?}",
+            engine.device_count()
+        );
+        Ok((engine, counts, secs))
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let (_, _, secs_one) = restore_all(&mut cfg, 1)?;
+    let (engine, counts, secs) = restore_all(&mut cfg, 0)?;
+    let restored: usize = counts.values().map(|r| r.records()).sum();
+    anyhow::ensure!(restored == n, "restored {restored} records of {n}");
 
     // A snapshot of every partition, taken from the restored engine as the pipeline takes
     // them, then a restore through them (the changelog tail after them is empty).
@@ -132,43 +139,55 @@ pub fn run(env: &BenchEnv, sizes: &Sizes, report: &mut Report) -> anyhow::Result
     }
     let write_secs = t.elapsed().as_secs_f64();
     drop(engine);
-    let mut engine = world::engine();
-    let t = Instant::now();
-    let mut statuses = RestoredStatuses::default();
-    let counts = restore_partitions(&cfg, &mut engine, &all, &mut statuses)?;
-    let snap_secs = t.elapsed().as_secs_f64();
+    let (_, _, snap_one) = restore_all(&mut cfg, 1)?;
+    let (_, counts, snap_secs) = restore_all(&mut cfg, 0)?;
     let from_snapshot: usize = counts.values().map(|r| r.snapshot).sum();
     anyhow::ensure!(
-        from_snapshot == n && engine.device_count() == n,
-        "restored {from_snapshot} snapshot entries, {} devices, of {n}: {counts:?}",
-        engine.device_count()
+        from_snapshot == n,
+        "restored {from_snapshot} snapshot entries of {n}: {counts:?}"
     );
     println!(
-        "    raw read {:.2} s, restore from the changelog {:.2} s, snapshots written in {:.2} s \
-         ({:.1} B/device compressed), restore from them {:.2} s, for {} partitions",
+        "    raw read {:.2} s; from the changelog {:.2} s on 1 thread, {:.2} s on {cores}; \
+         snapshots written in {:.2} s ({:.1} B/device compressed); from them {:.2} s on 1 \
+         thread, {:.2} s on {cores}; {} partitions",
         raw_secs,
+        secs_one,
         secs,
         write_secs,
         snapshot_bytes as f64 / n as f64,
+        snap_one,
         snap_secs,
         env.partitions
     );
     let unit = Unit::PerSecond("states");
+    let name = |what: &str| format!("restore, {} devices, {what}", group(n as u64));
     report.push(
         Figure::new(
-            format!("restore, {} devices, from the changelog", group(n as u64)),
-            n as f64 / secs,
+            name("from the changelog, 1 thread"),
+            n as f64 / secs_one,
             unit,
         )
         .baseline(n as f64 / raw_secs),
     );
     report.push(
         Figure::new(
-            format!("restore, {} devices, from snapshots", group(n as u64)),
+            name(&format!("from the changelog, {cores} threads")),
+            n as f64 / secs,
+            unit,
+        )
+        .baseline(n as f64 / secs_one),
+    );
+    report.push(
+        Figure::new(name("from snapshots, 1 thread"), n as f64 / snap_one, unit)
+            .baseline(n as f64 / raw_secs),
+    );
+    report.push(
+        Figure::new(
+            name(&format!("from snapshots, {cores} threads")),
             n as f64 / snap_secs,
             unit,
         )
-        .baseline(n as f64 / raw_secs)
+        .baseline(n as f64 / snap_one)
         .bar(Bar::AtLeast(1_000_000.0)),
     );
     Ok(())
