@@ -113,6 +113,13 @@ pub struct ProcessingConfig {
     /// Threads restoring newly assigned partitions side by side, one partition each at a
     /// time; 0: one per core.
     pub restore_threads: usize,
+    /// Changelog records a partition must have waiting at once (a fan-out, a reconcile, many
+    /// deadlines) to be written as a few batch records instead of one record per device
+    /// (`runtime::changelog_batches`); 0: never.
+    pub changelog_batch_min: usize,
+    /// Devices of written batches rewritten as their own changelog records per transaction,
+    /// after the batch committed, until the batch can be deleted.
+    pub changelog_settle_per_commit: usize,
     pub output_encoding: OutputEncoding,
     /// Deployment cloud: which partners the catalogue offers.
     pub cloud: String,
@@ -285,6 +292,8 @@ impl Default for ProcessingConfig {
             snapshot_min_records: 10_000,
             snapshot_min_interval_ms: 10_000,
             restore_threads: 0,
+            changelog_batch_min: 4096,
+            changelog_settle_per_commit: 2048,
             output_encoding: OutputEncoding::Json,
             cloud: "public".into(),
             catalogue: None,
@@ -391,6 +400,14 @@ impl Config {
                 "processing.commit_min_gap_ms ({}) must not exceed processing.commit_interval_ms ({})",
                 self.processing.commit_min_gap_ms, self.processing.commit_interval_ms
             ));
+        }
+        if self.processing.changelog_batch_min > 0
+            && self.processing.changelog_settle_per_commit == 0
+        {
+            return bad(
+                "processing.changelog_settle_per_commit must be at least 1 when changelog batches are on"
+                    .into(),
+            );
         }
         if self.processing.snapshot_min_records == 0 {
             return bad("processing.snapshot_min_records must be at least 1".into());

@@ -101,6 +101,10 @@ metric_defs! {
         "Compressed bytes of partition snapshots written.";
     SNAPSHOT_FALLBACKS: Counter, "mtdgate_snapshot_fallbacks_total", ["reason"],
         "Partition restores that read the whole changelog because no snapshot was usable, by reason.";
+    CHANGELOG_BATCH_RECORDS: Counter, "mtdgate_changelog_batch_records_total", [],
+        "Device states written inside changelog batch records rather than one record each.";
+    CHANGELOG_UNSETTLED: Gauge, "mtdgate_changelog_unsettled_devices", [],
+        "Devices of committed changelog batches not yet rewritten as their own records.";
     CONSUMER_LAG_RECORDS: Gauge, "mtdgate_consumer_lag_records", ["topic", "partition"],
         "Records between the application position and the log end, from librdkafka statistics.";
     CONSUMER_LAG_SECONDS: Gauge, "mtdgate_consumer_lag_seconds", [],
@@ -319,6 +323,16 @@ pub fn restore(seconds: f64, snapshot: u64, records: u64) {
     metrics::histogram!(RESTORE_DURATION.name).record(seconds);
     metrics::counter!(RESTORE_SNAPSHOT_RECORDS.name).increment(snapshot);
     metrics::counter!(RESTORE_RECORDS.name).increment(records);
+}
+
+/// Device states written in a changelog batch.
+pub fn changelog_batch(records: u64) {
+    metrics::counter!(CHANGELOG_BATCH_RECORDS.name).increment(records);
+}
+
+/// Devices of changelog batches still to be rewritten one by one.
+pub fn changelog_unsettled(devices: usize) {
+    metrics::gauge!(CHANGELOG_UNSETTLED.name).set(devices as f64);
 }
 
 /// Consumer lag of one partition, from librdkafka statistics.

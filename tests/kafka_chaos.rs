@@ -392,6 +392,17 @@ fn read_states(
                 if mtdgate::engine::ownership::is_status_key(key) {
                     continue;
                 }
+                // A changelog batch holds device states as if written at its place.
+                if mtdgate::runtime::changelog_batches::is_batch_key(key) {
+                    if let Some(v) = m.payload() {
+                        let entries = mtdgate::runtime::changelog_batches::chunk_entries(v);
+                        for (k, v) in entries.unwrap() {
+                            let rec = mtdgate::codec::decode::<DeviceStateRecord>(&v).unwrap();
+                            state.insert(String::from_utf8_lossy(&k).into_owned(), rec);
+                        }
+                    }
+                    continue;
+                }
                 let key = String::from_utf8_lossy(key).into_owned();
                 match m.payload() {
                     Some(p) => {

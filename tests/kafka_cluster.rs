@@ -335,6 +335,17 @@ fn chaos_random_sigkills_two_instances() {
                 if mtdgate::engine::ownership::is_status_key(m.key().unwrap()) {
                     continue;
                 }
+                // A changelog batch holds device states as if written at its place.
+                if mtdgate::runtime::changelog_batches::is_batch_key(m.key().unwrap()) {
+                    if let Some(v) = m.payload() {
+                        let entries = mtdgate::runtime::changelog_batches::chunk_entries(v);
+                        for (k, v) in entries.unwrap() {
+                            let rec = mtdgate::codec::decode::<DeviceStateRecord>(&v).unwrap();
+                            state.insert(String::from_utf8_lossy(&k).into_owned(), rec);
+                        }
+                    }
+                    continue;
+                }
                 let key = String::from_utf8_lossy(m.key().unwrap()).into_owned();
                 let rec =
                     mtdgate::codec::decode::<DeviceStateRecord>(m.payload().unwrap()).unwrap();

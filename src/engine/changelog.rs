@@ -364,6 +364,11 @@ impl Engine {
         self.shards.entry(partition).or_default().reserve(devices);
     }
 
+    /// Changelog records `partition` has waiting (see [`Engine::drain_changelog`]).
+    pub fn pending_changes(&self, partition: i32) -> usize {
+        self.shards.get(&partition).map_or(0, |s| s.changes())
+    }
+
     /// Devices held for `partition`.
     pub fn partition_len(&self, partition: i32) -> usize {
         self.shards.get(&partition).map_or(0, |s| s.len())

@@ -654,6 +654,11 @@ impl DeviceShard {
         }
     }
 
+    /// Changes waiting for the changelog: changed devices and retired ones.
+    pub fn changes(&self) -> usize {
+        self.dirty.len() + self.retired.len()
+    }
+
     /// Whether changes are waiting for the changelog.
     pub fn has_changes(&self) -> bool {
         !self.dirty.is_empty() || !self.retired.is_empty()

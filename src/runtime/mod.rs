@@ -1,6 +1,7 @@
 //! The Kafka shell around the pure engine: clients, tables, restore, the transactional
 //! pipeline and its supervisor.
 
+pub mod changelog_batches;
 pub mod clock;
 pub mod commit_policy;
 pub mod kafka;

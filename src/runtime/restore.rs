@@ -19,8 +19,9 @@ use crate::engine::Engine;
 use crate::model::{ConnectorStatusChange, DeviceStateRecord};
 use crate::telemetry::{self, SnapshotFallback};
 
+use super::changelog_batches::is_batch_key;
 use super::kafka::{consumer_config, EofAware};
-use super::snapshots::{self, Found};
+use super::snapshots::{self, Chunk, Found};
 
 /// Longest a restore may take before it is given up as stuck.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -52,6 +53,22 @@ pub struct RestoredStatuses {
     pub published: PublishedStatuses,
     /// Their changelog records, by changelog partition and key: what a snapshot carries.
     pub records: HashMap<i32, HashMap<Vec<u8>, Vec<u8>>>,
+    /// Changelog batch chunks with no tombstone after them, by changelog partition: chunk key
+    /// -> the device keys it holds (`runtime::changelog_batches`), still to settle.
+    pub batches: HashMap<i32, BTreeMap<String, Vec<String>>>,
+}
+
+impl RestoredStatuses {
+    /// Adds what another restore found (other partitions).
+    fn extend(&mut self, other: RestoredStatuses) {
+        self.published.extend(other.published);
+        for (p, records) in other.records {
+            self.records.entry(p).or_default().extend(records);
+        }
+        for (p, chunks) in other.batches {
+            self.batches.entry(p).or_default().extend(chunks);
+        }
+    }
 }
 
 /// Changelog records applied together: [`Engine::restore_batch`] takes its locks once per
@@ -85,6 +102,9 @@ impl Applier {
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(), (i64, anyhow::Error)> {
+        if is_batch_key(key) {
+            return self.apply_chunk(engine, statuses, partition, origin, key, value);
+        }
         if is_status_key(key) {
             if let Some(v) = value {
                 let s = codec::decode::<ConnectorStatusChange>(v)
@@ -124,6 +144,49 @@ impl Applier {
         if self.len == BATCH {
             self.flush(engine, partition)?;
         }
+        Ok(())
+    }
+
+    /// A changelog batch chunk: its entries applied here, in its place in the log, as records
+    /// of their own; the chunk noted as live until its tombstone comes.
+    fn apply_chunk(
+        &mut self,
+        engine: &Engine,
+        statuses: &mut RestoredStatuses,
+        partition: i32,
+        origin: i64,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), (i64, anyhow::Error)> {
+        let chunk_key = String::from_utf8_lossy(key).into_owned();
+        let live = statuses.batches.entry(partition).or_default();
+        let Some(v) = value else {
+            live.remove(&chunk_key);
+            return Ok(());
+        };
+        let raw = Chunk::parse(v)
+            .and_then(|c| c.raw())
+            .context("changelog batch chunk")
+            .map_err(|e| (origin, e))?;
+        let mut devices = Vec::new();
+        for entry in snapshots::entries(&raw) {
+            let (k, v) = entry
+                .context("changelog batch chunk")
+                .map_err(|e| (origin, e))?;
+            if is_batch_key(k) || is_status_key(k) {
+                return Err((
+                    origin,
+                    anyhow::anyhow!("changelog batch chunk holds a control key"),
+                ));
+            }
+            self.apply(engine, statuses, partition, origin, k, Some(v))?;
+            devices.push(String::from_utf8_lossy(k).into_owned());
+        }
+        statuses
+            .batches
+            .entry(partition)
+            .or_default()
+            .insert(chunk_key, devices);
         Ok(())
     }
 
@@ -213,10 +276,7 @@ pub fn restore_partitions(
         match r {
             Ok((done, found)) => {
                 out.extend(done);
-                statuses.published.extend(found.published);
-                for (p, records) in found.records {
-                    statuses.records.entry(p).or_default().extend(records);
-                }
+                statuses.extend(found);
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -244,10 +304,7 @@ fn restore_partition(
     if cfg.processing.snapshots {
         match from_snapshot(cfg, engine, applier, p)? {
             Ok((covered, entries, chunks, found)) => {
-                statuses.published.extend(found.published);
-                for (p, records) in found.records {
-                    statuses.records.entry(p).or_default().extend(records);
-                }
+                statuses.extend(found);
                 restored.snapshot = entries;
                 restored.chunks = chunks;
                 from = covered;
@@ -497,4 +554,102 @@ pub fn read_from(
         }
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::catalogue::Catalogue;
+    use crate::engine::EngineSettings;
+    use crate::model::*;
+    use crate::runtime::changelog_batches::{chunk_key, encode};
+    use crate::runtime::snapshots::Image;
+
+    fn record(device: &str, seq: i64) -> Vec<u8> {
+        let r = DeviceStateRecord {
+            tenant_id: "acme".into(),
+            device_id: device.into(),
+            user_id: Some("u".into()),
+            platform: Platform::Android,
+            management: Management::Mdm,
+            ownership: None,
+            os_version: None,
+            enrolled: true,
+            compliance: ComplianceState::Compliant,
+            mam_blocked: false,
+            mam_wipe_incident: false,
+            output_seq: seq,
+            partners: Vec::new(),
+            graces: Vec::new(),
+        };
+        let mut buf = Vec::new();
+        codec::encode(&r, codec::OutputEncoding::Avro, &mut buf).unwrap();
+        buf
+    }
+
+    fn seq(engine: &Engine, device: &str) -> Option<i64> {
+        engine
+            .device_record(0, "acme", device)
+            .map(|r| r.output_seq)
+    }
+
+    /// A batch chunk's entries land at the chunk's place in the log: after the records before
+    /// it, before the records after it; a chunk is live until its tombstone.
+    #[test]
+    fn a_batch_chunk_applies_in_its_place_and_stays_live_until_its_tombstone() {
+        let engine = Engine::new(
+            Arc::new(Catalogue::builtin("public").unwrap()),
+            EngineSettings::default(),
+        );
+        let mut applier = Applier::default();
+        let mut statuses = RestoredStatuses::default();
+        let mut image = Image::default();
+        image.push(b"acme/d1", &record("d1", 2));
+        image.push(b"acme/d2", &record("d2", 2));
+        let chunk = encode(&image).remove(0);
+        let (one, two) = (chunk_key(0, "b1", 0), chunk_key(0, "b2", 0));
+        let log: Vec<(&[u8], Option<Vec<u8>>)> = vec![
+            (b"acme/d1", Some(record("d1", 1))),
+            (b"acme/d3", Some(record("d3", 1))),
+            (one.as_bytes(), Some(chunk.clone())),
+            (b"acme/d2", Some(record("d2", 5))),
+            (two.as_bytes(), Some(chunk)),
+            (b"acme/d2", None),
+            (one.as_bytes(), None),
+        ];
+        for (i, (k, v)) in log.iter().enumerate() {
+            applier
+                .apply(&engine, &mut statuses, 0, i as i64, k, v.as_deref())
+                .unwrap();
+        }
+        applier.flush(&engine, 0).unwrap();
+        assert_eq!(seq(&engine, "d1"), Some(2));
+        assert_eq!(seq(&engine, "d2"), None);
+        assert_eq!(seq(&engine, "d3"), Some(1));
+        let live = &statuses.batches[&0];
+        assert_eq!(live.keys().collect::<Vec<_>>(), [&two]);
+        assert_eq!(live[&two], ["acme/d1", "acme/d2"]);
+    }
+
+    #[test]
+    fn a_corrupt_batch_chunk_is_an_error_at_its_offset() {
+        let engine = Engine::new(
+            Arc::new(Catalogue::builtin("public").unwrap()),
+            EngineSettings::default(),
+        );
+        let mut applier = Applier::default();
+        let mut statuses = RestoredStatuses::default();
+        let mut image = Image::default();
+        image.push(b"acme/d1", &record("d1", 2));
+        let mut chunk = encode(&image).remove(0);
+        *chunk.last_mut().unwrap() ^= 0xff;
+        let key = chunk_key(0, "b", 0);
+        let err = applier
+            .apply(&engine, &mut statuses, 0, 42, key.as_bytes(), Some(&chunk))
+            .unwrap_err();
+        assert_eq!(err.0, 42);
+        assert!(format!("{:#}", err.1).contains("checksum"), "{:#}", err.1);
+    }
 }

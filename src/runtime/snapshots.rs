@@ -395,15 +395,16 @@ impl Snapshots {
     /// as many changelog records written as it holds devices (`devices(p)`), and at least
     /// `min_records`, and not sooner than `min_interval` after it. A restore then reads at
     /// most about twice the partition's devices, and each device written to a snapshot is paid
-    /// for by a changelog record at least.
-    pub fn due(&self, devices: impl Fn(i32) -> usize) -> Option<i32> {
+    /// for by a changelog record at least. Partitions `held` are skipped.
+    pub fn due(&self, devices: impl Fn(i32) -> usize, held: impl Fn(i32) -> bool) -> Option<i32> {
         if self.jobs.is_none() || self.busy.load(Ordering::Acquire) {
             return None;
         }
         self.since
             .iter()
             .filter(|(p, &n)| {
-                n >= self.min_records
+                !held(**p)
+                    && n >= self.min_records
                     && n >= devices(**p) as u64
                     && self
                         .last

@@ -134,6 +134,7 @@ impl Pipeline {
             device_partitions,
             snapshots: Snapshots::new(&cfg)?,
             status_records: HashMap::new(),
+            settles: Default::default(),
         }));
 
         let mut tables = TableReader::new(&cfg, &partner_ids, schemas.clone())?;
@@ -276,7 +277,10 @@ impl Pipeline {
             .poll_live(&mut |topic, partition, offset, key, payload| {
                 p.handle_table(topic, partition, offset, key, payload, true)
             })?;
-        p.fire_deadlines()
+        p.fire_deadlines()?;
+        // What table changes and deadlines changed goes out now too, not only at the commit:
+        // its records are acknowledged while the loop goes on.
+        p.produce_changelog()
     }
 
     /// Rewinds each stopped partition to the record that waits for the registry and pauses
@@ -346,9 +350,12 @@ impl Pipeline {
         {
             p.commit(consumer)?;
             self.commits.committed(Instant::now());
+            p.settle_step()?;
         } else if drained && !p.has_uncommitted() {
             // Idle partitions are snapshotted too (their state equals the committed changelog).
             p.snapshot_if_due();
+            // Batches found on restore are settled even when no input comes.
+            p.settle_step()?;
         }
         if self.last_gauges.elapsed() >= Duration::from_secs(1) {
             p.publish_gauges();

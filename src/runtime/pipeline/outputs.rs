@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, Context as _};
 
 use serde::Serialize;
 
@@ -13,6 +13,9 @@ use crate::engine::ownership::status_key;
 use crate::engine::Output;
 use crate::model::{ConnectorStatusChange, RejectedEvent};
 use crate::telemetry;
+
+use crate::runtime::changelog_batches::{self, Settle, Work};
+use crate::runtime::snapshots::Image;
 
 use super::processor::Processor;
 
@@ -148,7 +151,9 @@ impl Processor {
     /// Produces the changelog record of every device changed since the last call, into the
     /// open transaction. Called after every poll batch, so the records are acknowledged while
     /// the loop goes on instead of all at the commit; a device changed several times within
-    /// one batch still writes one record.
+    /// one batch still writes one record. A partition with at least
+    /// `processing.changelog_batch_min` changes waiting writes them as a changelog batch
+    /// (`runtime::changelog_batches`), settled after the commit.
     pub(super) fn produce_changelog(&mut self) -> anyhow::Result<()> {
         let changed: Vec<i32> = self
             .engine
@@ -159,12 +164,15 @@ impl Processor {
             .collect();
         let cfg = Arc::clone(&self.cfg);
         let topic = cfg.topics.device_state.as_str();
+        let batch_min = cfg.processing.changelog_batch_min;
         // Encoded into one reused buffer and produced while draining.
         let mut buf = std::mem::take(&mut self.buf);
         let mut failed = None;
         for p in changed {
             let sink = &mut self.sink;
             let mut written = 0u64;
+            let mut batch = (batch_min > 0 && self.engine.pending_changes(p) >= batch_min)
+                .then(|| (Image::default(), Vec::new()));
             self.engine.drain_changelog(p, |key, rec| {
                 if failed.is_some() {
                     return;
@@ -182,10 +190,33 @@ impl Processor {
                     },
                     None => None,
                 };
-                if let Err(e) = sink.send(topic, Some(p), key.as_bytes(), value) {
-                    failed = Some(e);
+                match (&mut batch, value) {
+                    // Tombstones come first in a drain: written before the batch, as drained.
+                    (Some((image, devices)), Some(v)) => {
+                        image.push(key.as_bytes(), v);
+                        devices.push(key);
+                    }
+                    _ => {
+                        if let Err(e) = sink.send(topic, Some(p), key.as_bytes(), value) {
+                            failed = Some(e);
+                        }
+                    }
                 }
             });
+            if let (None, Some((image, devices))) = (&failed, batch) {
+                let id = changelog_batches::new_batch_id();
+                let mut chunk_keys = Vec::new();
+                for (i, chunk) in changelog_batches::encode(&image).iter().enumerate() {
+                    let key = changelog_batches::chunk_key(p, &id, i);
+                    self.sink
+                        .send(topic, Some(p), key.as_bytes(), Some(chunk))?;
+                    chunk_keys.push(key);
+                }
+                if !devices.is_empty() {
+                    telemetry::changelog_batch(devices.len() as u64);
+                    self.settles.add(p, Settle::new(chunk_keys, devices));
+                }
+            }
             if let Some(s) = self.snapshots.as_mut() {
                 s.wrote(p, written);
             }
@@ -197,6 +228,56 @@ impl Processor {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Settles committed changelog batches a step further, into the open transaction: the
+    /// current state (or a tombstone) of up to `processing.changelog_settle_per_commit` of
+    /// their devices, and tombstones for the chunks whose devices are all written. Called right
+    /// after a commit, not inside a revocation's: a partition being revoked is settled by its
+    /// next owner.
+    pub(super) fn settle_step(&mut self) -> anyhow::Result<()> {
+        if self.settles.is_empty() {
+            return Ok(());
+        }
+        let cfg = Arc::clone(&self.cfg);
+        let topic = cfg.topics.device_state.as_str();
+        let mut buf = std::mem::take(&mut self.buf);
+        let (engine, sink) = (&self.engine, &mut self.sink);
+        let mut written: Vec<(i32, u64)> = Vec::new();
+        let result = self.settles.step(
+            cfg.processing.changelog_settle_per_commit,
+            |p, work| -> anyhow::Result<()> {
+                let (key, value) = match work {
+                    Work::Device(key) => {
+                        let record = key
+                            .split_once('/')
+                            .and_then(|(tenant, device)| engine.device_record(p, tenant, device));
+                        buf.clear();
+                        match record {
+                            Some(r) => {
+                                codec::encode(&r, OutputEncoding::Avro, &mut buf)
+                                    .context("encode a changelog record")?;
+                                (key, Some(&buf[..]))
+                            }
+                            None => (key, None),
+                        }
+                    }
+                    Work::Chunk(key) => (key, None),
+                };
+                match written.last_mut() {
+                    Some((q, n)) if *q == p => *n += 1,
+                    _ => written.push((p, 1)),
+                }
+                sink.send(topic, Some(p), key.as_bytes(), value)
+            },
+        );
+        self.buf = buf;
+        if let Some(s) = self.snapshots.as_mut() {
+            for (p, n) in written {
+                s.wrote(p, n);
+            }
+        }
+        result
     }
 }
 

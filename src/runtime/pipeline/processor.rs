@@ -18,6 +18,7 @@ use crate::engine::ownership::{PartitionOwnership, PublishedStatuses};
 use crate::engine::partitioner::partition_for;
 use crate::engine::{check_partner_binding, Body, Engine, Event, Output, Rejection};
 use crate::model::*;
+use crate::runtime::changelog_batches::{Settle, Settles};
 use crate::runtime::clock::Clock;
 use crate::runtime::restore::{restore_partitions, RestoredStatuses};
 use crate::runtime::schemas::{RegistryWait, Schemas};
@@ -112,6 +113,8 @@ pub(super) struct Processor {
     /// The connector status records in each owned changelog partition (key -> value): the
     /// part of a partition's changelog image that is not device state.
     pub(super) status_records: HashMap<i32, HashMap<Vec<u8>, Vec<u8>>>,
+    /// Changelog batches of owned partitions still to be settled.
+    pub(super) settles: Settles,
 }
 
 /// What became of a device-topic record.
@@ -401,6 +404,7 @@ impl Processor {
             }
         }
         self.status_records.retain(|p, _| assigned.contains(p));
+        self.settles.retain(&assigned);
         if let Some(s) = self.snapshots.as_mut() {
             s.retain(&assigned);
         }
@@ -408,6 +412,7 @@ impl Processor {
         for &p in &new {
             // A partition we did not own may hold stale state from an earlier ownership.
             self.engine.drop_partition(p);
+            self.settles.forget(p);
         }
         if !new.is_empty() {
             let started = Instant::now();
@@ -421,6 +426,12 @@ impl Processor {
                 self.status_records.remove(p);
             }
             self.status_records.extend(restored.records);
+            // Batches a previous owner committed and did not settle: settled from here.
+            for (p, chunks) in restored.batches {
+                for (chunk, devices) in chunks {
+                    self.settles.add(p, Settle::new(vec![chunk], devices));
+                }
+            }
             let secs = started.elapsed().as_secs_f64();
             let snapshot: usize = counts.values().map(|c| c.snapshot).sum();
             let changelog: usize = counts.values().map(|c| c.changelog).sum();
@@ -461,6 +472,7 @@ impl Processor {
             telemetry::connectors(status, count);
         }
         telemetry::ready(self.status.ready());
+        telemetry::changelog_unsettled(self.settles.devices_left());
     }
 
     /// Whether a commit is due besides the input count: handled inputs, an open transaction
@@ -495,8 +507,10 @@ impl Processor {
         let Some(s) = self.snapshots.as_mut() else {
             return;
         };
-        let engine = &self.engine;
-        let Some(p) = s.due(|p| engine.partition_len(p)) else {
+        let (engine, settles) = (&self.engine, &self.settles);
+        // A partition with a live batch waits: a snapshot must not cover a chunk that is
+        // still to settle (`runtime::changelog_batches`).
+        let Some(p) = s.due(|p| engine.partition_len(p), |p| settles.holds(p)) else {
             return;
         };
         let covered = match s.covered(p) {
