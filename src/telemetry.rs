@@ -220,6 +220,8 @@ pub fn describe_all() {
     metrics::counter!(RESTORE_RECORDS.name).absolute(0);
     metrics::counter!(RESTORE_SNAPSHOT_RECORDS.name).absolute(0);
     metrics::counter!(SNAPSHOT_BYTES.name).absolute(0);
+    metrics::counter!(CHANGELOG_BATCH_RECORDS.name).absolute(0);
+    metrics::gauge!(CHANGELOG_UNSETTLED.name).set(0.0);
     for r in ["written", "failed"] {
         metrics::counter!(SNAPSHOTS.name, "result" => r).absolute(0);
     }
